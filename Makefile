@@ -1,0 +1,34 @@
+# Set-up and everyday commands. `make demo` and `make test` each do the whole set-up first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8501
+DEMO_HOME ?= demo-home
+
+.PHONY: demo test lint browser clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# A CPU build of torch first: the project asks only for a range, which pip would
+	@# otherwise fill with a CUDA build of several GB.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[train,dev]"
+	touch $@
+
+# Debian's chromium drives the real-browser tests (Playwright, no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/herdbook demo --home $(DEMO_HOME) --serve --port $(PORT)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(VENV)/.installed browser lint
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME)

@@ -1,0 +1,26 @@
+"""Schema and sessions: the only package that knows how herdbook's data is stored."""
+
+from db.models import (
+    Base,
+    Candidate,
+    DatasetVersion,
+    Job,
+    Rater,
+    Round,
+    Vote,
+    VoteValue,
+)
+from db.store import Store, open_store
+
+__all__ = [
+    "Base",
+    "Candidate",
+    "DatasetVersion",
+    "Job",
+    "Rater",
+    "Round",
+    "Store",
+    "Vote",
+    "VoteValue",
+    "open_store",
+]

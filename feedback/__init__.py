@@ -1,0 +1,1 @@
+"""Votes, scores, selection and Oxen versioning: what turns ratings into training data."""

@@ -1,0 +1,74 @@
+"""Checking image files before anything is stored: one place decides what counts as an image."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from herdbook.errors import ImportProblem
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".svg", ".tif", ".tiff"}
+ACCEPTED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+MAX_PIXELS = 40_000_000  # 6,300 px square; Dreambooth works at 512-1024 px
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    data: bytes
+    sha256: str
+    suffix: str
+    width: int
+    height: int
+
+
+def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
+    """Read and fully decode ``path``; raise ImportProblem saying why it is not usable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as error:
+        raise ImportProblem("no such file") from error
+    except IsADirectoryError as error:
+        raise ImportProblem("it is a folder, not a file") from error
+    except OSError as error:
+        raise ImportProblem(f"cannot read it ({error.strerror or error})") from error
+    if not data:
+        raise ImportProblem("the file is empty")
+    if data.lstrip()[:5].lower() in (b"<?xml", b"<svg "):
+        raise ImportProblem("it is an SVG (vector) file; herdbook rates raster images (PNG, JPEG, WebP)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImportProblem(
+                        f"it is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}"
+                    )
+                if image.format not in ACCEPTED_FORMATS:
+                    raise ImportProblem(f"{image.format} images are not supported (use PNG, JPEG or WebP)")
+                suffix = ACCEPTED_FORMATS[image.format]
+                image.load()  # decodes every pixel: catches truncated and corrupt files
+    except ImportProblem:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImportProblem(f"too many pixels to open safely ({error})") from error
+    except UnidentifiedImageError as error:
+        raise ImportProblem(f"not an image (the name says {path.suffix or 'nothing'}, the content is not)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImportProblem(f"the image data is truncated or corrupt ({error})") from error
+    return CheckedImage(data, hashlib.sha256(data).hexdigest(), suffix, width, height)
+
+
+def store_image(checked: CheckedImage, folder: Path) -> Path:
+    """Write the bytes under their hash; the same bytes land on the same path, once."""
+    target = folder / checked.sha256[:2] / f"{checked.sha256}{checked.suffix}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".part")
+        partial.write_bytes(checked.data)
+        partial.replace(target)
+    return target

@@ -1,0 +1,147 @@
+"""The one module that talks to Oxen.
+
+Everything herdbook keeps in Oxen goes through these functions, so the rest of the code
+deals in plain paths and commit ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from herdbook.config import OxenSettings
+from herdbook.errors import PushError, VersioningError
+
+
+@dataclass(frozen=True)
+class Commit:
+    id: str
+    message: str
+    timestamp: str
+
+
+def use_config_dir(config_dir: Path, settings: OxenSettings) -> None:
+    """Point Oxen at a user config. A user's own global Oxen config (with their auth for a
+    remote) wins; otherwise the home keeps one of its own so commits work on a fresh machine."""
+    import oxen
+
+    global_config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "oxen" / "user_config.toml"
+    if "OXEN_CONFIG_DIR" not in os.environ and global_config.exists():
+        return
+    if "OXEN_CONFIG_DIR" not in os.environ:
+        os.environ["OXEN_CONFIG_DIR"] = str(config_dir)
+    target = Path(os.environ["OXEN_CONFIG_DIR"])
+    if not (target / "user_config.toml").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        with _quiet():
+            oxen.user.config_user(settings.user_name, settings.user_email, str(target / "user_config.toml"))
+
+
+@contextlib.contextmanager
+def _quiet():
+    # oxen prints a line per add/commit; keep CLI and app output to what herdbook says.
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _repo(path: Path):
+    from oxen import Repo
+
+    if not (path / ".oxen").is_dir():
+        raise VersioningError(f"{path} is not an Oxen repository (run `herdbook init` first)")
+    return Repo(str(path))
+
+
+def init_repository(path: Path) -> None:
+    from oxen import Repo
+
+    path.mkdir(parents=True, exist_ok=True)
+    if (path / ".oxen").is_dir():
+        return
+    with _quiet():
+        Repo(str(path)).init()
+
+
+def has_changes(path: Path) -> bool:
+    with _quiet():
+        return _repo(path).status().is_dirty()
+
+
+def commit(path: Path, added: Iterable[str], removed: Iterable[str], message: str) -> Commit | None:
+    """Stage ``added`` (files or folders, relative to the repo) and ``removed`` paths and
+    commit them. Returns None when nothing changed."""
+    repo = _repo(path)
+    try:
+        with _quiet():
+            for relpath in removed:
+                repo.rm(relpath)
+            for relpath in added:
+                repo.add(str(path / relpath))
+            status = repo.status()
+            if not (status.added_files() or status.modified_files() or status.removed_files()):
+                return None
+            made = repo.commit(message)
+    except ValueError as error:
+        raise VersioningError(f"Oxen refused the commit: {error}") from error
+    return Commit(made.id, made.message, str(made.timestamp))
+
+
+def history(path: Path) -> list[Commit]:
+    """Commits, newest first."""
+    with _quiet():
+        try:
+            entries = _repo(path).log()
+        except ValueError:
+            return []  # a repository with no commit yet
+    return [Commit(c.id, c.message, str(c.timestamp)) for c in entries]
+
+
+def copy_out(path: Path, commit_id: str, relpaths: Iterable[str], dest: Path) -> list[Path]:
+    """Copy files as they were at ``commit_id`` into ``dest`` and leave the working tree as it was.
+
+    Oxen's Python API checks out branches, not commits, so each file is restored from the
+    commit into the working tree, copied, and the working tree put back."""
+    repo = _repo(path)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for relpath in relpaths:
+        target = path / relpath
+        backup = target.read_bytes() if target.exists() else None
+        try:
+            with _quiet():
+                repo.restore(relpath, source=commit_id)
+            out = dest / Path(relpath).name
+            shutil.copyfile(target, out)
+            written.append(out)
+        except ValueError as error:
+            raise VersioningError(f"{relpath} is not in dataset commit {commit_id}: {error}") from error
+        finally:
+            if backup is None:
+                target.unlink(missing_ok=True)
+            elif target.read_bytes() != backup:
+                target.write_bytes(backup)
+    return written
+
+
+def push(path: Path, settings: OxenSettings) -> None:
+    """Push the branch to the configured remote. The local commit stays whatever happens."""
+    if not settings.remote:
+        raise PushError(
+            'no Oxen remote is configured: set [oxen] remote = "https://hub.oxen.ai/NAMESPACE/REPO" '
+            "in herdbook.toml, and log in once with `oxen config --auth hub.oxen.ai TOKEN`"
+        )
+    repo = _repo(path)
+    try:
+        with _quiet():
+            repo.set_remote(settings.remote_name, settings.remote)
+            repo.push(settings.remote_name, settings.branch)
+    except Exception as error:  # oxen raises plain ValueError/OSError for network and auth failures
+        raise PushError(
+            f"push to {settings.remote} failed: {error}. The dataset is committed locally; "
+            "check the remote URL and your Oxen credentials, then run `herdbook sync --push` again"
+        ) from error

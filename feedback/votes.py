@@ -1,0 +1,128 @@
+"""Recording votes: one current vote per rater and image, every earlier vote kept as history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Candidate, Rater, Vote, VoteValue, utcnow
+from herdbook.errors import HerdbookError, NotFound
+
+MAX_RATER_NAME = 64
+
+
+def clean_rater_name(name: str) -> str:
+    cleaned = " ".join((name or "").split())
+    if not cleaned:
+        raise HerdbookError("a rater needs a name")
+    if len(cleaned) > MAX_RATER_NAME:
+        raise HerdbookError(f"a rater's name is at most {MAX_RATER_NAME} characters")
+    return cleaned
+
+
+def rater_by_name(session: Session, name: str, create: bool = True) -> Rater:
+    name = clean_rater_name(name)
+    rater = session.scalars(select(Rater).where(Rater.name == name)).one_or_none()
+    if rater is None:
+        if not create:
+            raise NotFound(f"no rater named {name!r}")
+        rater = Rater(name=name)
+        session.add(rater)
+        session.flush()
+    return rater
+
+
+def cast_vote(session: Session, candidate_id: int, rater_name: str, value: VoteValue | str) -> Vote:
+    """Make ``value`` this rater's current vote on the candidate; the previous one becomes history."""
+    value = VoteValue(value)
+    if session.get(Candidate, candidate_id) is None:
+        raise NotFound(f"no candidate with id {candidate_id}")
+    rater = rater_by_name(session, rater_name)
+    session.execute(
+        update(Vote)
+        .where(Vote.candidate_id == candidate_id, Vote.rater_id == rater.id, Vote.is_current)
+        .values(is_current=False)
+    )
+    vote = Vote(candidate_id=candidate_id, rater_id=rater.id, value=value, is_current=True)
+    session.add(vote)
+    session.flush()
+    return vote
+
+
+def undo_last_vote(session: Session, rater_name: str) -> int | None:
+    """Take back the rater's most recent vote; the vote it replaced (if any) counts again.
+
+    Returns the candidate whose vote was undone, or None when there is nothing to undo."""
+    rater = rater_by_name(session, rater_name)
+    last = session.scalars(
+        select(Vote).where(Vote.rater_id == rater.id, Vote.is_current).order_by(Vote.id.desc()).limit(1)
+    ).one_or_none()
+    if last is None:
+        return None
+    last.is_current = False
+    last.undone_at = utcnow()
+    session.flush()
+    previous = session.scalars(
+        select(Vote)
+        .where(
+            Vote.rater_id == rater.id,
+            Vote.candidate_id == last.candidate_id,
+            Vote.undone_at.is_(None),
+            Vote.id < last.id,
+        )
+        .order_by(Vote.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if previous is not None:
+        previous.is_current = True
+    session.flush()
+    return last.candidate_id
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    prompt: str | None = None  # exact prompt
+    round_id: int | None = None  # None: any; 0: imported (no round)
+    unrated_only: bool = True
+
+
+def _filtered(session: Session, query, rater_name: str, filters: QueueFilter):
+    rater = session.scalars(select(Rater).where(Rater.name == clean_rater_name(rater_name))).one_or_none()
+    if filters.unrated_only and rater is not None:
+        voted = exists().where(Vote.candidate_id == Candidate.id, Vote.rater_id == rater.id, Vote.is_current)
+        query = query.where(~voted)
+    if filters.prompt is not None:
+        query = query.where(Candidate.prompt == filters.prompt)
+    if filters.round_id == 0:
+        query = query.where(Candidate.round_id.is_(None))
+    elif filters.round_id is not None:
+        query = query.where(Candidate.round_id == filters.round_id)
+    return query
+
+
+def rating_queue(session: Session, rater_name: str, filters: QueueFilter = QueueFilter(), limit: int = 50) -> list[int]:
+    """Ids of the next candidates for this rater, oldest first."""
+    query = _filtered(session, select(Candidate.id), rater_name, filters)
+    return list(session.scalars(query.order_by(Candidate.id).limit(limit)))
+
+
+def queue_size(session: Session, rater_name: str, filters: QueueFilter = QueueFilter()) -> int:
+    query = _filtered(session, select(func.count(Candidate.id)), rater_name, filters)
+    return session.scalar(query) or 0
+
+
+def rater_vote_count(session: Session, rater_name: str) -> int:
+    rater = session.scalars(select(Rater).where(Rater.name == clean_rater_name(rater_name))).one_or_none()
+    if rater is None:
+        return 0
+    return session.scalar(select(func.count()).where(Vote.rater_id == rater.id, Vote.is_current)) or 0
+
+
+def current_vote(session: Session, candidate_id: int, rater_name: str) -> VoteValue | None:
+    return session.scalar(
+        select(Vote.value)
+        .join(Rater)
+        .where(Vote.candidate_id == candidate_id, Rater.name == clean_rater_name(rater_name), Vote.is_current)
+    )

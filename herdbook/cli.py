@@ -1,0 +1,231 @@
+"""The ``herdbook`` command: a thin layer over db/, feedback/ and training/.
+
+Each command opens one transaction, calls services, and prints. Errors a user can act on
+are HerdbookError subclasses, turned into one ``error:`` line and exit status 1 here.
+Heavy imports (torch, diffusers, oxen, streamlit) happen inside the commands that need them,
+so ``herdbook status`` stays quick.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from herdbook.errors import HerdbookError
+
+HOME_HELP = "Project folder (default: $HERDBOOK_HOME, else ./herdbook-home)."
+
+
+def home_option(command):
+    return click.option(
+        "--home", "home_path", envvar="HERDBOOK_HOME", type=click.Path(file_okay=False), help=HOME_HELP
+    )(command)
+
+
+def friendly(command):
+    """Turn expected failures into one clear line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except HerdbookError as error:
+            click.secho(f"error: {error}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def emit_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="herdbook")
+def main():
+    """herdbook: rate generated images, curate the best into versioned datasets, and
+    retrain Stable Diffusion on them with Dreambooth, round after round.
+
+    \b
+    Typical loop:
+      herdbook init                      make a project home
+      herdbook import DIR --prompts CSV  add candidate images (or: herdbook generate)
+      herdbook serve                     rate them in the browser
+      herdbook sync                      commit the curated dataset to Oxen
+      herdbook train                     run a Dreambooth round on it
+    """
+
+
+@main.command()
+@home_option
+@click.option(
+    "--base-model",
+    default=None,
+    help="Hub id or local folder of a diffusers Stable Diffusion model [default: CompVis/stable-diffusion-v1-4].",
+)
+@click.option(
+    "--instance-prompt", default=None, help='Prompt that names the character [default: "an image of the oxenai ox"].'
+)
+@click.option("--class-prompt", default=None, help="Prompt for the character's class, used by prior preservation.")
+@friendly
+def init(home_path, base_model, instance_prompt, class_prompt):
+    """Create a project home: config, database and Oxen dataset repository."""
+    from herdbook.config import ProjectConfig
+    from herdbook.home import init_home
+
+    config = ProjectConfig()
+    if base_model:
+        config.base_model = base_model
+    if instance_prompt:
+        config.instance_prompt = instance_prompt
+    if class_prompt:
+        config.class_prompt = class_prompt
+    home = init_home(home_path, config)
+    click.echo(f"Created a herdbook project in {home.root}")
+    click.echo(f"  base model:      {config.base_model}")
+    click.echo(f"  instance prompt: {config.instance_prompt}")
+    click.echo("Next: herdbook import DIR --prompts prompts.csv, then herdbook serve")
+
+
+@main.command("import")
+@home_option
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--prompts",
+    "prompts_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with a file (or path) column relative to FOLDER and a prompt column; a rating column becomes votes.",
+)
+@click.option("--rater", default=None, help="Whose ratings the CSV's rating column holds.")
+@friendly
+def import_(home_path, folder, prompts_csv, rater):
+    """Add the images in FOLDER as candidates.
+
+    Bad files (unreadable, empty, truncated, not an image, too many pixels, paths that leave
+    FOLDER, repeats) are listed with the reason and skipped; the rest import. The exit status
+    is 1 when anything was skipped."""
+    from feedback.ingest import import_images, rows_from_csv, rows_from_folder
+    from herdbook.home import load_home
+
+    home = load_home(home_path)
+    rows = rows_from_csv(prompts_csv) if prompts_csv else rows_from_folder(folder)
+    store = home.open_store()
+    with click.progressbar(length=len(rows), label="Importing", file=sys.stderr) as bar, store.transaction() as session:
+        report = import_images(
+            session,
+            folder,
+            home.candidates_dir,
+            home.root,
+            rows,
+            rater=rater,
+            progress=lambda done, total: bar.update(done - bar.pos),
+        )
+    for name, reason in report.problems:
+        click.secho(f"skipped {name}: {reason}", fg="yellow", err=True)
+    click.echo(
+        f"Imported {len(report.added)} new image(s); {len(report.already_present)} already present; "
+        f"{report.votes} vote(s) recorded; {len(report.problems)} skipped."
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@home_option
+@click.argument("candidate", type=int)
+@click.argument("value", type=click.Choice(["accept", "reject", "skip"]))
+@click.option("--rater", required=True, help="Who is voting.")
+@friendly
+def vote(home_path, candidate, value, rater):
+    """Record one vote on CANDIDATE (its id, as `herdbook candidates` shows)."""
+    from feedback.votes import cast_vote
+    from herdbook.home import load_home
+
+    store = load_home(home_path).open_store()
+    with store.transaction() as session:
+        cast_vote(session, candidate, rater, value)
+    click.echo(f"{rater}: {value} on candidate {candidate}")
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--unrated-by", default=None, metavar="NAME", help="Only candidates this rater has not voted on.")
+@friendly
+def candidates(home_path, as_json, unrated_by):
+    """List candidates with their prompt, round and vote counts."""
+    from feedback.catalog import list_candidates
+    from herdbook.home import load_home
+
+    store = load_home(home_path).open_store()
+    with store.transaction() as session:
+        rows = list_candidates(session, unrated_by=unrated_by)
+    if as_json:
+        emit_json([{**r.as_dict(), "round": r.round} for r in rows])
+        return
+    click.echo(f"{'id':>6}  {'accepts':>7}  {'rejects':>7}  {'round':>5}  source_name / prompt")
+    for r in rows:
+        click.echo(
+            f"{r.id:>6}  {r.accepts:>7}  {r.rejects:>7}  {r.round if r.round is not None else '-':>5}  {r.source_name}  {r.prompt!r}"
+        )
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@friendly
+def status(home_path, as_json):
+    """Counts of candidates, votes, raters, rounds and dataset versions."""
+    from feedback.catalog import status as project_status
+    from herdbook.home import load_home
+
+    home = load_home(home_path)
+    store = home.open_store()
+    with store.transaction() as session:
+        counts = project_status(session)
+    if as_json:
+        emit_json({"home": str(home.root), **counts})
+        return
+    click.echo(f"herdbook project in {home.root}")
+    for key, value in counts.items():
+        click.echo(f"  {key.replace('_', ' '):<17}{value}")
+
+
+@main.command()
+@home_option
+@click.option("--serve/--no-serve", default=False, help="Start the app on the demo project afterwards.")
+@click.option("--port", default=8501, show_default=True)
+@friendly
+def demo(home_path, serve, port):
+    """Make a demo project of drawn cartoon oxen, ready to rate with no model."""
+    import tempfile
+
+    from feedback.ingest import import_images, rows_from_csv
+    from herdbook.demo import write_demo_images
+    from herdbook.home import init_home, load_home, resolve_home
+
+    root = resolve_home(home_path)
+    if (root / "herdbook.toml").exists():
+        home = load_home(root)
+        click.echo(f"Using the existing project in {home.root}")
+    else:
+        home = init_home(root)
+        with tempfile.TemporaryDirectory() as scratch:
+            table = write_demo_images(Path(scratch))
+            with home.open_store().transaction() as session:
+                report = import_images(session, Path(scratch), home.candidates_dir, home.root, rows_from_csv(table))
+        click.echo(f"Drew {len(report.added)} cartoon oxen into a demo project in {home.root}")
+    if serve:
+        from herdbook.serve import serve as run_app
+
+        run_app(home, port=port)
+    else:
+        click.echo(f"Rate them: herdbook serve --home {home.root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+import pytest
+from sqlalchemy import select
+
+from db.models import Vote
+from feedback.votes import (
+    QueueFilter,
+    cast_vote,
+    current_vote,
+    queue_size,
+    rater_vote_count,
+    rating_queue,
+    undo_last_vote,
+)
+from herdbook.errors import HerdbookError, NotFound
+
+
+def test_a_new_vote_replaces_the_old_one_and_keeps_it_as_history(store, imported):
+    first = imported[0]
+    with store.transaction() as session:
+        cast_vote(session, first, "ann", "accept")
+        cast_vote(session, first, "ann", "reject")
+        assert current_vote(session, first, "ann") == "reject"
+        history = session.scalars(select(Vote.value).where(Vote.candidate_id == first).order_by(Vote.id)).all()
+        assert history == ["accept", "reject"]
+        assert rater_vote_count(session, "ann") == 1
+
+
+def test_undo_takes_back_the_last_vote_and_restores_the_one_before(store, imported):
+    a, b = imported[:2]
+    with store.transaction() as session:
+        cast_vote(session, a, "ann", "accept")
+        cast_vote(session, a, "ann", "reject")
+        cast_vote(session, b, "ann", "accept")
+        assert undo_last_vote(session, "ann") == b
+        assert current_vote(session, b, "ann") is None
+        assert undo_last_vote(session, "ann") == a
+        assert current_vote(session, a, "ann") == "accept"
+
+
+def test_undo_with_nothing_to_undo_says_none(store, imported):
+    with store.transaction() as session:
+        assert undo_last_vote(session, "nobody") is None
+
+
+def test_queue_holds_what_this_rater_has_not_voted_on(store, imported):
+    with store.transaction() as session:
+        cast_vote(session, imported[0], "ann", "accept")
+        cast_vote(session, imported[1], "bob", "reject")
+        assert rating_queue(session, "ann")[:2] == [imported[1], imported[2]]
+        assert queue_size(session, "ann") == 7
+        assert queue_size(session, "carol") == 8
+        assert rating_queue(session, "ann", QueueFilter(prompt="the oxenai ox")) == imported[4:]
+        assert queue_size(session, "ann", QueueFilter(unrated_only=False)) == 8
+
+
+def test_votes_need_a_real_candidate_and_a_named_rater(store, imported):
+    with store.transaction() as session:
+        with pytest.raises(NotFound):
+            cast_vote(session, 12345, "ann", "accept")
+        with pytest.raises(HerdbookError, match="name"):
+            cast_vote(session, imported[0], "   ", "accept")
+        with pytest.raises(ValueError):
+            cast_vote(session, imported[0], "ann", "love")

@@ -1,0 +1,92 @@
+import json
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from herdbook.cli import main
+from tests.conftest import make_image, write_csv
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def test_init_import_vote_status(tmp_path):
+    home = tmp_path / "home"
+    run("init", "--home", home, "--base-model", "/models/sd15", "--instance-prompt", "an image of sks ox")
+    assert 'base_model = "/models/sd15"' in (home / "herdbook.toml").read_text()
+    folder = tmp_path / "imgs"
+    for i in range(3):
+        make_image(folder / f"{i}.png", seed=i)
+    write_csv(
+        folder / "p.csv", [{"file": f"{i}.png", "prompt": "an ox", "rating": "good" if i else "bad"} for i in range(3)]
+    )
+    out = run("import", folder, "--prompts", folder / "p.csv", "--rater", "ann", "--home", home).output
+    assert "Imported 3 new image(s)" in out and "3 vote(s)" in out
+    listed = json.loads(run("candidates", "--json", "--home", home).output)
+    assert [c["source_name"] for c in listed] == ["0.png", "1.png", "2.png"]
+    assert {"id", "source_name", "prompt", "round", "accepts", "rejects"} <= set(listed[0])
+    run("vote", listed[0]["id"], "accept", "--rater", "bob", "--home", home)
+    status = json.loads(run("status", "--json", "--home", home).output)
+    assert status["candidates"] == 3
+    assert status["votes"] == 4 and status["raters"] == 2
+    assert status["rated"] == 3
+    # 0.png: ann bad, bob good -> tied; 1.png and 2.png accepted
+    assert status["accepted"] == 2 and status["rejected"] == 0
+    unrated = json.loads(run("candidates", "--json", "--unrated-by", "bob", "--home", home).output)
+    assert [c["source_name"] for c in unrated] == ["1.png", "2.png"]
+
+
+def test_import_with_bad_files_exits_non_zero_and_names_them(tmp_path):
+    home = tmp_path / "home"
+    run("init", "--home", home)
+    folder = tmp_path / "imgs"
+    make_image(folder / "ok.png")
+    (folder / "broken.jpg").write_text("nope")
+    result = run("import", folder, "--home", home, ok=False)
+    assert result.exit_code == 1
+    assert "skipped broken.jpg: not an image" in result.output
+    assert "Imported 1 new image(s)" in result.output
+
+
+def test_errors_are_one_line_not_a_traceback(tmp_path):
+    result = run("status", "--home", tmp_path / "missing", ok=False)
+    assert result.exit_code == 1
+    assert result.output.startswith("error: no herdbook project at")
+    assert "Traceback" not in result.output
+    vote = run("init", "--home", tmp_path / "h")
+    assert vote.exit_code == 0
+    result = run("vote", "42", "accept", "--rater", "ann", "--home", tmp_path / "h", ok=False)
+    assert "error: no candidate with id 42" in result.output
+
+
+def test_every_command_explains_itself():
+    for command in main.commands:
+        result = run(command, "--help")
+        assert "--home" in result.output or command in ("serve",), command
+
+
+def test_demo_makes_a_project_ready_to_rate(tmp_path):
+    run("demo", "--home", tmp_path / "demo")
+    status = json.loads(run("status", "--json", "--home", tmp_path / "demo").output)
+    assert status["candidates"] >= 24
+    prompts = {c["prompt"] for c in json.loads(run("candidates", "--json", "--home", tmp_path / "demo").output)}
+    assert len(prompts) >= 6
+
+
+def test_status_does_not_import_torch(tmp_path):
+    run("init", "--home", tmp_path / "h")
+    code = (
+        "import sys; from herdbook.cli import main\n"
+        "try:\n    main(['status', '--home', sys.argv[1]])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'streamlit', 'oxen') if m in sys.modules]\n"
+        "print('heavy:', heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "h")], capture_output=True, text=True, check=True
+    ).stdout
+    assert "heavy: []" in out
