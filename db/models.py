@@ -45,6 +45,7 @@ class Candidate(Base):
     round_id: Mapped[int | None] = mapped_column(ForeignKey("rounds.id"), index=True)
     width: Mapped[int]
     height: Mapped[int]
+    phash: Mapped[str | None] = mapped_column(String(16))  # perceptual hash, hex, for near-copies
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     round: Mapped[Round | None] = relationship(foreign_keys=[round_id])

@@ -23,6 +23,18 @@ class CheckedImage:
     suffix: str
     width: int
     height: int
+    phash: str
+
+
+def perceptual_hash(image: Image.Image) -> str:
+    import imagehash
+
+    return str(imagehash.phash(image.convert("RGB")))
+
+
+def hash_distance(a: str, b: str) -> int:
+    """Bits that differ between two perceptual hashes: 0 for the same picture re-encoded or resized."""
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
 def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
@@ -52,6 +64,7 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
                     raise ImportProblem(f"{image.format} images are not supported (use PNG, JPEG or WebP)")
                 suffix = ACCEPTED_FORMATS[image.format]
                 image.load()  # decodes every pixel: catches truncated and corrupt files
+                phash = perceptual_hash(image)
     except ImportProblem:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -60,7 +73,7 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
         raise ImportProblem(f"not an image (the name says {path.suffix or 'nothing'}, the content is not)") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImportProblem(f"the image data is truncated or corrupt ({error})") from error
-    return CheckedImage(data, hashlib.sha256(data).hexdigest(), suffix, width, height)
+    return CheckedImage(data, hashlib.sha256(data).hexdigest(), suffix, width, height, phash)
 
 
 def store_image(checked: CheckedImage, folder: Path) -> Path:

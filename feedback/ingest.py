@@ -154,6 +154,7 @@ def import_images(
                 extra=row.extra,
                 width=checked.width,
                 height=checked.height,
+                phash=checked.phash,
             )
             session.add(candidate)
             session.flush()

@@ -7,9 +7,9 @@ deals in plain paths and commit ids.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +44,17 @@ def use_config_dir(config_dir: Path, settings: OxenSettings) -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    # oxen prints a line per add/commit; keep CLI and app output to what herdbook says.
-    with contextlib.redirect_stdout(io.StringIO()):
+    """Oxen's Rust core prints a line per add and commit straight to file descriptor 1;
+    herdbook says what happened in its own words, so that output goes to /dev/null."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
         yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _repo(path: Path):
@@ -72,15 +80,13 @@ def has_changes(path: Path) -> bool:
         return _repo(path).status().is_dirty()
 
 
-def commit(path: Path, added: Iterable[str], removed: Iterable[str], message: str) -> Commit | None:
-    """Stage ``added`` (files or folders, relative to the repo) and ``removed`` paths and
-    commit them. Returns None when nothing changed."""
+def commit(path: Path, paths: Iterable[str], message: str) -> Commit | None:
+    """Stage ``paths`` (files or folders, relative to the repo) as they are in the working
+    tree, deletions included, and commit them. Returns None when nothing changed."""
     repo = _repo(path)
     try:
         with _quiet():
-            for relpath in removed:
-                repo.rm(relpath)
-            for relpath in added:
+            for relpath in paths:
                 repo.add(str(path / relpath))
             status = repo.status()
             if not (status.added_files() or status.modified_files() or status.removed_files()):

@@ -227,5 +227,191 @@ def demo(home_path, serve, port):
         click.echo(f"Rate them: herdbook serve --home {home.root}")
 
 
+def policy_options(command):
+    options = [
+        click.option("--min-votes", type=click.IntRange(0), help="Accept/reject votes an image needs."),
+        click.option("--min-score", type=click.FloatRange(0, 1), help="Lowest Wilson score (1 accept = 0.21)."),
+        click.option("--top-k", type=click.IntRange(1), help="How many instance images at most."),
+        click.option("--max-per-prompt", type=click.IntRange(1), help="At most this many per prompt."),
+        click.option(
+            "--near-duplicate-distance",
+            type=click.IntRange(0, 64),
+            help="Perceptual-hash bits under which two images are copies.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command("select")
+@home_option
+@policy_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the selected images.")
+@click.option("--all", "show_all", is_flag=True, help="Also list the images left out, with the reason.")
+@click.option(
+    "--dry-run", is_flag=True, help="Only show; do not save the options given as the project's selection policy."
+)
+@friendly
+def select_(home_path, as_json, show_all, dry_run, **policy_changes):
+    """Show which rated images would become the instance data, and why.
+
+    Options given here (e.g. --top-k 10) are saved in herdbook.toml as the policy that
+    `herdbook sync` uses, unless --dry-run is given."""
+    from dataclasses import replace
+
+    from feedback.curation import decide
+    from herdbook.home import load_home
+
+    home = load_home(home_path)
+    changes = {k: v for k, v in policy_changes.items() if v is not None}
+    policy = replace(home.config.selection, **changes)
+    with home.open_store().transaction() as session:
+        decisions, candidates = decide(session, policy)
+    shown = decisions if show_all else [d for d in decisions if d.selected]
+    if as_json:
+        emit_json(
+            [
+                {
+                    "id": d.image.id,
+                    "source_name": d.image.source_name,
+                    "prompt": d.image.prompt,
+                    "accepts": d.image.tally.accepts,
+                    "rejects": d.image.tally.rejects,
+                    "score": round(d.score, 4),
+                    "selected": d.selected,
+                    "reason": d.reason,
+                    "path": str(home.root / candidates[d.image.id].path),
+                }
+                for d in shown
+            ]
+        )
+    else:
+        chosen = sum(d.selected for d in decisions)
+        click.echo(f"{chosen} of {len(decisions)} rated images selected")
+        for d in shown:
+            mark = "+" if d.selected else "-"
+            click.echo(f" {mark} #{d.image.id:<5} {d.score:.2f}  {d.image.source_name}  {d.reason}")
+    if changes and not dry_run:
+        home.config.selection = policy
+        home.config.save(home.config_path)
+        if not as_json:
+            click.echo(f"Saved the selection policy in {home.config_path}")
+
+
+@main.command()
+@home_option
+@click.option("--push", is_flag=True, help="Also push to the Oxen remote set in herdbook.toml.")
+@friendly
+def sync(home_path, push):
+    """Commit the curated dataset (rated images, ratings, votes, selection) to Oxen.
+
+    A sync with nothing new makes no commit. A failed push keeps the local commit."""
+    from feedback.curation import sync as sync_dataset
+    from herdbook.home import load_home
+
+    home = load_home(home_path)
+    with home.open_store().transaction() as session:
+        result = sync_dataset(session, home, push=push)
+    if result.recovered:
+        click.echo(f"Recorded commit {result.recovered.commit_id[:10]}, left unrecorded by an interrupted sync")
+    if result.version is None:
+        click.echo("Nothing new to commit")
+    else:
+        v = result.version
+        click.echo(f"Dataset version {v.id}: commit {v.commit_id[:10]} ({v.n_selected} selected of {v.n_images} rated)")
+        click.echo(f"  {result.diff.summary()}")
+    if result.push_error:
+        click.secho(f"error: {result.push_error}", fg="red", err=True)
+        sys.exit(1)
+    if push:
+        click.echo(f"Pushed to {home.config.oxen.remote}")
+
+
+@main.group(invoke_without_command=True)
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_context
+@friendly
+def datasets(ctx, home_path, as_json):
+    """List dataset versions; `datasets diff A B` and `datasets export VERSION DIR` below.
+
+    A VERSION is its number, 'latest', or an Oxen commit id (or prefix)."""
+    ctx.ensure_object(dict)["home_path"] = home_path
+    if ctx.invoked_subcommand is not None:
+        return
+    from feedback.curation import list_versions
+    from herdbook.home import load_home
+
+    with load_home(home_path).open_store().transaction() as session:
+        versions = list_versions(session)
+        rows = [
+            {
+                "id": v.id,
+                "commit_id": v.commit_id,
+                "branch": v.branch,
+                "images": v.n_images,
+                "selected": v.n_selected,
+                "votes": v.n_votes,
+                "pushed": v.pushed,
+                "created": v.created_at.isoformat(timespec="seconds"),
+                "message": v.message,
+            }
+            for v in versions
+        ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("No dataset versions yet: rate some images, then `herdbook sync`")
+    for r in rows:
+        click.echo(
+            f"{r['id']:>3}  {r['commit_id'][:10]}  {r['created']}  {r['selected']:>3} selected / {r['images']:>4} rated"
+        )
+
+
+@datasets.command("diff")
+@click.argument("old")
+@click.argument("new")
+@home_option
+@click.pass_context
+@friendly
+def datasets_diff(ctx, old, new, home_path):
+    """Images added and removed, and ratings changed, from version OLD to NEW."""
+    from feedback.curation import diff_versions
+    from herdbook.home import load_home
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    with home.open_store().transaction() as session:
+        diff = diff_versions(session, home, old, new)
+    click.echo(diff.summary())
+    for row in diff.added:
+        click.echo(f"  + {row['path']}  {row['rating']}  {row['prompt']!r}")
+    for row in diff.removed:
+        click.echo(f"  - {row['path']}  {row['prompt']!r}")
+    for before, after in diff.rating_changed:
+        click.echo(
+            f"  ~ {after['path']}  {before['rating']} ({before['accepts']}/{before['rejects']})"
+            f" -> {after['rating']} ({after['accepts']}/{after['rejects']})"
+        )
+
+
+@datasets.command("export")
+@click.argument("version")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@home_option
+@click.pass_context
+@friendly
+def datasets_export(ctx, version, dest, home_path):
+    """Check VERSION's instance images out of Oxen into DEST (what training reads)."""
+    from feedback.curation import export_version
+    from herdbook.home import load_home
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    with home.open_store().transaction() as session:
+        written = export_version(session, home, version, dest)
+    click.echo(f"Exported {len(written)} instance image(s) to {dest}")
+
+
 if __name__ == "__main__":
     main()

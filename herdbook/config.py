@@ -42,6 +42,18 @@ class TrainingDefaults:
 
 
 @dataclass
+class SelectionPolicy:
+    """Which rated images become instance data. The defaults suit a lone curator (their one
+    accept selects an image) and a team (an image most of its raters rejected never is)."""
+
+    min_votes: int = 1  # accept/reject votes an image needs before it can be chosen
+    min_score: float = 0.0  # Wilson lower bound of the accept rate; 1 accept = 0.21, 3 of 3 = 0.44
+    top_k: int = 24  # Dreambooth wants a handful to a few dozen consistent images
+    max_per_prompt: int = 8  # keeps one prompt from filling the set
+    near_duplicate_distance: int = 6  # perceptual-hash bits; re-encoded or resized copies differ by 0-4
+
+
+@dataclass
 class OxenSettings:
     remote: str = ""  # e.g. https://hub.oxen.ai/my-team/oxenai-ox ; empty: local only
     remote_name: str = "origin"
@@ -59,6 +71,7 @@ class ProjectConfig:
     database_url: str = ""  # empty: herdbook.db inside the home; any SQLAlchemy URL works
     reference_prompts: list[str] = field(default_factory=lambda: list(REFERENCE_PROMPTS))
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
+    selection: SelectionPolicy = field(default_factory=SelectionPolicy)
     oxen: OxenSettings = field(default_factory=OxenSettings)
 
     def to_toml(self) -> str:
@@ -87,7 +100,11 @@ def _build(kind: type, data: dict[str, Any], source: str, prefix: str = "") -> A
         raise HomeError(f"{source}: unknown setting(s) {', '.join(prefix + u for u in unknown)}")
     values = {}
     for name, value in data.items():
-        nested = {"training": TrainingDefaults, "oxen": OxenSettings}.get(name) if kind is ProjectConfig else None
+        nested = (
+            {"training": TrainingDefaults, "selection": SelectionPolicy, "oxen": OxenSettings}.get(name)
+            if kind is ProjectConfig
+            else None
+        )
         if nested is not None:
             if not isinstance(value, dict):
                 raise HomeError(f"{source}: [{name}] must be a table")

@@ -36,3 +36,23 @@ def test_opening_twice_keeps_data_and_does_not_remigrate(tmp_path):
     with again.transaction() as session:
         assert session.execute(text("SELECT name FROM raters")).scalars().all() == ["ann"]
     assert "alembic_version" in inspect(make_engine(url)).get_table_names()
+
+
+def test_upgrading_a_version_one_database_keeps_its_rows(tmp_path):
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    config = alembic_config(url)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO candidates (sha256, path, source_name, prompt, negative_prompt, generation, extra, width, height,"
+                " created_at) VALUES ('ab', 'p', 'a.png', 'an ox', '', '{}', '{}', 1, 1, CURRENT_TIMESTAMP)"
+            )
+        )
+    store = open_store(url)
+    with store.transaction() as session:
+        assert session.execute(text("SELECT source_name, phash FROM candidates")).all() == [("a.png", None)]

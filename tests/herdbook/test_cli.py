@@ -90,3 +90,29 @@ def test_status_does_not_import_torch(tmp_path):
         [sys.executable, "-c", code, str(tmp_path / "h")], capture_output=True, text=True, check=True
     ).stdout
     assert "heavy: []" in out
+
+
+def test_select_sync_and_datasets_from_the_command_line(tmp_path):
+    home = tmp_path / "home"
+    run("demo", "--home", home)
+    for cid, value in [(1, "accept"), (2, "accept"), (3, "reject")]:
+        run("vote", cid, value, "--rater", "ann", "--home", home)
+    chosen = json.loads(run("select", "--json", "--home", home).output)
+    assert [c["id"] for c in chosen] == [1, 2]
+    assert {"id", "source_name", "prompt", "accepts", "rejects", "score"} <= set(chosen[0])
+    run("select", "--top-k", "1", "--dry-run", "--home", home)
+    assert "top_k = 24" in (home / "herdbook.toml").read_text()
+    run("select", "--top-k", "1", "--home", home)
+    assert "top_k = 1" in (home / "herdbook.toml").read_text()
+    assert "Dataset version 1" in run("sync", "--home", home).output
+    assert "Nothing new to commit" in run("sync", "--home", home).output
+    run("vote", 3, "accept", "--rater", "bob", "--home", home)
+    run("vote", 3, "accept", "--rater", "carol", "--home", home)
+    run("sync", "--home", home)
+    listed = json.loads(run("datasets", "--json", "--home", home).output)
+    assert [v["id"] for v in listed] == [1, 2] and listed[0]["selected"] == 1
+    assert "1 ratings changed" in run("datasets", "diff", "1", "2", "--home", home).output
+    out = run("datasets", "export", "latest", tmp_path / "instance", "--home", home).output
+    assert "Exported 1 instance image(s)" in out
+    failed = run("sync", "--push", "--home", home, ok=False)
+    assert failed.exit_code == 1 and "no Oxen remote is configured" in failed.output

@@ -1,0 +1,266 @@
+"""Curated datasets: from votes to a committed Oxen version, and back out for training.
+
+``sync`` is safe to kill at any point. Files are written atomically into the repository's
+working tree, then committed, then recorded in the database. A later sync finds a commit
+that was made but not recorded and records it; a half-written working tree is simply
+rewritten and committed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from db.models import Candidate, DatasetVersion, Rater, Vote, VoteValue
+from feedback import versioning
+from feedback.catalog import tallies
+from feedback.scoring import verdict
+from feedback.selection import Decision, RatedImage, select_instance_images
+from feedback.tables import (
+    IMAGES_FOLDER,
+    INSTANCE_COLUMNS,
+    INSTANCE_TABLE,
+    TRAIN_COLUMNS,
+    TRAIN_TABLE,
+    VOTES_COLUMNS,
+    VOTES_TABLE,
+    TableDiff,
+    diff_train_tables,
+    from_csv,
+    rating_word,
+    to_csv,
+)
+from herdbook.config import OxenSettings, SelectionPolicy
+from herdbook.errors import NotFound, PushError
+
+
+@dataclass
+class Snapshot:
+    """Everything one dataset version holds, before it is written."""
+
+    decisions: list[Decision]
+    images: dict[str, Path]  # repo path -> where the bytes are now
+    tables: dict[str, str]  # repo path -> CSV text
+    train_rows: list[dict]
+    n_votes: int
+
+    @property
+    def selected_ids(self) -> list[int]:
+        return [d.image.id for d in self.decisions if d.selected]
+
+
+@dataclass
+class SyncResult:
+    version: DatasetVersion | None  # None: nothing new to commit
+    diff: TableDiff
+    recovered: DatasetVersion | None = None  # a commit an interrupted sync made but never recorded
+    push_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def decide(session: Session, policy: SelectionPolicy) -> tuple[list[Decision], dict[int, Candidate]]:
+    """The current selection over every image with at least one accept or reject vote."""
+    counts = {cid: t for cid, t in tallies(session).items() if t.decisive}
+    candidates = {c.id: c for c in session.scalars(select(Candidate).where(Candidate.id.in_(counts)))}
+    rated = [RatedImage(c.id, c.prompt, counts[c.id], c.phash, c.source_name) for c in candidates.values()]
+    return select_instance_images(rated, policy), candidates
+
+
+def snapshot(session: Session, home_root: Path, policy: SelectionPolicy) -> Snapshot:
+    decisions, candidates = decide(session, policy)
+    images: dict[str, Path] = {}
+    train_rows, instance_rows = [], []
+    for decision in sorted(decisions, key=lambda d: d.image.id):
+        candidate = candidates[decision.image.id]
+        repo_path = f"{IMAGES_FOLDER}/{Path(candidate.path).name}"
+        images[repo_path] = home_root / candidate.path
+        t = decision.image.tally
+        row = {
+            "prompt": candidate.prompt,
+            "path": repo_path,
+            "rating": rating_word(verdict(t)),
+            "accepts": t.accepts,
+            "rejects": t.rejects,
+            "score": round(decision.score, 4),
+            "selected": decision.selected,
+            "reason": decision.reason,
+            "candidate_id": candidate.id,
+            "source_name": candidate.source_name,
+            "round": candidate.round_id if candidate.round_id is not None else "",
+        }
+        train_rows.append(row)
+        if decision.selected:
+            instance_rows.append(row)
+    instance_rows.sort(key=lambda row: -row["score"])
+    votes = session.execute(
+        select(Vote.candidate_id, Rater.name, Vote.value, Vote.created_at, Candidate.round_id)
+        .join(Rater, Rater.id == Vote.rater_id)
+        .join(Candidate, Candidate.id == Vote.candidate_id)
+        .where(and_(Vote.is_current, Vote.value != VoteValue.skip, Vote.candidate_id.in_(candidates)))
+        .order_by(Vote.candidate_id, Rater.name)
+    ).all()
+    vote_rows = [
+        {
+            "candidate_id": cid,
+            "path": f"{IMAGES_FOLDER}/{Path(candidates[cid].path).name}",
+            "rater": rater,
+            "vote": value.value,
+            "time": created.isoformat(timespec="seconds"),
+            "round": round_id if round_id is not None else "",
+        }
+        for cid, rater, value, created, round_id in votes
+    ]
+    tables = {
+        TRAIN_TABLE: to_csv(TRAIN_COLUMNS, train_rows),
+        VOTES_TABLE: to_csv(VOTES_COLUMNS, vote_rows),
+        INSTANCE_TABLE: to_csv(INSTANCE_COLUMNS, instance_rows),
+    }
+    as_read = from_csv(tables[TRAIN_TABLE])
+    return Snapshot(decisions, images, tables, as_read, len(vote_rows))
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    partial = target.with_name(f".{target.name}.part")
+    partial.write_bytes(data)
+    os.replace(partial, target)
+
+
+def write_snapshot(repo: Path, snap: Snapshot) -> None:
+    """Make the working tree hold exactly ``snap``: images added and removed, tables rewritten."""
+    folder = repo / IMAGES_FOLDER
+    folder.mkdir(exist_ok=True)
+    wanted = {Path(p).name for p in snap.images}
+    for existing in folder.iterdir():
+        if existing.name not in wanted:
+            existing.unlink()
+    for repo_path, source in snap.images.items():
+        target = repo / repo_path
+        if not target.exists():
+            partial = target.with_name(f".{target.name}.part")
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+    for name, text in snap.tables.items():
+        _write_atomically(repo / name, text.encode("utf-8"))
+
+
+def read_table(repo: Path, commit_id: str, table: str) -> list[dict]:
+    with tempfile.TemporaryDirectory() as scratch:
+        (copied,) = versioning.copy_out(repo, commit_id, [table], Path(scratch))
+        return from_csv(copied.read_text(encoding="utf-8"))
+
+
+def _record(
+    session: Session, commit: versioning.Commit, branch: str, train_rows: list[dict], n_votes: int
+) -> DatasetVersion:
+    version = DatasetVersion(
+        commit_id=commit.id,
+        branch=branch,
+        message=commit.message,
+        n_images=len(train_rows),
+        n_selected=sum(1 for row in train_rows if row.get("selected") == "true"),
+        n_votes=n_votes,
+        selected_ids=[
+            int(row["candidate_id"])
+            for row in sorted(train_rows, key=lambda row: -float(row["score"]))
+            if row.get("selected") == "true"
+        ],
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def recover_unrecorded_head(session: Session, repo: Path, branch: str) -> DatasetVersion | None:
+    """Record the newest commit if an interrupted sync committed it but never wrote it down."""
+    commits = versioning.history(repo)
+    if not commits:
+        return None
+    head = commits[0]
+    if session.scalar(select(DatasetVersion.id).where(DatasetVersion.commit_id == head.id)) is not None:
+        return None
+    train_rows = read_table(repo, head.id, TRAIN_TABLE)
+    n_votes = len(read_table(repo, head.id, VOTES_TABLE))
+    return _record(session, head, branch, train_rows, n_votes)
+
+
+def sync(session: Session, home, push: bool = False) -> SyncResult:
+    """Commit the current curated dataset to the home's Oxen repository and record it."""
+    repo = home.dataset_dir
+    oxen_settings: OxenSettings = home.config.oxen
+    home.use_oxen()
+    recovered = recover_unrecorded_head(session, repo, oxen_settings.branch)
+    previous = latest_version(session)
+    old_rows = read_table(repo, previous.commit_id, TRAIN_TABLE) if previous else []
+    snap = snapshot(session, home.root, home.config.selection)
+    diff = diff_train_tables(old_rows, snap.train_rows)
+    write_snapshot(repo, snap)
+    message = f"herdbook sync: {diff.summary()}; {len(snap.selected_ids)} selected of {len(snap.train_rows)} rated"
+    commit = versioning.commit(repo, [IMAGES_FOLDER, TRAIN_TABLE, VOTES_TABLE, INSTANCE_TABLE], message)
+    result = SyncResult(None, diff, recovered)
+    if commit is not None:
+        result.version = _record(session, commit, oxen_settings.branch, snap.train_rows, snap.n_votes)
+    if push:
+        try:
+            versioning.push(repo, oxen_settings)
+        except PushError as error:
+            result.push_error = str(error)
+        else:
+            for version in session.scalars(select(DatasetVersion).where(DatasetVersion.pushed.is_(False))):
+                version.pushed = True
+    return result
+
+
+def latest_version(session: Session) -> DatasetVersion | None:
+    return session.scalars(select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(1)).one_or_none()
+
+
+def list_versions(session: Session) -> list[DatasetVersion]:
+    return list(session.scalars(select(DatasetVersion).order_by(DatasetVersion.id)))
+
+
+def resolve_version(session: Session, ref: str | int) -> DatasetVersion:
+    """A version by its number, 'latest', or a commit id (or a unique prefix of one)."""
+    text = str(ref).strip()
+    if text in ("latest", "head", ""):
+        version = latest_version(session)
+        if version is None:
+            raise NotFound("no dataset version yet: rate some images, then run `herdbook sync`")
+        return version
+    if text.isdigit() and len(text) < 8:
+        version = session.get(DatasetVersion, int(text))
+    else:
+        matches = list(session.scalars(select(DatasetVersion).where(DatasetVersion.commit_id.startswith(text))))
+        version = matches[0] if len(matches) == 1 else None
+    if version is None:
+        raise NotFound(f"no dataset version {text!r} (see `herdbook datasets`)")
+    return version
+
+
+def diff_versions(session: Session, home, a: str | int, b: str | int) -> TableDiff:
+    old, new = resolve_version(session, a), resolve_version(session, b)
+    return diff_train_tables(
+        read_table(home.dataset_dir, old.commit_id, TRAIN_TABLE),
+        read_table(home.dataset_dir, new.commit_id, TRAIN_TABLE),
+    )
+
+
+def export_version(session: Session, home, ref: str | int, dest: Path) -> list[Path]:
+    """Check a version's instance images out of Oxen into ``dest``, with its instance.csv."""
+    version = resolve_version(session, ref)
+    rows = read_table(home.dataset_dir, version.commit_id, INSTANCE_TABLE)
+    written = versioning.copy_out(home.dataset_dir, version.commit_id, [row["path"] for row in rows], dest)
+    (dest / INSTANCE_TABLE).write_text(to_csv(INSTANCE_COLUMNS, rows), encoding="utf-8")
+    return written
+
+
+def version_images(session: Session, ref: str | int) -> list[Candidate]:
+    """The candidates a version selected, best first (for galleries)."""
+    version = resolve_version(session, ref)
+    by_id = {c.id: c for c in session.scalars(select(Candidate).where(Candidate.id.in_(version.selected_ids)))}
+    return [by_id[i] for i in version.selected_ids if i in by_id]

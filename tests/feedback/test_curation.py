@@ -1,0 +1,160 @@
+"""Curated datasets against a real local Oxen repository (no mock of oxen)."""
+
+import csv
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import DatasetVersion
+from feedback import curation, versioning
+from feedback.ingest import import_images, rows_from_csv
+from feedback.votes import cast_vote
+from herdbook.errors import PushError
+from herdbook.home import init_home
+
+
+def vote_all(store, ids, rater, values):
+    with store.transaction() as session:
+        for cid, value in zip(ids, values, strict=False):
+            cast_vote(session, cid, rater, value)
+
+
+def do_sync(store, home, **kwargs):
+    with store.transaction() as session:
+        return curation.sync(session, home, **kwargs)
+
+
+def versions(store):
+    with store.transaction() as session:
+        return session.scalar(select(func.count(DatasetVersion.id)))
+
+
+def test_sync_writes_an_oxen_readable_layout(home, store, imported):
+    vote_all(store, imported, "ann", ["accept", "reject", "accept", "skip"])
+    result = do_sync(store, home)
+    assert result.version is not None and result.version.n_images == 3 and result.version.n_selected == 2
+    repo = home.dataset_dir
+    with (repo / "train.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {"prompt", "path", "rating"} <= set(rows[0])
+    assert sorted(r["rating"] for r in rows) == ["bad", "good", "good"]
+    assert all((repo / r["path"]).exists() for r in rows)
+    assert len(list((repo / "images").iterdir())) == 3
+    assert versioning.history(repo)[0].id == result.version.commit_id
+    with (repo / "votes.csv").open() as handle:
+        assert {r["rater"] for r in csv.DictReader(handle)} == {"ann"}
+
+
+def test_a_sync_with_nothing_new_makes_no_commit(home, store, imported):
+    vote_all(store, imported, "ann", ["accept"])
+    do_sync(store, home)
+    again = do_sync(store, home)
+    assert again.version is None
+    assert len(versioning.history(home.dataset_dir)) == 1
+    assert versions(store) == 1
+
+
+def test_undone_votes_take_images_out_of_the_next_version(home, store, imported):
+    vote_all(store, imported, "ann", ["accept", "accept"])
+    first = do_sync(store, home).version
+    from feedback.votes import undo_last_vote
+
+    with store.transaction() as session:
+        undo_last_vote(session, "ann")
+    second = do_sync(store, home).version
+    assert second.n_images == 1
+    with store.transaction() as session:
+        diff = curation.diff_versions(session, home, first.id, second.id)
+    assert len(diff.removed) == 1 and len(diff.selected_removed) == 1
+    assert len(list((home.dataset_dir / "images").iterdir())) == 1
+
+
+def test_diff_and_export_of_an_older_version(home, store, imported, tmp_path):
+    vote_all(store, imported[:2], "ann", ["accept", "accept"])
+    v1 = do_sync(store, home).version
+    vote_all(store, imported[1:4], "bob", ["reject", "accept", "accept"])
+    vote_all(store, imported[1:2], "carol", ["reject"])
+    v2 = do_sync(store, home).version
+    with store.transaction() as session:
+        diff = curation.diff_versions(session, home, v1.commit_id[:8], "latest")
+        assert len(diff.added) == 2 and len(diff.rating_changed) == 1
+        exported = curation.export_version(session, home, v1.id, tmp_path / "v1")
+    assert len(exported) == 2
+    assert (tmp_path / "v1" / "instance.csv").exists()
+    # the working tree is left as the newest version had it
+    assert not versioning.has_changes(home.dataset_dir)
+    with (home.dataset_dir / "instance.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == v2.n_selected
+
+
+def test_a_sync_killed_after_the_commit_is_recorded_by_the_next(home, store, imported, monkeypatch):
+    vote_all(store, imported, "ann", ["accept"])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(curation, "_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        do_sync(store, home)
+    monkeypatch.undo()
+    assert versions(store) == 0 and len(versioning.history(home.dataset_dir)) == 1
+    result = do_sync(store, home)
+    assert result.recovered is not None and result.version is None
+    assert result.recovered.commit_id == versioning.history(home.dataset_dir)[0].id
+    assert result.recovered.n_selected == 1
+
+
+def test_a_sync_killed_before_the_commit_is_completed_by_the_next(home, store, imported, monkeypatch):
+    vote_all(store, imported, "ann", ["accept", "accept"])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(versioning, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        do_sync(store, home)
+    monkeypatch.undo()
+    (home.dataset_dir / "train.csv").write_text("half a fi")  # as if killed mid-write
+    result = do_sync(store, home)
+    assert result.version is not None and result.version.n_images == 2
+    assert not versioning.has_changes(home.dataset_dir)
+
+
+def test_push_without_a_remote_says_what_to_set_and_keeps_the_commit(home, store, imported):
+    vote_all(store, imported, "ann", ["accept"])
+    result = do_sync(store, home, push=True)
+    assert result.version is not None
+    assert "no Oxen remote is configured" in result.push_error
+    assert len(versioning.history(home.dataset_dir)) == 1
+
+
+def test_a_failed_push_keeps_the_local_commit(home, store, imported):
+    home.config.oxen.remote = "http://127.0.0.1:9/team/ox"  # nothing listens on port 9
+    vote_all(store, imported, "ann", ["accept"])
+    result = do_sync(store, home, push=True)
+    assert result.version is not None
+    assert "is committed locally" in result.push_error
+    with store.transaction() as session:
+        assert session.get(DatasetVersion, result.version.id).pushed is False
+    with pytest.raises(PushError):
+        versioning.push(home.dataset_dir, home.config.oxen)
+
+
+def test_the_dataset_layout_imports_back_with_its_ratings(home, store, imported, tmp_path):
+    vote_all(store, imported, "ann", ["accept", "reject", "accept"])
+    do_sync(store, home)
+    other = init_home(tmp_path / "other")
+    other_store = other.open_store()
+    with other_store.transaction() as session:
+        report = import_images(
+            session,
+            home.dataset_dir,
+            other.candidates_dir,
+            other.root,
+            rows_from_csv(home.dataset_dir / "train.csv"),
+            rater="ann",
+        )
+    assert report.ok and len(report.added) == 3 and report.votes == 3
+    with other_store.transaction() as session:
+        decisions, _ = curation.decide(session, other.config.selection)
+    assert sum(d.selected for d in decisions) == 2
