@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
         raise ImportProblem("it is a folder, not a file") from error
     except OSError as error:
         raise ImportProblem(f"cannot read it ({error.strerror or error})") from error
+    return check_image_data(data, path.suffix, max_pixels)
+
+
+def check_image_data(data: bytes, suffix: str = "", max_pixels: int = MAX_PIXELS) -> CheckedImage:
+    """The same checks on bytes in memory (generated images, uploads)."""
     if not data:
         raise ImportProblem("the file is empty")
     if data.lstrip()[:5].lower() in (b"<?xml", b"<svg "):
@@ -54,7 +60,7 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImportProblem(
@@ -70,7 +76,7 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImportProblem(f"too many pixels to open safely ({error})") from error
     except UnidentifiedImageError as error:
-        raise ImportProblem(f"not an image (the name says {path.suffix or 'nothing'}, the content is not)") from error
+        raise ImportProblem(f"not an image (the name says {suffix or 'nothing'}, the content is not)") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImportProblem(f"the image data is truncated or corrupt ({error})") from error
     return CheckedImage(data, hashlib.sha256(data).hexdigest(), suffix, width, height, phash)

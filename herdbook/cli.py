@@ -413,5 +413,236 @@ def datasets_export(ctx, version, dest, home_path):
     click.echo(f"Exported {len(written)} instance image(s) to {dest}")
 
 
+def quiet_libraries() -> None:
+    """diffusers and transformers log config notes on every load; users want the progress bar."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@main.command()
+@home_option
+@click.option("--prompt", required=True, help="What to draw.")
+@click.option("-n", "--count", default=4, show_default=True, type=click.IntRange(1, 1000), help="How many images.")
+@click.option("--round", "round_ref", default="base", show_default=True, help="Model: base, latest, or a round number.")
+@click.option("--seed", default=0, show_default=True, help="Image i uses seed + i.")
+@click.option("--steps", default=30, show_default=True, type=click.IntRange(1, 500), help="Denoising steps.")
+@click.option("--resolution", type=click.IntRange(8, 4096), help="Pixels per side [default: the project's].")
+@click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
+@click.option("--guidance", "guidance_scale", default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--queue", "queued", is_flag=True, help="Queue the job for `herdbook worker` instead of running here.")
+@friendly
+def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negative_prompt, guidance_scale, queued):
+    """Generate candidates from the base model or a finished round; they join the rating queue."""
+    from herdbook.home import load_home
+
+    home = load_home(home_path)
+    store = home.open_store()
+    options = {
+        "count": count,
+        "seed": seed,
+        "steps": steps,
+        "resolution": resolution,
+        "negative_prompt": negative_prompt,
+        "guidance_scale": guidance_scale,
+    }
+    if queued:
+        from herdbook.jobs import submit
+        from training.rounds import resolve_round
+
+        with store.transaction() as session:
+            resolve_round(session, round_ref)  # fail now, not in the worker
+            job = submit(
+                session,
+                home,
+                "generate",
+                {"prompt": prompt, "round": round_ref, **{k: v for k, v in options.items() if v is not None}},
+            )
+        click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
+        return
+    quiet_libraries()
+    from tqdm import tqdm
+
+    from training.rounds import generate_candidates
+
+    with tqdm(total=count, unit="image", desc="Generating") as bar:
+        ids = generate_candidates(
+            store, home, prompt, round_ref, progress=lambda done, total: bar.update(done - bar.n), **options
+        )
+    click.echo(
+        f"Added {len(ids)} candidate(s) from {round_ref}: ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}"
+    )
+
+
+@main.command()
+@home_option
+@click.option(
+    "--mode", type=click.Choice(["full", "lora"]), help="Full UNet fine-tune or LoRA [default: the project's]."
+)
+@click.option("--steps", type=click.IntRange(1), help="Training steps [default 400].")
+@click.option("--resolution", type=click.IntRange(8, 4096), help="Pixels per side [default 512].")
+@click.option("--learning-rate", type=float, help="[default 5e-6 full, 1e-4 LoRA].")
+@click.option("--dataset", default="latest", show_default=True, help="Dataset version to train on.")
+@click.option(
+    "--from",
+    "start_from",
+    default=None,
+    help="Start from a round number or 'base' [default: the newest finished round].",
+)
+@click.option(
+    "--prior-preservation/--no-prior-preservation",
+    default=None,
+    help="Class images keep the model's idea of the class.",
+)
+@click.option("--weight-by-rating", is_flag=True, help="Show higher-rated images more often.")
+@click.option("--queue", "queued", is_flag=True, help="Queue the round for `herdbook worker` instead of training here.")
+@friendly
+def train(
+    home_path, mode, steps, resolution, learning_rate, dataset, start_from, prior_preservation, weight_by_rating, queued
+):
+    """Run a Dreambooth round on a dataset version's instance images."""
+    from herdbook.home import load_home
+    from training.rounds import plan_round, run_round
+
+    home = load_home(home_path)
+    store = home.open_store()
+    with store.transaction() as session:
+        record = plan_round(
+            session,
+            home,
+            dataset=dataset,
+            start_from=start_from,
+            weight_by_rating=weight_by_rating,
+            mode=mode,
+            steps=steps,
+            resolution=resolution,
+            learning_rate=learning_rate,
+            prior_preservation=prior_preservation,
+        )
+        round_id, parent, total = record.id, record.parent_id, record.settings["steps"]
+        if queued:
+            from herdbook.jobs import submit
+
+            job = submit(session, home, "train", {"round_id": round_id})
+    if queued:
+        click.echo(f"Round {round_id} queued as job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
+        return
+    quiet_libraries()
+    from tqdm import tqdm
+
+    click.echo(
+        f"Round {round_id} ({record.mode}) from {'base' if parent is None else f'round {parent}'} on dataset version {record.dataset_version_id}"
+    )
+    with tqdm(total=total, unit="step", desc=f"Round {round_id}") as bar:
+
+        def on_step(step, _total, loss):
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        finished = run_round(store, home, round_id, progress=on_step)
+    m = finished.metrics
+    click.echo(f"Round {round_id} finished: {finished.output_path}")
+    click.echo(
+        f"  {m['seconds_per_step']:.3f} s/step; probe loss {m['probe_loss_before']:.4f} -> {m['probe_loss_after']:.4f}"
+    )
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@friendly
+def rounds(home_path, as_json):
+    """List rounds with their parent, dataset version, mode, status and output, as a tree."""
+    from herdbook.home import load_home
+    from training.rounds import lineage, list_rounds
+
+    with load_home(home_path).open_store().transaction() as session:
+        rows, tree = list_rounds(session), lineage(session)
+    if as_json:
+        emit_json(rows)
+        return
+    for line in tree:
+        click.echo(line)
+    for r in rows:
+        timing = f"{r['seconds_per_step']:.3f} s/step" if r["seconds_per_step"] else ""
+        click.echo(
+            f"round {r['id']}: {r['status']}, {r['mode']}, {r['steps']} steps, dataset v{r['dataset_version']} {timing} {r['output'] or r['error'] or ''}"
+        )
+
+
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@friendly
+def jobs(home_path, as_json):
+    """Background jobs with their status and progress; jobs whose worker died are marked lost."""
+    from herdbook.home import load_home
+    from herdbook.jobs import list_jobs, mark_lost_jobs
+
+    home = load_home(home_path)
+    with home.open_store().transaction() as session:
+        mark_lost_jobs(session, home.config.jobs.stale_after_seconds)
+        rows = [
+            {
+                "id": j.id,
+                "kind": j.kind,
+                "status": j.status,
+                "progress": j.progress,
+                "message": j.message,
+                "error": j.error,
+                "result": j.result,
+            }
+            for j in list_jobs(session)
+        ]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(
+            f"job {r['id']:>4} {r['kind']:<9} {r['status']:<9} {r['progress']:>4.0%}  {r['error'] or r['message']}"
+        )
+
+
+@main.command()
+@home_option
+@click.option("--workers", default=1, show_default=True, help="Jobs run at once (one per GPU is sensible).")
+@friendly
+def worker(home_path, workers):
+    """Run queued jobs (training, generation) until stopped with Ctrl-C."""
+    from herdbook.home import load_home
+    from herdbook.jobs import run_worker
+
+    quiet_libraries()
+    home = load_home(home_path)
+    click.echo(f"herdbook worker for {home.root} ({home.config.jobs.queue} queue); Ctrl-C stops it")
+    run_worker(home, workers)
+
+
+@main.command()
+@home_option
+@click.option("--port", default=8501, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 opens it to the network."
+)
+@click.option("--worker/--no-worker", "with_worker", default=True, help="Also run a job worker.")
+@friendly
+def serve(home_path, port, host, with_worker):
+    """Start the rating app (and a job worker) on this project."""
+    from herdbook.home import load_home
+    from herdbook.serve import serve as run_app
+
+    run_app(load_home(home_path), port=port, host=host, with_worker=with_worker)
+
+
 if __name__ == "__main__":
     main()

@@ -54,6 +54,15 @@ class SelectionPolicy:
 
 
 @dataclass
+class JobSettings:
+    """Where background jobs queue: "sqlite" keeps them in the home (one machine);
+    a redis:// URL lets workers on several GPU boxes take them."""
+
+    queue: str = "sqlite"
+    stale_after_seconds: int = 120  # a running job whose worker is silent this long is marked lost
+
+
+@dataclass
 class OxenSettings:
     remote: str = ""  # e.g. https://hub.oxen.ai/my-team/oxenai-ox ; empty: local only
     remote_name: str = "origin"
@@ -72,6 +81,7 @@ class ProjectConfig:
     reference_prompts: list[str] = field(default_factory=lambda: list(REFERENCE_PROMPTS))
     training: TrainingDefaults = field(default_factory=TrainingDefaults)
     selection: SelectionPolicy = field(default_factory=SelectionPolicy)
+    jobs: JobSettings = field(default_factory=JobSettings)
     oxen: OxenSettings = field(default_factory=OxenSettings)
 
     def to_toml(self) -> str:
@@ -101,7 +111,9 @@ def _build(kind: type, data: dict[str, Any], source: str, prefix: str = "") -> A
     values = {}
     for name, value in data.items():
         nested = (
-            {"training": TrainingDefaults, "selection": SelectionPolicy, "oxen": OxenSettings}.get(name)
+            {"training": TrainingDefaults, "selection": SelectionPolicy, "jobs": JobSettings, "oxen": OxenSettings}.get(
+                name
+            )
             if kind is ProjectConfig
             else None
         )

@@ -86,3 +86,11 @@ def imported(home, store, image_folder):
 
     with store.transaction() as session:
         return list(session.scalars(select(Candidate.id).order_by(Candidate.id)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny random-weight diffusers pipeline folder, built from config once per test run."""
+    from tests.training.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")

@@ -1,0 +1,229 @@
+"""Background jobs: the one module that talks to the task queue (huey).
+
+A job is a row in herdbook's database (what the app and CLI show: status, progress, log,
+error) plus a message in huey's queue (what a worker picks up). Jobs outlive the browser
+and the app: the queue is a SQLite file in the home, or Redis for several machines.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import Job, utcnow
+from herdbook.errors import JobError, NotFound
+from herdbook.home import Home, load_home
+
+JOB_KINDS = ("generate", "train")
+LOG_LIMIT = 20_000  # characters of log kept per job
+
+
+@dataclass
+class Queue:
+    huey: object  # huey.Huey
+    run_job: object  # the registered task; calling it enqueues
+
+
+def make_queue(home: Home) -> Queue:
+    """The huey instance for a home, with the one task it runs registered on it."""
+    from huey import RedisHuey, SqliteHuey
+
+    queue_url = home.config.jobs.queue
+    if queue_url == "sqlite":
+        huey = SqliteHuey(name="herdbook", filename=str(home.root / "jobs.sqlite"))
+    elif queue_url.startswith(("redis://", "rediss://")):
+        huey = RedisHuey(name=f"herdbook-{home.root.name}", url=queue_url)
+    else:
+        raise JobError(f'[jobs] queue must be "sqlite" or a redis:// URL, not {queue_url!r}')
+    return Queue(huey, huey.task(name="herdbook.run_job")(run_job))
+
+
+def submit(session: Session, home: Home, kind: str, params: dict) -> Job:
+    """Record a job and queue it. The caller commits; the worker waits for the row to exist."""
+    if kind not in JOB_KINDS:
+        raise JobError(f"unknown job kind {kind!r}")
+    job = Job(kind=kind, params=params, status="queued", message="waiting for a worker (herdbook worker)")
+    session.add(job)
+    session.flush()
+    make_queue(home).run_job(str(home.root), job.id)
+    return job
+
+
+def run_job(home_root: str, job_id: int) -> None:
+    """What a worker runs: the job's work, with its record kept current."""
+    home = load_home(home_root)
+    store = home.open_store()
+    for _ in range(50):  # the submitting transaction may commit a moment after the enqueue
+        with store.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is not None:
+                if job.status != "queued":
+                    return  # cancelled, or already run by another worker
+                job.status, job.started_at, job.worker_pid = "running", utcnow(), os.getpid()
+                job.heartbeat_at, job.message = utcnow(), "starting"
+                kind, params = job.kind, dict(job.params)
+                break
+        time.sleep(0.1)
+    else:
+        return
+    beating = threading.Event()
+    heart = threading.Thread(target=_heartbeat, args=(store, job_id, beating), daemon=True)
+    heart.start()
+    reporter = JobReporter(store, job_id)
+    try:
+        result = WORK[kind](store, home, params, reporter)
+    except BaseException as error:  # a job's failure is data for the user, not a crash of the worker
+        beating.set()
+        with store.transaction() as session:
+            job = session.get(Job, job_id)
+            job.status, job.finished_at = "failed", utcnow()
+            job.error = f"{type(error).__name__}: {error}"
+            job.log = _clip(job.log + reporter.flush_text() + traceback.format_exc())
+        if not isinstance(error, Exception):
+            raise
+        return
+    beating.set()
+    with store.transaction() as session:
+        job = session.get(Job, job_id)
+        job.status, job.finished_at, job.progress = "finished", utcnow(), 1.0
+        job.result, job.message = result, "done"
+        job.log = _clip(job.log + reporter.flush_text())
+
+
+def _heartbeat(store, job_id: int, stop: threading.Event, every: float = 5.0) -> None:
+    while not stop.wait(every):
+        with store.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.status != "running":
+                return
+            job.heartbeat_at = utcnow()
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= LOG_LIMIT else "…" + text[-LOG_LIMIT:]
+
+
+class JobReporter:
+    """Progress and log lines from the work, written to the job record at most every second."""
+
+    def __init__(self, store, job_id: int, every: float = 1.0) -> None:
+        self.store, self.job_id, self.every = store, job_id, every
+        self.pending: list[str] = []
+        self.last = 0.0
+
+    def log(self, line: str) -> None:
+        self.pending.append(f"{datetime.now(UTC):%H:%M:%S} {line}\n")
+
+    def progress(self, fraction: float, message: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        with self.store.transaction() as session:
+            job = session.get(Job, self.job_id)
+            job.progress, job.message, job.heartbeat_at = max(0.0, min(1.0, fraction)), message, utcnow()
+            job.log = _clip(job.log + self.flush_text())
+
+    def flush_text(self) -> str:
+        text, self.pending = "".join(self.pending), []
+        return text
+
+
+# --- the work of each kind ---------------------------------------------------------------
+
+
+def _generate(store, home: Home, params: dict, reporter: JobReporter) -> dict:
+    from training.rounds import generate_candidates
+
+    reporter.log(
+        f"generating {params.get('count', 4)} image(s) for {params['prompt']!r} from {params.get('round') or 'base'}"
+    )
+    reporter.progress(0.0, "loading the model", force=True)
+    ids = generate_candidates(
+        store,
+        home,
+        params["prompt"],
+        params.get("round"),
+        progress=lambda done, total: reporter.progress(done / total, f"{done}/{total} images"),
+        **{
+            k: params[k]
+            for k in ("negative_prompt", "count", "seed", "steps", "resolution", "guidance_scale")
+            if k in params
+        },
+    )
+    reporter.log(f"added {len(ids)} candidate(s)")
+    return {"candidate_ids": ids}
+
+
+def _train(store, home: Home, params: dict, reporter: JobReporter) -> dict:
+    from training.rounds import run_round
+
+    round_id = params["round_id"]
+    reporter.log(f"training round {round_id}")
+    started = time.monotonic()
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        elapsed = time.monotonic() - started
+        eta = elapsed / step * (total - step) if step else 0
+        reporter.progress(step / total, f"step {step}/{total}, loss {loss:.4f}, ETA {timedelta(seconds=int(eta))}")
+
+    record = run_round(store, home, round_id, progress=on_step)
+    reporter.log(f"round {round_id} finished: {record.output_path}")
+    return {"round_id": round_id, "output": record.output_path}
+
+
+WORK = {"generate": _generate, "train": _train}
+
+
+# --- reading jobs --------------------------------------------------------------------------
+
+
+def mark_lost_jobs(session: Session, stale_after_seconds: int, now: datetime | None = None) -> list[int]:
+    """Running jobs whose worker stopped beating are marked lost, so nobody waits on them."""
+    now = now or utcnow()
+    lost = []
+    for job in session.scalars(select(Job).where(Job.status == "running")):
+        beat = job.heartbeat_at or job.started_at
+        if beat is not None and beat.tzinfo is None:
+            beat = beat.replace(tzinfo=UTC)
+        if beat is None or now - beat > timedelta(seconds=stale_after_seconds):
+            job.status, job.finished_at = "lost", now
+            job.error = (
+                f"the worker (pid {job.worker_pid}) stopped answering; start `herdbook worker` and submit the job again"
+            )
+            lost.append(job.id)
+    return lost
+
+
+def list_jobs(session: Session, limit: int = 50) -> list[Job]:
+    return list(session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def run_worker(home: Home, workers: int = 1) -> None:
+    """Run the consumer in this process until interrupted (Ctrl-C)."""
+    consumer = make_queue(home).huey.create_consumer(workers=workers, worker_type="thread", periodic=False)
+    consumer.run()
+
+
+def run_next_job(home: Home) -> bool:
+    """Run one queued job in this process (for scripts and tests); False when none was queued."""
+    huey = make_queue(home).huey
+    task = huey.dequeue()
+    if task is None:
+        return False
+    huey.execute(task)
+    return True

@@ -1,0 +1,87 @@
+"""Background jobs through huey: a real worker process, failures, and dead workers."""
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Candidate, Job, utcnow
+from herdbook.config import ProjectConfig
+from herdbook.home import init_home
+from herdbook.jobs import get_job, mark_lost_jobs, run_next_job, submit
+from tests.training.tiny import RESOLUTION
+
+
+@pytest.fixture
+def tiny_home(tmp_path, tiny_model):
+    return init_home(tmp_path / "home", ProjectConfig(base_model=str(tiny_model), resolution=RESOLUTION))
+
+
+def wait_for(store, job_id, statuses=("finished", "failed", "lost"), timeout=180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with store.transaction() as session:
+            job = get_job(session, job_id)
+            if job.status in statuses:
+                return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_a_queued_job_runs_in_a_real_worker_process(tiny_home):
+    store = tiny_home.open_store()
+    with store.transaction() as session:
+        job = submit(session, tiny_home, "generate", {"prompt": "an ox", "round": "base", "count": 2, "steps": 2})
+        assert job.status == "queued"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "herdbook.cli", "worker", "--home", str(tiny_home.root)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        done = wait_for(store, job.id)
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0]
+    assert done.status == "finished", (done.error, output)
+    assert done.progress == 1.0 and len(done.result["candidate_ids"]) == 2
+    assert done.worker_pid == worker.pid
+    assert "added 2 candidate(s)" in done.log
+    with store.transaction() as session:
+        assert session.scalar(select(func.count(Candidate.id))) == 2
+
+
+def test_a_failed_job_keeps_its_error_and_the_worker_goes_on(tiny_home, tmp_path):
+    tiny_home.config.base_model = str(tmp_path / "gone")
+    tiny_home.config.save(tiny_home.config_path)
+    store = tiny_home.open_store()
+    with store.transaction() as session:
+        failing = submit(session, tiny_home, "generate", {"prompt": "an ox", "round": "base", "count": 1, "steps": 2})
+    assert run_next_job(tiny_home)
+    with store.transaction() as session:
+        job = get_job(session, failing.id)
+        assert job.status == "failed"
+        assert "ModelLoadError: no model folder at" in job.error
+        assert "Traceback" in job.log
+    assert not run_next_job(tiny_home)
+
+
+def test_a_job_whose_worker_died_is_marked_lost(tiny_home):
+    store = tiny_home.open_store()
+    with store.transaction() as session:
+        job = Job(
+            kind="train", status="running", params={}, worker_pid=999999, started_at=utcnow() - timedelta(minutes=10)
+        )
+        job.heartbeat_at = utcnow() - timedelta(minutes=5)
+        fresh = Job(kind="train", status="running", params={}, started_at=utcnow(), heartbeat_at=utcnow())
+        session.add_all([job, fresh])
+        session.flush()
+        assert mark_lost_jobs(session, stale_after_seconds=120) == [job.id]
+        assert job.status == "lost" and "stopped answering" in job.error
+        assert fresh.status == "running"

@@ -1,0 +1,88 @@
+"""Dreambooth rounds on tiny random-weight models, on the CPU."""
+
+import json
+
+import pytest
+import torch
+
+from training.components import load_components
+from training.dreambooth import train
+from training.settings import ModelChain
+
+
+def unet_weights(parts_or_folder):
+    if hasattr(parts_or_folder, "unet"):
+        return {k: v.detach().clone().float() for k, v in parts_or_folder.unet.state_dict().items()}
+    return unet_weights(load_components(ModelChain(str(parts_or_folder))))
+
+
+def test_a_full_round_changes_the_unet_and_lowers_the_loss(settings_for, tiny_model):
+    settings = settings_for("full", steps=25, validation_prompts=["an ox"], validation_seeds=[0])
+    result = train(settings)
+    assert result.output.name == "model"
+    before, after = unet_weights(tiny_model), unet_weights(result.output)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert result.metrics["probe_loss_after"] < result.metrics["probe_loss_before"] * 0.9
+    assert len(result.loss_history) == 25
+    saved = json.loads((settings.output / "settings.json").read_text())
+    assert saved["mode"] == "full" and saved["steps"] == 25
+    assert (settings.output / "validation" / "p0-s0.png").exists()
+
+
+def test_a_lora_round_trains_an_adapter_plain_diffusers_loads(settings_for, tiny_model):
+    from diffusers import StableDiffusionPipeline
+
+    settings = settings_for("lora", mode="lora", steps=25, learning_rate=1e-2)
+    result = train(settings)
+    assert (result.output / "pytorch_lora_weights.safetensors").exists()
+    assert result.metrics["probe_loss_after"] < result.metrics["probe_loss_before"]
+    pipeline = StableDiffusionPipeline.from_pretrained(str(tiny_model))
+    plain = {k: v.clone() for k, v in pipeline.unet.state_dict().items()}
+    pipeline.load_lora_weights(str(result.output))
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()  # keeps the fused weights, drops the adapter layers
+    fused = pipeline.unet.state_dict()
+    changed = [k for k in plain if k in fused and not torch.equal(plain[k], fused[k])]
+    assert changed, "the adapter changed no weight"
+
+
+def test_a_resumed_round_ends_where_an_uninterrupted_one_does(settings_for):
+    whole = train(settings_for("whole", steps=6, checkpoint_every=3))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_checkpoint(step, total, loss):
+        if step == 4:
+            raise Crash
+
+    interrupted = settings_for("interrupted", steps=6, checkpoint_every=3)
+    with pytest.raises(Crash):
+        train(interrupted, progress=crash_after_checkpoint)
+    assert (interrupted.output / "checkpoint" / "latest.pt").exists()
+    resumed = train(interrupted)
+    assert resumed.metrics["first_step"] == 4
+    a, b = unet_weights(whole.output), unet_weights(resumed.output)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [round(x, 6) for _, x in whole.loss_history] == [round(x, 6) for _, x in resumed.loss_history]
+    assert not (interrupted.output / "checkpoint" / "latest.pt").exists()
+
+
+def test_prior_preservation_generates_class_images_once(settings_for, tmp_path):
+    class_dir = tmp_path / "class"
+    train(settings_for("one", prior_preservation=True, class_dir=str(class_dir), steps=2))
+    made = sorted(class_dir.glob("*.png"))
+    assert len(made) == 2
+    stamps = [p.stat().st_mtime_ns for p in made]
+    train(settings_for("two", prior_preservation=True, class_dir=str(class_dir), steps=2))
+    assert [p.stat().st_mtime_ns for p in sorted(class_dir.glob("*.png"))] == stamps
+
+
+def test_rating_weights_favour_higher_rated_images(settings_for):
+    from training.losses import batch_indices, step_generator
+
+    weights = torch.tensor([10.0, 0.001, 0.001, 0.001])
+    picks = [i for step in range(1, 50) for i in batch_indices(4, 1, step_generator(0, step), weights)]
+    assert picks.count(0) > 40
+    result = train(settings_for("weighted", rating_weights={"ox-0.png": 5.0}, steps=2))
+    assert len(result.loss_history) == 2

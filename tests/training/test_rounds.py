@@ -1,0 +1,88 @@
+"""Rounds and generation as a user runs them: records, lineage, outputs and errors."""
+
+import pytest
+from sqlalchemy import select
+
+from db.models import Candidate, Round
+from feedback.curation import sync
+from feedback.votes import cast_vote
+from herdbook.config import ProjectConfig
+from herdbook.errors import ModelLoadError
+from herdbook.home import init_home
+from tests.training.tiny import RESOLUTION
+from training.components import load_components
+from training.rounds import generate_candidates, lineage, list_rounds, plan_round, run_round
+from training.settings import ModelChain
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model):
+    config = ProjectConfig(base_model=str(tiny_model), resolution=RESOLUTION, reference_prompts=["an ox"])
+    config.training.checkpoint_every = 0
+    home = init_home(tmp_path / "home", config)
+    store = home.open_store()
+    ids = generate_candidates(store, home, "an ox", "base", count=4, steps=2, seed=7)
+    with store.transaction() as session:
+        for cid in ids[:3]:
+            cast_vote(session, cid, "ann", "accept")
+        sync(session, home)
+    return home, store
+
+
+def test_generated_candidates_record_how_to_make_them_again(project):
+    home, store = project
+    with store.transaction() as session:
+        candidates = session.scalars(select(Candidate).order_by(Candidate.id)).all()
+    assert [c.seed for c in candidates] == [7, 8, 9, 10]
+    first = candidates[0]
+    assert first.prompt == "an ox" and first.round_id is None
+    assert first.generation["steps"] == 2 and first.generation["model"] == str(home.config.base_model)
+    assert (home.root / first.path).exists() and first.source_name == "base-seed-7.png"
+
+
+def test_rounds_chain_and_generation_from_a_finished_round(project):
+    home, store = project
+    with store.transaction() as session:
+        first = plan_round(session, home, mode="lora", steps=3, learning_rate=1e-2, validation_steps=2)
+    done = run_round(store, home, first.id)
+    assert done.status == "finished" and done.parent_id is None
+    assert done.metrics["validation"][0]["prompt"] == "an ox"
+    assert len(done.loss_history) == 3
+    with store.transaction() as session:
+        second = plan_round(session, home, mode="full", steps=2, validation_steps=2)
+        assert second.parent_id == first.id
+        assert list(second.settings["model"]["adapters"]) == [done.output_path]
+    run_round(store, home, second.id)
+    ids = generate_candidates(store, home, "the oxenai ox", "latest", count=2, steps=2)
+    with store.transaction() as session:
+        made = session.scalars(select(Candidate).where(Candidate.id.in_(ids))).all()
+        assert {c.round_id for c in made} == {second.id}
+        rows = list_rounds(session)
+        assert [(r["id"], r["parent"], r["status"], r["dataset_version"]) for r in rows] == [
+            (1, None, "finished", 1),
+            (2, 1, "finished", 1),
+        ]
+        assert lineage(session)[1:] == ["└─ round 1 (lora, finished)", "   └─ round 2 (full, finished)"]
+    with store.transaction() as session:
+        from_base = plan_round(session, home, start_from="base", steps=1)
+        assert from_base.parent_id is None
+
+
+def test_a_round_that_fails_says_why_in_its_record(project, tmp_path):
+    home, store = project
+    home.config.base_model = str(tmp_path / "no-such-model")
+    with store.transaction() as session:
+        planned = plan_round(session, home, start_from="base", steps=1)
+    with pytest.raises(ModelLoadError, match="no model folder at"):
+        run_round(store, home, planned.id)
+    with store.transaction() as session:
+        record = session.get(Round, planned.id)
+        assert record.status == "failed" and "no model folder" in record.error
+
+
+def test_missing_models_are_named(monkeypatch):
+    with pytest.raises(ModelLoadError, match="no model folder at /nowhere/sd"):
+        load_components(ModelChain("/nowhere/sd"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="herdbook-tests/not-a-model is not in the local Hugging Face cache"):
+        load_components(ModelChain("herdbook-tests/not-a-model"))

@@ -1,0 +1,74 @@
+"""Tiny random-weight Stable Diffusion parts built from config, as diffusers' own tests do.
+
+Nothing is downloaded: the tokenizer is the committed fixture in tests/fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-clip-tokenizer"
+RESOLUTION = 32  # pixels; the tiny VAE halves it once
+
+
+def tiny_components(seed: int = 0):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from training.components import Components
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=32,
+            intermediate_size=64,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            pad_token_id=1,
+            vocab_size=520,
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        steps_offset=1,
+    )
+    return Components(unet, vae, text_encoder, CLIPTokenizer.from_pretrained(TOKENIZER), scheduler)
+
+
+def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A diffusers pipeline folder of tiny parts: what `from_pretrained` on a local folder reads."""
+    from training.components import make_pipeline
+
+    make_pipeline(tiny_components(seed)).save_pretrained(folder)
+    return folder

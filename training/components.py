@@ -1,0 +1,106 @@
+"""Loading the Stable Diffusion parts, from a hub id or a local folder, with LoRA adapters fused on."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from herdbook.errors import ModelLoadError
+from training.settings import ModelChain
+
+
+@dataclass
+class Components:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+
+
+def best_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _is_hub_id(name: str) -> bool:
+    """Hub ids look like ``org/name``; anything else is meant as a folder."""
+    return not name.startswith((".", "/", "~")) and name.count("/") == 1
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    """One component. A local folder loads as it is; a hub id is looked for in the local cache
+    first, then on the hub, and a failure names what was looked for and what to do."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return loader.from_pretrained(str(folder), **kwargs)
+    if not _is_hub_id(name):
+        raise ModelLoadError(f"no model folder at {folder}")
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ModelLoadError(
+                f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it where the hub "
+                f"is reachable (`huggingface-cli download {name}`) or set base_model to a local folder"
+            ) from None
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"could not load {name} ({kwargs.get('subfolder', 'pipeline')}) from the Hugging Face hub or its cache: "
+            f"{str(error).splitlines()[0]}. On a machine without the hub, point base_model at a local diffusers folder."
+        ) from error
+
+
+def load_components(chain: ModelChain, device: torch.device | None = None) -> Components:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    components = Components(
+        unet=_from_pretrained(UNet2DConditionModel, chain.pipeline, subfolder="unet"),
+        vae=_from_pretrained(AutoencoderKL, chain.pipeline, subfolder="vae"),
+        text_encoder=_from_pretrained(CLIPTextModel, chain.pipeline, subfolder="text_encoder"),
+        tokenizer=_from_pretrained(CLIPTokenizer, chain.pipeline, subfolder="tokenizer"),
+        noise_scheduler=_from_pretrained(DDPMScheduler, chain.pipeline, subfolder="scheduler"),
+    )
+    if chain.adapters:
+        pipeline = make_pipeline(components)
+        for adapter in chain.adapters:
+            if not Path(adapter).exists():
+                raise ModelLoadError(f"LoRA adapter {adapter} is missing (was its round's output moved?)")
+            pipeline.load_lora_weights(adapter)
+            pipeline.fuse_lora()
+            pipeline.unload_lora_weights()
+    if device is not None:
+        for part in (components.unet, components.vae, components.text_encoder):
+            part.to(device)
+    return components
+
+
+def make_pipeline(components: Components, scheduler: str | None = None):
+    """A plain diffusers pipeline over the components (no safety checker: the raters are the filter)."""
+    import diffusers
+
+    noise_scheduler = components.noise_scheduler
+    if scheduler:
+        noise_scheduler = getattr(diffusers, scheduler).from_config(noise_scheduler.config)
+    return diffusers.StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=noise_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
