@@ -38,6 +38,8 @@ def train(
 
     accelerator = Accelerator(mixed_precision=resolve_precision(settings.mixed_precision))
     started = time.perf_counter()
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     torch.manual_seed(settings.seed)
     parts = components or load_components(settings.model)
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -46,16 +48,17 @@ def train(
 
     # What trains: the whole UNet, or LoRA adapters on its attention (and the text encoder's).
     trainable = prepare_trainable(parts, settings, weight_dtype)
-    parts.vae.to(accelerator.device, dtype=weight_dtype)
-    if not settings.train_text_encoder:
-        parts.text_encoder.to(accelerator.device, dtype=weight_dtype)
+    # The VAE and a frozen text encoder run once per image and prompt (their outputs are
+    # cached), so they stay in float32: no speed lost, and a full round saves them unchanged.
+    parts.vae.to(accelerator.device)
+    parts.text_encoder.to(accelerator.device)
 
     # The data, encoded once: VAE latents, and prompt embeddings while the text encoder is frozen.
     files = image_files(Path(settings.instance_dir))
     instance_latents = encode_images(parts, load_images(files, settings.resolution), accelerator.device)
     class_latents = None
     if settings.prior_preservation:
-        class_files = ensure_class_images(settings, parts, accelerator)
+        class_files = ensure_class_images(settings, parts, accelerator, weight_dtype)
         class_latents = encode_images(parts, load_images(class_files, settings.resolution), accelerator.device)
     prompt_ids = tokenize(parts.tokenizer, [settings.instance_prompt, settings.class_prompt]).to(accelerator.device)
     cached_embeddings = None if settings.train_text_encoder else embed(parts.text_encoder, prompt_ids)
@@ -76,10 +79,11 @@ def train(
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = settings.batch_size * world
     train_started = time.perf_counter()
-    if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    step_seconds: list[float] = []
+    checkpoint_seconds = 0.0
 
     for step in range(first_step, settings.steps + 1):
+        step_started = time.perf_counter()
         # Every draw depends on (seed, step) alone and covers the global batch; this process
         # takes its slice. Resumed and multi-process runs thus see exactly the same data.
         generator = step_generator(settings.seed, step)
@@ -130,10 +134,13 @@ def train(
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+        step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()  # waits for the GPU
+        step_seconds.append(time.perf_counter() - step_started)
         loss_history.append((step, step_loss))
         if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < settings.steps:
+            saving = time.perf_counter()
             save_checkpoint(settings, accelerator, trainable, optimizer, lr_scheduler, step, loss_history)
+            checkpoint_seconds += time.perf_counter() - saving
         if progress is not None and accelerator.is_main_process:
             progress(step, settings.steps, step_loss)
 
@@ -145,14 +152,16 @@ def train(
         parts.unet = accelerator.unwrap_model(unet)
         parts.text_encoder = accelerator.unwrap_model(text_encoder)
         result.output = save_output(settings, parts)
-        result.validation = validation_images(settings, parts, accelerator.device)
+        result.validation = validation_images(settings, parts, accelerator.device, weight_dtype)
         steps_run = settings.steps - first_step + 1
         result.metrics = {
             "steps_run": steps_run,
-            "seconds_per_step": train_seconds / max(1, steps_run),
+            "seconds_per_step": sum(step_seconds) / max(1, steps_run),
+            "median_step_seconds": sorted(step_seconds)[len(step_seconds) // 2] if step_seconds else None,
+            "checkpoint_seconds": checkpoint_seconds,
             "train_seconds": train_seconds,
             "total_seconds": time.perf_counter() - started,
-            "images_per_second": steps_run * global_batch / max(train_seconds, 1e-9),
+            "images_per_second": steps_run * global_batch / max(sum(step_seconds), 1e-9),
             "processes": world,
             "global_batch": global_batch,
             "peak_memory_gb": torch.cuda.max_memory_allocated(accelerator.device) / 2**30
@@ -322,7 +331,14 @@ def rating_weights(files: list[Path], weights: dict[str, float]) -> torch.Tensor
 # --- prior preservation ---------------------------------------------------------------
 
 
-def ensure_class_images(settings: RoundSettings, parts: Components, accelerator) -> list[Path]:
+def mixed_precision(device: torch.device, dtype: torch.dtype):
+    """Inference over parts kept in different precisions (a bf16 UNet, a float32 VAE)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def ensure_class_images(
+    settings: RoundSettings, parts: Components, accelerator, weight_dtype: torch.dtype
+) -> list[Path]:
     """Class images from the parent model, generated once and cached in ``class_dir``."""
     folder = Path(settings.class_dir or settings.output / "class-images")
     folder.mkdir(parents=True, exist_ok=True)
@@ -334,13 +350,14 @@ def ensure_class_images(settings: RoundSettings, parts: Components, accelerator)
         for start in range(len(have), settings.num_class_images, 4):
             count = min(4, settings.num_class_images - start)
             generators = [torch.Generator().manual_seed(10_000 + start + i) for i in range(count)]
-            images = pipeline(
-                [settings.class_prompt] * count,
-                num_inference_steps=settings.generation_steps,
-                height=settings.resolution,
-                width=settings.resolution,
-                generator=generators,
-            ).images
+            with mixed_precision(accelerator.device, weight_dtype):
+                images = pipeline(
+                    [settings.class_prompt] * count,
+                    num_inference_steps=settings.generation_steps,
+                    height=settings.resolution,
+                    width=settings.resolution,
+                    generator=generators,
+                ).images
             for i, image in enumerate(images):
                 image.save(folder / f"class-{start + i:05d}.png")
     accelerator.wait_for_everyone()
@@ -416,13 +433,16 @@ def save_output(settings: RoundSettings, parts: Components) -> Path:
 
 
 @torch.no_grad()
-def validation_images(settings: RoundSettings, parts: Components, device: torch.device) -> list[dict]:
+def validation_images(
+    settings: RoundSettings, parts: Components, device: torch.device, dtype: torch.dtype = torch.float32
+) -> list[dict]:
     """The fixed prompts and seeds every round is compared at."""
     if not settings.validation_prompts:
         return []
-    return render_grid(
-        parts, settings.validation_prompts, settings.validation_seeds, settings.output / "validation", settings, device
-    )
+    with mixed_precision(device, dtype):
+        return render_grid(
+            parts, settings.validation_prompts, settings.validation_seeds, settings.output / "validation", settings, device
+        )
 
 
 @torch.no_grad()
