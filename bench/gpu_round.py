@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.components import Components  # noqa: E402
-from training.dreambooth import train  # noqa: E402
-from training.settings import ModelChain, RoundSettings  # noqa: E402
+from training.components import Components
+from training.dreambooth import train
+from training.settings import ModelChain, RoundSettings
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny-clip-tokenizer"
 REFERENCE_PROMPTS = [

@@ -85,3 +85,52 @@ def status(session: Session) -> dict[str, int]:
         "rounds": session.scalar(select(func.count(Round.id))) or 0,
         "dataset_versions": session.scalar(select(func.count(DatasetVersion.id))) or 0,
     }
+
+
+@dataclass(frozen=True)
+class Card:
+    """What the rating page shows of one candidate."""
+
+    id: int
+    path: str  # relative to the home
+    prompt: str
+    source_name: str
+    round: int | None
+
+
+def cards(session: Session, ids: list[int]) -> list[Card]:
+    """Cards in the order of ``ids`` (one query for a whole queue)."""
+    if not ids:
+        return []
+    rows = session.execute(
+        select(Candidate.id, Candidate.path, Candidate.prompt, Candidate.source_name, Candidate.round_id).where(
+            Candidate.id.in_(ids)
+        )
+    )
+    by_id = {row[0]: Card(*row) for row in rows}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def filter_choices(session: Session) -> tuple[list[str], list[int | None]]:
+    """The distinct prompts and rounds (None: imported) candidates come from."""
+    prompts = list(session.scalars(select(Candidate.prompt).distinct().order_by(Candidate.prompt)))
+    rounds = list(session.scalars(select(Candidate.round_id).distinct()))
+    return prompts, sorted(rounds, key=lambda r: -1 if r is None else r)
+
+
+def acceptance_by_round(session: Session) -> list[dict]:
+    """Per round (None: base and imported), how many candidates were rated and how many accepted:
+    the share rising round over round is how a team sees the loop working."""
+    counts = tallies(session)
+    rounds = dict(session.execute(select(Candidate.id, Candidate.round_id)).all())
+    summary: dict[int | None, dict] = {}
+    for cid, tally in counts.items():
+        if not tally.decisive:
+            continue
+        entry = summary.setdefault(rounds.get(cid), {"round": rounds.get(cid), "rated": 0, "accepted": 0})
+        entry["rated"] += 1
+        entry["accepted"] += verdict(tally) == "accepted"
+    rows = sorted(summary.values(), key=lambda e: -1 if e["round"] is None else e["round"])
+    for row in rows:
+        row["share"] = row["accepted"] / row["rated"]
+    return rows

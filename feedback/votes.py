@@ -126,3 +126,13 @@ def current_vote(session: Session, candidate_id: int, rater_name: str) -> VoteVa
         .join(Rater)
         .where(Vote.candidate_id == candidate_id, Rater.name == clean_rater_name(rater_name), Vote.is_current)
     )
+
+
+def prompt_group(session: Session, rater_name: str, filters: QueueFilter = QueueFilter(), size: int = 4) -> list[int]:
+    """Up to ``size`` candidates of one prompt for the grid mode: the prompt of the next
+    candidate in this rater's queue, and the next ones that share it."""
+    first = rating_queue(session, rater_name, filters, limit=1)
+    if not first:
+        return []
+    prompt = session.scalar(select(Candidate.prompt).where(Candidate.id == first[0]))
+    return rating_queue(session, rater_name, QueueFilter(prompt, filters.round_id, filters.unrated_only), limit=size)

@@ -46,6 +46,9 @@ def train(
     if accelerator.is_main_process:
         settings.save()
 
+    if accelerator.is_main_process:
+        render_starting_grid(settings, parts, accelerator.device, weight_dtype)
+
     # What trains: the whole UNet, or LoRA adapters on its attention (and the text encoder's).
     trainable = prepare_trainable(parts, settings, weight_dtype)
     # The VAE and a frozen text encoder run once per image and prompt (their outputs are
@@ -433,6 +436,18 @@ def save_output(settings: RoundSettings, parts: Components) -> Path:
 
 
 @torch.no_grad()
+def render_starting_grid(settings: RoundSettings, parts: Components, device: torch.device, dtype: torch.dtype) -> None:
+    """The starting model at the validation prompts and seeds (once), so rounds compare with it."""
+    folder = Path(settings.parent_validation_dir) if settings.parent_validation_dir else None
+    if folder is None or not settings.validation_prompts or (folder / "index.json").exists():
+        return
+    for part in (parts.unet, parts.vae, parts.text_encoder):
+        part.to(device)
+    with mixed_precision(device, dtype):
+        render_grid(parts, settings.validation_prompts, settings.validation_seeds, folder, settings, device)
+
+
+@torch.no_grad()
 def validation_images(
     settings: RoundSettings, parts: Components, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> list[dict]:
@@ -441,7 +456,12 @@ def validation_images(
         return []
     with mixed_precision(device, dtype):
         return render_grid(
-            parts, settings.validation_prompts, settings.validation_seeds, settings.output / "validation", settings, device
+            parts,
+            settings.validation_prompts,
+            settings.validation_seeds,
+            settings.output / "validation",
+            settings,
+            device,
         )
 
 

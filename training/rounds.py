@@ -115,12 +115,62 @@ def plan_round(
         gradient_checkpointing=defaults.gradient_checkpointing,
         checkpoint_every=defaults.checkpoint_every,
         validation_prompts=list(home.config.reference_prompts),
+        parent_validation_dir=str(base_validation_dir(home)) if parent_id is None else "",
         rating_weights={"__by_rating__": 1.0} if weight_by_rating else {},
     )
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     record.settings = asdict(settings)
     session.flush()
     return record
+
+
+def base_validation_dir(home) -> Path:
+    return home.rounds_dir / "base-validation"
+
+
+def comparison_grid(session: Session, home) -> dict:
+    """Validation images of the base and every finished round at the same prompts and seeds:
+    {"prompts": [...], "seeds": [...], "columns": [{"label", "images": {(prompt, seed): path}}]}."""
+    import json
+
+    columns = []
+    sources = [("base", base_validation_dir(home))]
+    sources += [
+        (f"round {r.id} ({r.mode})", Path(r.settings["output_dir"]) / "validation")
+        for r in session.scalars(select(Round).where(Round.status == "finished").order_by(Round.id))
+    ]
+    prompts: list[str] = []
+    seeds: list[int] = []
+    for label, folder in sources:
+        index = folder / "index.json"
+        if not index.exists():
+            continue
+        entries = json.loads(index.read_text())
+        images = {(e["prompt"], e["seed"]): folder / e["file"] for e in entries}
+        prompts += [e["prompt"] for e in entries if e["prompt"] not in prompts]
+        seeds += [e["seed"] for e in entries if e["seed"] not in seeds]
+        columns.append({"label": label, "images": images})
+    return {"prompts": prompts, "seeds": seeds, "columns": columns}
+
+
+def model_choices(session: Session) -> list[str]:
+    """What generation can start from: the base and every finished round."""
+    finished = session.scalars(select(Round.id).where(Round.status == "finished").order_by(Round.id)).all()
+    return ["base", *[str(i) for i in finished]]
+
+
+def training_available() -> str | None:
+    """None when torch and diffusers can be imported; otherwise what to install."""
+    import importlib.util
+
+    missing = [
+        name
+        for name in ("torch", "diffusers", "transformers", "accelerate", "peft")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        return f"{', '.join(missing)} not installed: pip install 'herdbook[train]'"
+    return None
 
 
 def settings_of(record: Round) -> RoundSettings:
@@ -212,6 +262,13 @@ def list_rounds(session: Session) -> list[dict]:
             }
         )
     return rows
+
+
+def loss_histories(session: Session) -> dict[str, list]:
+    """Each round's [step, loss] pairs, for the loss chart."""
+    return {
+        f"round {r.id}": r.loss_history for r in session.scalars(select(Round).order_by(Round.id)) if r.loss_history
+    }
 
 
 def lineage(session: Session) -> list[str]:

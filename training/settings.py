@@ -47,6 +47,8 @@ class RoundSettings:
     use_8bit_adam: bool = True  # only where bitsandbytes is installed and a GPU is used
     checkpoint_every: int = 200  # 0: never
     validation_prompts: list[str] = field(default_factory=list)
+    # where the starting model's grid goes, rendered before training when missing (the base's)
+    parent_validation_dir: str = ""
     validation_seeds: list[int] = field(default_factory=lambda: [0, 1])
     validation_steps: int = 30
     generation_steps: int = 30  # for class images

@@ -86,3 +86,17 @@ def test_missing_models_are_named(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="herdbook-tests/not-a-model is not in the local Hugging Face cache"):
         load_components(ModelChain("herdbook-tests/not-a-model"))
+
+
+def test_the_comparison_grid_holds_the_base_and_each_round_at_the_same_prompts(project):
+    from training.rounds import comparison_grid
+
+    home, store = project
+    with store.transaction() as session:
+        planned = plan_round(session, home, mode="lora", steps=1, validation_steps=2, validation_seeds=[3])
+    run_round(store, home, planned.id)
+    with store.transaction() as session:
+        grid = comparison_grid(session, home)
+    assert grid["prompts"] == ["an ox"] and grid["seeds"] == [3]
+    assert [c["label"] for c in grid["columns"]] == ["base", "round 1 (lora)"]
+    assert all(c["images"][("an ox", 3)].exists() for c in grid["columns"])

@@ -1,0 +1,1 @@
+"""The Streamlit app's pages. They call db/, feedback/ and training/ services only."""

@@ -1,0 +1,78 @@
+"""What every page needs: the project, the rater, one transaction per action, error display."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import streamlit as st
+
+from feedback.votes import clean_rater_name
+from herdbook.errors import HerdbookError
+from herdbook.home import Home, load_home, resolve_home
+
+
+@st.cache_resource(show_spinner=False)
+def _open(home_root: str):
+    home = load_home(home_root)
+    return home, home.open_store()
+
+
+def project():
+    """The home and store, opened once per server process; stops the page with advice if missing."""
+    root = str(resolve_home(os.environ.get("HERDBOOK_HOME")))
+    try:
+        return _open(root)
+    except HerdbookError as error:
+        st.error(f"{error}")
+        st.stop()
+
+
+def reload_home() -> Home:
+    """The config as it is on disk now (the CLI may have changed it)."""
+    home, _ = project()
+    return load_home(home.root)
+
+
+@contextlib.contextmanager
+def action(store) -> Iterator:
+    """One transaction for one user action; expected failures become one st.error line."""
+    try:
+        with store.transaction() as session:
+            yield session
+    except HerdbookError as error:
+        st.error(str(error))
+        st.stop()
+
+
+def current_rater() -> str | None:
+    """The rater's name: ``?rater=NAME`` in the URL, else what they typed, remembered for the session."""
+    from_url = st.query_params.get("rater")
+    if from_url:
+        with contextlib.suppress(HerdbookError):
+            st.session_state["rater"] = clean_rater_name(from_url)
+    return st.session_state.get("rater")
+
+
+def ask_rater() -> str | None:
+    name = current_rater()
+    if name:
+        return name
+    st.subheader("Who is rating?")
+    typed = st.text_input("Your name", key="rater_input", placeholder="e.g. ann")
+    if typed:
+        try:
+            name = clean_rater_name(typed)
+        except HerdbookError as error:
+            st.error(str(error))
+            return None
+        st.session_state["rater"] = name
+        st.query_params["rater"] = name  # the URL now links straight to this rater
+        st.rerun()
+    st.caption("Tip: send each rater a link ending in ?rater=THEIR_NAME.")
+    return None
+
+
+def round_label(round_id: int | None) -> str:
+    return "imported / base" if round_id is None else f"round {round_id}"

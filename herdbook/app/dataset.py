@@ -1,0 +1,86 @@
+"""Dataset: versions in Oxen, what each changed, galleries, and why each image is in or out."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from feedback.catalog import cards
+from feedback.curation import decide, diff_versions, list_versions, sync, version_images
+from herdbook.app.context import action, project, reload_home
+
+
+def page() -> None:
+    _, store = project()
+    home = reload_home()
+    st.header("Curated datasets")
+    if st.button("Sync now", type="primary", help="Commit the current selection to the Oxen repository"):
+        with action(store) as session:
+            result = sync(session, home)
+        st.success(f"Dataset version {result.version.id} committed." if result.version else "Nothing new to commit.")
+
+    with action(store) as session:
+        versions = [
+            {
+                "version": v.id,
+                "commit": v.commit_id[:10],
+                "created": v.created_at,
+                "selected": v.n_selected,
+                "rated": v.n_images,
+                "votes": v.n_votes,
+            }
+            for v in list_versions(session)
+        ]
+        decisions, _ = decide(session, home.config.selection)
+        by_id = {c.id: c for c in cards(session, [d.image.id for d in decisions])}
+
+    st.subheader("Versions")
+    if not versions:
+        st.info("No version yet: rate some images, then sync.")
+    else:
+        st.dataframe(pd.DataFrame(versions), hide_index=True, width="stretch")
+        chosen = st.selectbox("Show version", [v["version"] for v in versions][::-1])
+        with action(store) as session:
+            gallery = version_images(session, chosen)
+            previous = chosen - 1 if chosen > 1 else None
+            diff = diff_versions(session, home, previous, chosen) if previous else None
+        if diff is not None:
+            st.caption(f"Since version {previous}: {diff.summary()}")
+        st.image([str(home.root / c.path) for c in gallery], caption=[c.prompt[:40] for c in gallery], width=160)
+
+    st.subheader("Current selection")
+    st.caption(f"Policy from herdbook.toml: {home.config.selection}")
+    rows = [
+        {
+            "": "✅" if d.selected else "—",
+            "image": str(home.root / by_id[d.image.id].path),
+            "id": d.image.id,
+            "prompt": d.image.prompt,
+            "accepts": d.image.tally.accepts,
+            "rejects": d.image.tally.rejects,
+            "score": round(d.score, 3),
+            "why": d.reason,
+        }
+        for d in decisions
+        if d.image.id in by_id
+    ]
+    if not rows:
+        st.info("No rated images yet.")
+        return
+    frame = pd.DataFrame(rows)
+    frame["image"] = frame["image"].map(_data_url)
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={"image": st.column_config.ImageColumn("image", width="small")},
+    )
+
+
+def _data_url(path: str) -> str:
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(path)[0] or "image/png"
+    with open(path, "rb") as handle:
+        return f"data:{mime};base64,{base64.b64encode(handle.read()).decode()}"

@@ -1,0 +1,41 @@
+"""Generate: new candidates from the base model or any finished round, as a background job."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from herdbook.app.context import action, project
+from herdbook.app.jobs_panel import jobs_panel
+from herdbook.jobs import submit
+from training.rounds import model_choices, training_available
+
+
+def page() -> None:
+    home, store = project()
+    st.header("Generate candidates")
+    missing = training_available()
+    if missing:
+        st.error(f"Generation needs the training extras on the worker's machine: {missing}.")
+    with action(store) as session:
+        models = model_choices(session)
+    with st.form("generate"):
+        prompt = st.text_input("Prompt", value=home.config.instance_prompt)
+        negative = st.text_input("Negative prompt", value="")
+        left, middle, right = st.columns(3)
+        count = left.number_input("Images", min_value=1, max_value=200, value=4)
+        seed = middle.number_input("First seed", min_value=0, value=0, help="Image i uses seed + i.")
+        steps = right.number_input("Steps", min_value=1, max_value=200, value=30)
+        model = st.selectbox(
+            "Model", models, index=len(models) - 1, format_func=lambda m: "base model" if m == "base" else f"round {m}"
+        )
+        submitted = st.form_submit_button("Generate", type="primary", disabled=bool(missing))
+    if submitted:
+        if not prompt.strip():
+            st.error("Write a prompt first.")
+        else:
+            with action(store) as session:
+                job = submit(session, home, "generate", {"prompt": prompt.strip(), "negative_prompt": negative, "count": int(count),
+                                                          "seed": int(seed), "steps": int(steps), "round": model})  # fmt: skip
+            st.success(f"Queued job {job.id}. New images join the rating queue when it finishes.")
+    st.subheader("Generation jobs")
+    jobs_panel(home, store, "generate")

@@ -1,0 +1,37 @@
+"""Live view of background jobs, refreshed every two seconds without rerunning the page."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import streamlit as st
+
+from herdbook.app.context import action
+from herdbook.jobs import list_jobs, mark_lost_jobs
+
+
+@st.fragment(run_every=2)
+def jobs_panel(home, store, kind: str) -> None:
+    with action(store) as session:
+        mark_lost_jobs(session, home.config.jobs.stale_after_seconds)
+        jobs = [j for j in list_jobs(session, limit=20) if j.kind == kind][:5]
+        rows = [(j.id, j.status, j.progress, j.message, j.error, j.log, j.created_at) for j in jobs]
+    if not rows:
+        st.caption("No jobs yet.")
+        return
+    for job_id, status, progress, message, error, log, created in rows:
+        label = f"Job {job_id}: {status}"
+        if status == "running":
+            st.progress(progress, text=f"{label} · {message}")
+        elif status == "queued":
+            waited = (datetime.now(UTC) - created.replace(tzinfo=created.tzinfo or UTC)).total_seconds()
+            st.info(f"{label} · {message}" + (" — is `herdbook worker` running?" if waited > 15 else ""))
+        elif status == "finished":
+            st.success(f"{label}")
+        elif status == "failed":
+            st.error(f"{label}: {error}")
+        else:
+            st.warning(f"{label}: {error}")
+        if log and status in ("running", "failed"):
+            with st.expander("Log", expanded=False):
+                st.code(log[-3000:], language=None)

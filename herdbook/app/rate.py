@@ -1,0 +1,162 @@
+"""Rate: the page people spend their day on. Keyboard first: 1 accept, 2 reject, 3 skip, u undo.
+
+Speed comes from never recomputing the page per vote: the queue (ids and cards of the next
+50 candidates) and the counts live in the session; a vote is one small transaction inside a
+fragment, which alone reruns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from feedback.catalog import Card, cards, filter_choices
+from feedback.votes import (
+    QueueFilter,
+    cast_vote,
+    prompt_group,
+    queue_size,
+    rater_vote_count,
+    rating_queue,
+    undo_last_vote,
+)
+from herdbook.app.context import action, ask_rater, project, round_label
+
+BATCH = 50
+
+
+@dataclass
+class Queue:
+    rater: str
+    filters: QueueFilter
+    cards: list[Card] = field(default_factory=list)
+    left: int = 0
+    votes: int = 0
+    last_message: str = ""
+
+
+def load_queue(store, rater: str, filters: QueueFilter, exclude: set[int] = frozenset()) -> Queue:
+    with action(store) as session:
+        ids = [i for i in rating_queue(session, rater, filters, limit=BATCH + len(exclude)) if i not in exclude][:BATCH]
+        return Queue(
+            rater, filters, cards(session, ids), queue_size(session, rater, filters), rater_vote_count(session, rater)
+        )
+
+
+def refill(store, queue: Queue) -> None:
+    if len(queue.cards) < 5:
+        with action(store) as session:
+            have = {c.id for c in queue.cards}
+            more = [
+                i for i in rating_queue(session, queue.rater, queue.filters, limit=BATCH + len(have)) if i not in have
+            ]
+            queue.cards += cards(session, more[: BATCH - len(queue.cards)])
+
+
+def vote(store, queue: Queue, candidate_id: int, value: str) -> None:
+    with action(store) as session:
+        cast_vote(session, candidate_id, queue.rater, value)
+    queue.cards = [c for c in queue.cards if c.id != candidate_id]
+    queue.left = max(0, queue.left - 1) if queue.filters.unrated_only else queue.left
+    queue.votes += value != "skip"
+    queue.last_message = f"{value} #{candidate_id}"
+    refill(store, queue)
+
+
+def undo(store, queue: Queue) -> None:
+    with action(store) as session:
+        undone = undo_last_vote(session, queue.rater)
+        card = cards(session, [undone])[0] if undone is not None else None
+        queue.votes = rater_vote_count(session, queue.rater)
+    if card is None:
+        queue.last_message = "nothing to undo"
+        return
+    queue.cards = [card, *[c for c in queue.cards if c.id != card.id]]
+    queue.left += queue.filters.unrated_only
+    queue.last_message = f"undid your vote on #{card.id}"
+
+
+def sidebar_filters(store) -> QueueFilter:
+    with action(store) as session:
+        prompts, rounds = filter_choices(session)
+    with st.sidebar:
+        st.subheader("Filters")
+        prompt = st.selectbox("Prompt", ["(any)", *prompts], key="filter_prompt")
+        round_choice = st.selectbox(
+            "From", ["(any)", *rounds], format_func=lambda r: r if r == "(any)" else round_label(r), key="filter_round"
+        )
+        unrated = st.checkbox("Only what I have not rated", value=True, key="filter_unrated")
+    round_id = None if round_choice == "(any)" else (0 if round_choice is None else round_choice)
+    return QueueFilter(None if prompt == "(any)" else prompt, round_id, unrated)
+
+
+@st.fragment
+def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
+    queue: Queue | None = st.session_state.get("queue")
+    if queue is None or queue.rater != rater or queue.filters != filters:
+        queue = st.session_state["queue"] = load_queue(store, rater, filters)
+    st.markdown(f"**{queue.left}** left in this queue · **{queue.votes}** votes by {rater}")
+    current = queue.cards[0] if queue.cards else None
+    image_area, controls = st.columns([3, 2], vertical_alignment="top")
+    with controls:
+        cols = st.columns(2)
+        disabled = current is None
+        cid = current.id if current else 0
+        cols[0].button("Accept", key="accept", shortcut="1", type="primary", icon=":material/thumb_up:", disabled=disabled,
+                       on_click=vote, args=(store, queue, cid, "accept"), width="stretch")  # fmt: skip
+        cols[1].button("Reject", key="reject", shortcut="2", icon=":material/thumb_down:", disabled=disabled,
+                       on_click=vote, args=(store, queue, cid, "reject"), width="stretch")  # fmt: skip
+        cols[0].button("Skip", key="skip", shortcut="3", icon=":material/skip_next:", disabled=disabled,
+                       on_click=vote, args=(store, queue, cid, "skip"), width="stretch")  # fmt: skip
+        cols[1].button("Undo", key="undo", shortcut="u", icon=":material/undo:", on_click=undo, args=(store, queue),
+                       width="stretch")  # fmt: skip
+        st.caption("Keys: 1 accept · 2 reject · 3 skip · u undo")
+        if queue.last_message:
+            st.caption(f"Last: {queue.last_message}")
+    with image_area:
+        if current is None:
+            st.success("Nothing left to rate here. Generate more, or change the filters.")
+            return
+        st.image(str(home.root / current.path), width=512)
+        st.text(current.prompt or "(no prompt)")
+        st.caption(f"#{current.id} · {current.source_name} · {round_label(current.round)}")
+
+
+@st.fragment
+def grid(home, store, rater: str, filters: QueueFilter) -> None:
+    """Oxen's feedback-example layout: the candidates of one prompt side by side."""
+    with action(store) as session:
+        group = cards(session, prompt_group(session, rater, filters))
+    if not group:
+        st.success("Nothing left to rate here.")
+        return
+    st.text(group[0].prompt or "(no prompt)")
+    for column, card in zip(st.columns(4), group, strict=False):
+        with column:
+            st.image(str(home.root / card.path), width="stretch")
+            st.caption(f"#{card.id} · {round_label(card.round)}")
+            left, right = st.columns(2)
+            if left.button("Accept", key=f"grid-accept-{card.id}", icon=":material/thumb_up:", width="stretch"):
+                with action(store) as session:
+                    cast_vote(session, card.id, rater, "accept")
+                st.rerun(scope="fragment")
+            if right.button("Reject", key=f"grid-reject-{card.id}", icon=":material/thumb_down:", width="stretch"):
+                with action(store) as session:
+                    cast_vote(session, card.id, rater, "reject")
+                st.rerun(scope="fragment")
+
+
+def page() -> None:
+    home, store = project()
+    rater = ask_rater()
+    if rater is None:
+        return
+    filters = sidebar_filters(store)
+    with st.sidebar:
+        st.caption(f"Rating as **{rater}**")
+        mode = st.radio("Layout", ["One at a time", "Grid of four"], key="layout", horizontal=True)
+    if mode == "One at a time":
+        one_at_a_time(home, store, rater, filters)
+    else:
+        grid(home, store, rater, filters)

@@ -1,0 +1,114 @@
+"""Rounds: start a Dreambooth round, follow it live, and see whether the loop is working."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from feedback.catalog import acceptance_by_round
+from feedback.curation import list_versions
+from herdbook.app.context import action, project, reload_home
+from herdbook.app.jobs_panel import jobs_panel
+from herdbook.jobs import submit
+from training.rounds import comparison_grid, lineage, list_rounds, loss_histories, plan_round, training_available
+
+
+def start_form(home, store) -> None:
+    defaults = home.config.training
+    with action(store) as session:
+        versions = [v.id for v in list_versions(session)][::-1]
+        finished = [r["id"] for r in list_rounds(session) if r["status"] == "finished"][::-1]
+    if not versions:
+        st.info("Training needs a dataset version: rate images, then sync on the Dataset page.")
+        return
+    with st.form("start-round"):
+        left, right = st.columns(2)
+        version = left.selectbox("Dataset version", versions)
+        start = right.selectbox(
+            "Start from",
+            ["newest round" if finished else "base", "base", *finished][: 2 + len(finished)] if finished else ["base"],
+        )
+        mode = left.radio("Mode", ["full", "lora"], index=0 if defaults.mode == "full" else 1, horizontal=True)
+        steps = right.number_input("Steps", min_value=1, max_value=20_000, value=defaults.steps)
+        lr = left.number_input(
+            "Learning rate (blank: the mode's default)", value=None, format="%.2e", placeholder="5e-6 full · 1e-4 LoRA"
+        )
+        prior = right.checkbox("Prior preservation", value=defaults.prior_preservation)
+        submitted = st.form_submit_button("Start round", type="primary", disabled=bool(training_available()))
+    if submitted:
+        start_from = {"newest round": "parent", "base": "base"}.get(start, start)
+        with action(store) as session:
+            record = plan_round(session, home, dataset=version, start_from=start_from, mode=mode, steps=int(steps),
+                                learning_rate=lr, prior_preservation=prior)  # fmt: skip
+            job = submit(session, home, "train", {"round_id": record.id})
+        st.success(f"Round {record.id} queued as job {job.id}.")
+
+
+def loss_chart(store) -> None:
+    with action(store) as session:
+        histories = loss_histories(session)
+    if not histories:
+        return
+    st.subheader("Training loss")
+    frame = pd.concat(
+        [pd.DataFrame(history, columns=["step", name]).set_index("step") for name, history in histories.items()], axis=1
+    )
+    st.line_chart(frame.rolling(10, min_periods=1).mean(), x_label="step", y_label="loss (mean of 10 steps)")
+
+
+def comparison(home, store) -> None:
+    with action(store) as session:
+        grid = comparison_grid(session, home)
+    if not grid["columns"]:
+        return
+    st.subheader("Comparison at fixed prompts and seeds")
+    for prompt in grid["prompts"]:
+        st.text(prompt)
+        for seed in grid["seeds"]:
+            columns = st.columns(len(grid["columns"]))
+            for column, source in zip(columns, grid["columns"], strict=True):
+                path = source["images"].get((prompt, seed))
+                if path is not None and path.exists():
+                    column.image(str(path), caption=f"{source['label']} · seed {seed}", width="stretch")
+
+
+def acceptance(store) -> None:
+    with action(store) as session:
+        rows = acceptance_by_round(session)
+    if not rows:
+        return
+    st.subheader("Share of candidates raters accepted, by round")
+    frame = pd.DataFrame(
+        [
+            {"from": "base / imported" if r["round"] is None else f"round {r['round']}", "accepted share": r["share"]}
+            for r in rows
+        ]
+    )
+    st.bar_chart(frame.set_index("from"), y_label="accepted / rated")
+    st.caption(
+        " · ".join(
+            f"{'base' if r['round'] is None else 'round ' + str(r['round'])}: {r['accepted']}/{r['rated']}"
+            for r in rows
+        )
+    )
+
+
+def page() -> None:
+    _, store = project()
+    home = reload_home()
+    st.header("Dreambooth rounds")
+    missing = training_available()
+    if missing:
+        st.error(f"Training needs the training extras: {missing}.")
+    start_form(home, store)
+    st.subheader("Training jobs")
+    jobs_panel(home, store, "train")
+    with action(store) as session:
+        rows, tree = list_rounds(session), lineage(session)
+    if rows:
+        st.subheader("Rounds")
+        st.code("\n".join(tree), language=None)
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    loss_chart(store)
+    comparison(home, store)
+    acceptance(store)
