@@ -28,8 +28,10 @@ def start_form(home, store) -> None:
             "Start from",
             ["newest round" if finished else "base", "base", *finished][: 2 + len(finished)] if finished else ["base"],
         )
-        mode = left.radio("Mode", ["full", "lora"], index=0 if defaults.mode == "full" else 1, horizontal=True)
-        steps = right.number_input("Steps", min_value=1, max_value=20_000, value=defaults.steps)
+        mode = left.radio(
+            "Mode", ["full", "lora"], index=0 if defaults.mode == "full" else 1, horizontal=True, key="round_mode"
+        )
+        steps = right.number_input("Steps", min_value=1, max_value=20_000, value=defaults.steps, key="round_steps")
         lr = left.number_input(
             "Learning rate (blank: the mode's default)", value=None, format="%.2e", placeholder="5e-6 full · 1e-4 LoRA"
         )
@@ -62,14 +64,15 @@ def comparison(home, store) -> None:
     if not grid["columns"]:
         return
     st.subheader("Comparison at fixed prompts and seeds")
+    st.caption(" · ".join(source["label"] for source in grid["columns"]) + ", left to right")
     for prompt in grid["prompts"]:
         st.text(prompt)
         for seed in grid["seeds"]:
-            columns = st.columns(len(grid["columns"]))
-            for column, source in zip(columns, grid["columns"], strict=True):
-                path = source["images"].get((prompt, seed))
-                if path is not None and path.exists():
-                    column.image(str(path), caption=f"{source['label']} · seed {seed}", width="stretch")
+            row = [(s["label"], s["images"].get((prompt, seed))) for s in grid["columns"]]
+            shown = [(label, path) for label, path in row if path is not None and path.exists()]
+            st.image(
+                [str(path) for _, path in shown], caption=[f"{label} · seed {seed}" for label, _ in shown], width=192
+            )
 
 
 def acceptance(store) -> None:

@@ -1,0 +1,177 @@
+"""The app's pages through Streamlit's AppTest: clicks, filters, undo, empty states."""
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
+
+from db.models import Job, Round
+from feedback.catalog import list_candidates
+from feedback.votes import cast_vote, current_vote
+from tests.conftest import make_image, write_csv
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def demo_home(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from herdbook.cli import main
+
+    home = tmp_path / "demo"
+    assert CliRunner().invoke(main, ["demo", "--home", str(home)]).exit_code == 0
+    monkeypatch.setenv("HERDBOOK_HOME", str(home))
+    from herdbook.home import load_home
+
+    return load_home(home)
+
+
+def app(rater=None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=30)
+    if rater:
+        at.query_params["rater"] = rater
+    return at.run()
+
+
+def page(module: str) -> AppTest:
+    def script(module):
+        import importlib
+
+        importlib.import_module(f"herdbook.app.{module}").page()
+
+    return AppTest.from_function(script, kwargs={"module": module}, default_timeout=30)
+
+
+def shown_caption(at) -> str:
+    return " ".join(c.value for c in at.caption)
+
+
+def test_a_new_rater_is_asked_for_a_name_once(demo_home):
+    at = app()
+    assert at.subheader[0].value == "Who is rating?"
+    at.text_input(key="rater_input").input("ann").run()
+    assert at.query_params["rater"] == ["ann"] or at.query_params["rater"] == "ann"
+    assert at.button(key="accept")
+
+
+def test_accept_records_the_vote_and_moves_on(demo_home):
+    at = app("ann")
+    assert "#1 " in shown_caption(at)
+    at.button(key="accept").click().run()
+    assert "#2 " in shown_caption(at)
+    at.button(key="reject").click().run()
+    at.button(key="skip").click().run()
+    assert "#4 " in shown_caption(at)
+    assert "2** votes by ann" in at.markdown[0].value
+    with demo_home.open_store().transaction() as session:
+        assert [current_vote(session, i, "ann") for i in (1, 2, 3)] == ["accept", "reject", "skip"]
+
+
+def test_undo_brings_back_the_previous_image_and_removes_the_vote(demo_home):
+    at = app("ann")
+    at.button(key="accept").click().run()
+    at.button(key="undo").click().run()
+    assert "#1 " in shown_caption(at)
+    with demo_home.open_store().transaction() as session:
+        assert current_vote(session, 1, "ann") is None
+
+
+def test_the_prompt_filter_narrows_the_queue(demo_home):
+    at = app("ann")
+    prompt = "a golden cartoon ox with short horns on a snow"
+    at.selectbox(key="filter_prompt").select(prompt).run()
+    assert at.text[0].value == prompt
+    assert "4** left" in at.markdown[0].value
+
+
+def test_an_empty_queue_says_so(demo_home):
+    store = demo_home.open_store()
+    with store.transaction() as session:
+        for row in list_candidates(session):
+            cast_vote(session, row.id, "ann", "accept")
+    at = app("ann")
+    assert "Nothing left to rate" in at.success[0].value
+    assert at.button(key="accept").disabled
+
+
+def test_grid_mode_shows_four_of_one_prompt_and_takes_votes(demo_home):
+    at = app("ann")
+    at.radio(key="layout").set_value("Grid of four").run()
+    shown = sorted(int(b.key.rsplit("-", 1)[1]) for b in at.button if b.key and b.key.startswith("grid-accept-"))
+    assert shown == [1, 2, 3, 4]  # the four candidates of the first prompt
+    at.button(key="grid-reject-2").click().run()
+    with demo_home.open_store().transaction() as session:
+        assert current_vote(session, 2, "ann") == "reject"
+
+
+def test_prompts_are_text_never_html(tmp_path, monkeypatch):
+    from herdbook.home import init_home
+
+    home = init_home(tmp_path / "h")
+    folder = tmp_path / "imgs"
+    make_image(folder / "a.png")
+    write_csv(folder / "p.csv", [{"file": "a.png", "prompt": "<img src=x onerror=alert(1)> an ox"}])
+    from feedback.ingest import import_images, rows_from_csv
+
+    with home.open_store().transaction() as session:
+        import_images(session, folder, home.candidates_dir, home.root, rows_from_csv(folder / "p.csv"))
+    monkeypatch.setenv("HERDBOOK_HOME", str(home.root))
+    at = app("ann")
+    assert at.text[0].value == "<img src=x onerror=alert(1)> an ox"
+    assert all("onerror" not in m.value for m in at.markdown)
+
+
+def test_generate_queues_a_job(demo_home):
+    at = page("generate").run()
+    at.text_input[0].input("an ox on the moon")
+    at.number_input[0].set_value(2)
+    at.button[0].click().run()
+    assert "Queued job" in at.success[0].value
+    with demo_home.open_store().transaction() as session:
+        job = session.scalars(select(Job)).one()
+        assert (job.kind, job.params["prompt"], job.params["count"], job.params["round"]) == (
+            "generate",
+            "an ox on the moon",
+            2,
+            "base",
+        )
+
+
+def test_dataset_page_syncs_and_explains_the_selection(demo_home):
+    with demo_home.open_store().transaction() as session:
+        cast_vote(session, 1, "ann", "accept")
+        cast_vote(session, 2, "ann", "reject")
+    at = page("dataset").run()
+    assert "No version yet" in at.info[0].value
+    at.button[0].click().run()
+    assert "Dataset version 1 committed" in at.success[0].value
+    frames = at.dataframe
+    selection = frames[-1].value
+    assert list(selection["id"]) == [1, 2]
+    assert "rejected" in selection["why"].iloc[1]
+
+
+def test_rounds_page_needs_a_dataset_then_queues_a_round(demo_home):
+    at = page("rounds").run()
+    assert "needs a dataset version" in at.info[0].value
+    from feedback.curation import sync
+
+    with demo_home.open_store().transaction() as session:
+        cast_vote(session, 1, "ann", "accept")
+        sync(session, demo_home)
+    at = page("rounds").run()
+    at.radio(key="round_mode").set_value("lora")
+    at.number_input(key="round_steps").set_value(50)
+    at.button[0].click().run()
+    assert "queued as job" in at.success[0].value
+    with demo_home.open_store().transaction() as session:
+        record = session.scalars(select(Round)).one()
+        assert (record.mode, record.settings["steps"], record.settings["learning_rate"], record.status) == (
+            "lora",
+            50,
+            1e-4,
+            "pending",
+        )
+        assert session.scalars(select(Job)).one().params == {"round_id": record.id}

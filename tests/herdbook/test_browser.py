@@ -1,0 +1,146 @@
+"""Real-browser tests: Debian's chromium, driven by Playwright, against the app on localhost.
+
+A rater uses only the keyboard; the votes must land in the store, and undo must bring the
+previous image back. Without chromium these skip locally; under CI (CI=true) they fail,
+because `make test` installs it.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from feedback.votes import current_vote
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.browser
+
+if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium; `make test` does it)", allow_module_level=True
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def running_app(tmp_path):
+    from click.testing import CliRunner
+
+    from herdbook.cli import main
+    from herdbook.home import load_home
+    from herdbook.serve import app_command
+
+    home = tmp_path / "demo"
+    assert CliRunner().invoke(main, ["demo", "--home", str(home)]).exit_code == 0
+    port = free_port()
+    process = subprocess.Popen(
+        app_command(port, "127.0.0.1"),
+        env={**os.environ, "HERDBOOK_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the app did not start") from None
+            time.sleep(0.3)
+    yield url, load_home(home)
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def opened(page, url: str) -> None:
+    """Load the page and let it settle. Streamlit binds button shortcuts in an effect after its
+    first render; a key pressed in the first ~0.3 s after load is sometimes not seen
+    (measured here: 7 of 8 presses lost with no wait, 0 of 8 after 0.5 s)."""
+    page.goto(url)
+    showing(page, 1)
+    page.wait_for_timeout(800)
+
+
+def showing(page, candidate_id: int) -> None:
+    """Wait until the candidate is on screen and the app has finished its run."""
+    try:
+        page.get_by_text(f"#{candidate_id} · ").wait_for(timeout=20_000)
+        page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=20_000)
+    except Exception:
+        page.screenshot(path=str(Path(tempfile.gettempdir()) / "herdbook-browser-failure.png"))
+        raise
+
+
+def test_rating_with_the_keyboard_only(running_app, browser):
+    url, home = running_app
+    page = browser.new_page()
+    opened(page, f"{url}/?rater=kim")
+    for key, next_id in [("1", 2), ("2", 3), ("3", 4), ("1", 5)]:
+        page.keyboard.press(key)
+        showing(page, next_id)
+    with home.open_store().transaction() as session:
+        assert [current_vote(session, i, "kim") for i in (1, 2, 3, 4)] == ["accept", "reject", "skip", "accept"]
+    from playwright.sync_api import expect
+
+    expect(page.locator("p", has_text="votes by kim")).to_contain_text("3 votes by kim")
+
+
+def test_undo_with_the_keyboard_restores_the_previous_image(running_app, browser):
+    url, home = running_app
+    page = browser.new_page()
+    opened(page, f"{url}/?rater=lee")
+    page.keyboard.press("1")
+    showing(page, 2)
+    page.keyboard.press("u")
+    showing(page, 1)
+    with home.open_store().transaction() as session:
+        assert current_vote(session, 1, "lee") is None
+    page.keyboard.press("2")
+    showing(page, 2)
+    with home.open_store().transaction() as session:
+        assert current_vote(session, 1, "lee") == "reject"
+
+
+def test_the_app_listens_on_localhost_only_by_default():
+    from herdbook.serve import app_command
+
+    command = app_command(8501, "127.0.0.1")
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    assert sys.executable == command[0]
