@@ -93,34 +93,50 @@ def sidebar_filters(store) -> QueueFilter:
 
 @st.fragment
 def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
+    # Kept lean on purpose: every element here is redrawn on each key press (bench/rate_latency.py).
     queue: Queue | None = st.session_state.get("queue")
     if queue is None or queue.rater != rater or queue.filters != filters:
         queue = st.session_state["queue"] = load_queue(store, rater, filters)
-    st.markdown(f"**{queue.left}** left in this queue · **{queue.votes}** votes by {rater}")
     current = queue.cards[0] if queue.cards else None
-    image_area, controls = st.columns([3, 2], vertical_alignment="top")
-    with controls:
-        cols = st.columns(2)
-        disabled = current is None
-        cid = current.id if current else 0
-        cols[0].button("Accept", key="accept", shortcut="1", type="primary", icon=":material/thumb_up:", disabled=disabled,
-                       on_click=vote, args=(store, queue, cid, "accept"), width="stretch")  # fmt: skip
-        cols[1].button("Reject", key="reject", shortcut="2", icon=":material/thumb_down:", disabled=disabled,
-                       on_click=vote, args=(store, queue, cid, "reject"), width="stretch")  # fmt: skip
-        cols[0].button("Skip", key="skip", shortcut="3", icon=":material/skip_next:", disabled=disabled,
-                       on_click=vote, args=(store, queue, cid, "skip"), width="stretch")  # fmt: skip
-        cols[1].button("Undo", key="undo", shortcut="u", icon=":material/undo:", on_click=undo, args=(store, queue),
-                       width="stretch")  # fmt: skip
-        st.caption("Keys: 1 accept · 2 reject · 3 skip · u undo")
-        if queue.last_message:
-            st.caption(f"Last: {queue.last_message}")
-    with image_area:
-        if current is None:
-            st.success("Nothing left to rate here. Generate more, or change the filters.")
-            return
-        st.image(str(home.root / current.path), width=512)
-        st.text(current.prompt or "(no prompt)")
-        st.caption(f"#{current.id} · {current.source_name} · {round_label(current.round)}")
+    cid = current.id if current else 0
+    accept, reject, skip, back = st.columns(4, width=512)
+    accept.button(
+        "Accept",
+        key="accept",
+        shortcut="1",
+        type="primary",
+        disabled=current is None,
+        on_click=vote,
+        args=(store, queue, cid, "accept"),
+        width="stretch",
+    )
+    reject.button(
+        "Reject",
+        key="reject",
+        shortcut="2",
+        disabled=current is None,
+        on_click=vote,
+        args=(store, queue, cid, "reject"),
+        width="stretch",
+    )
+    skip.button(
+        "Skip",
+        key="skip",
+        shortcut="3",
+        disabled=current is None,
+        on_click=vote,
+        args=(store, queue, cid, "skip"),
+        width="stretch",
+    )
+    back.button("Undo", key="undo", shortcut="u", on_click=undo, args=(store, queue), width="stretch")
+    last = f" · last: {queue.last_message}" if queue.last_message else ""
+    st.caption(f"{queue.left} left in this queue · {queue.votes} votes by {rater}{last}")
+    if current is None:
+        st.success("Nothing left to rate here. Generate more, or change the filters.")
+        return
+    st.image(str(home.root / current.path), width=512)
+    st.text(current.prompt or "(no prompt)")
+    st.caption(f"#{current.id} · {current.source_name} · {round_label(current.round)}")
 
 
 @st.fragment
@@ -154,7 +170,7 @@ def page() -> None:
         return
     filters = sidebar_filters(store)
     with st.sidebar:
-        st.caption(f"Rating as **{rater}**")
+        st.caption(f"Rating as **{rater}** · keys: 1 accept, 2 reject, 3 skip, u undo")
         mode = st.radio("Layout", ["One at a time", "Grid of four"], key="layout", horizontal=True)
     if mode == "One at a time":
         one_at_a_time(home, store, rater, filters)

@@ -64,7 +64,7 @@ def test_accept_records_the_vote_and_moves_on(demo_home):
     at.button(key="reject").click().run()
     at.button(key="skip").click().run()
     assert "#4 " in shown_caption(at)
-    assert "2** votes by ann" in at.markdown[0].value
+    assert "2 votes by ann" in shown_caption(at)
     with demo_home.open_store().transaction() as session:
         assert [current_vote(session, i, "ann") for i in (1, 2, 3)] == ["accept", "reject", "skip"]
 
@@ -83,7 +83,7 @@ def test_the_prompt_filter_narrows_the_queue(demo_home):
     prompt = "a golden cartoon ox with short horns on a snow"
     at.selectbox(key="filter_prompt").select(prompt).run()
     assert at.text[0].value == prompt
-    assert "4** left" in at.markdown[0].value
+    assert "4 left in this queue" in shown_caption(at)
 
 
 def test_an_empty_queue_says_so(demo_home):
