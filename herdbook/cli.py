@@ -505,10 +505,27 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     help="Class images keep the model's idea of the class.",
 )
 @click.option("--weight-by-rating", is_flag=True, help="Show higher-rated images more often.")
+@click.option(
+    "--gpus",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Processes, one per GPU, through accelerate's launcher.",
+)
 @click.option("--queue", "queued", is_flag=True, help="Queue the round for `herdbook worker` instead of training here.")
 @friendly
 def train(
-    home_path, mode, steps, resolution, learning_rate, dataset, start_from, prior_preservation, weight_by_rating, queued
+    home_path,
+    mode,
+    steps,
+    resolution,
+    learning_rate,
+    dataset,
+    start_from,
+    prior_preservation,
+    weight_by_rating,
+    gpus,
+    queued,
 ):
     """Run a Dreambooth round on a dataset version's instance images."""
     from herdbook.home import load_home
@@ -533,7 +550,7 @@ def train(
         if queued:
             from herdbook.jobs import submit
 
-            job = submit(session, home, "train", {"round_id": round_id})
+            job = submit(session, home, "train", {"round_id": round_id, "processes": gpus})
     if queued:
         click.echo(f"Round {round_id} queued as job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
@@ -549,7 +566,7 @@ def train(
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        finished = run_round(store, home, round_id, progress=on_step)
+        finished = run_round(store, home, round_id, progress=on_step, processes=gpus)
     m = finished.metrics
     click.echo(f"Round {round_id} finished: {finished.output_path}")
     click.echo(

@@ -174,7 +174,7 @@ def _train(store, home: Home, params: dict, reporter: JobReporter) -> dict:
         eta = elapsed / step * (total - step) if step else 0
         reporter.progress(step / total, f"step {step}/{total}, loss {loss:.4f}, ETA {timedelta(seconds=int(eta))}")
 
-    record = run_round(store, home, round_id, progress=on_step)
+    record = run_round(store, home, round_id, progress=on_step, processes=params.get("processes", 1))
     reporter.log(f"round {round_id} finished: {record.output_path}")
     return {"round_id": round_id, "output": record.output_path}
 

@@ -36,7 +36,10 @@ def train(
 ) -> TrainResult:
     from accelerate import Accelerator
 
-    accelerator = Accelerator(mixed_precision=resolve_precision(settings.mixed_precision))
+    # cpu=True on a machine without CUDA lets several launched processes form a gloo group
+    accelerator = Accelerator(
+        mixed_precision=resolve_precision(settings.mixed_precision), cpu=not torch.cuda.is_available()
+    )
     started = time.perf_counter()
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(accelerator.device)

@@ -201,9 +201,18 @@ def start_round(session: Session, home, round_id: int) -> RoundSettings:
 
 
 def run_round(
-    store, home, round_id: int, components=None, progress: Progress | None = None, report_every: float = 5.0
+    store,
+    home,
+    round_id: int,
+    components=None,
+    progress: Progress | None = None,
+    report_every: float = 5.0,
+    processes: int = 1,
 ) -> Round:
-    """Train a planned round; its record follows along (step, loss) and ends finished or failed."""
+    """Train a planned round; its record follows along (step, loss) and ends finished or failed.
+
+    With ``processes`` > 1 the round runs under accelerate's launcher (one process per GPU);
+    the record is then written when the launch returns."""
     from training.dreambooth import train
 
     with store.transaction() as session:
@@ -222,7 +231,7 @@ def run_round(
             progress(step, total, loss)
 
     try:
-        result = train(settings, components, progress=on_step)
+        result = train(settings, components, progress=on_step) if processes == 1 else launched(settings, processes)
     except BaseException as error:
         with store.transaction() as session:
             record = session.get(Round, round_id)
@@ -237,6 +246,24 @@ def run_round(
         record.metrics = {**result.metrics, "validation": result.validation}
         record.finished_at = utcnow()
         return record
+
+
+def launched(settings: RoundSettings, processes: int):
+    """Run the round in several processes and read back what the main process wrote."""
+    import json
+
+    import torch
+
+    from training.dreambooth import TrainResult
+    from training.launch import launch
+
+    launch(settings, processes, cpu=not torch.cuda.is_available())
+    metrics = json.loads((settings.output / "metrics.json").read_text())
+    history = [tuple(x) for x in metrics.pop("loss_history")]
+    output = settings.output / ("model" if settings.mode == "full" else "lora")
+    index = settings.output / "validation" / "index.json"
+    validation = json.loads(index.read_text()) if index.exists() else []
+    return TrainResult(output, history, metrics, validation)
 
 
 def list_rounds(session: Session) -> list[dict]:

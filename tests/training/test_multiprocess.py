@@ -1,0 +1,77 @@
+"""A round over two processes (accelerate + gloo on the CPU) matches one process at the same
+global batch, and only the main process writes."""
+
+import json
+import socket
+from pathlib import Path
+
+import torch
+
+from training.components import load_components
+from training.dreambooth import train
+from training.launch import launch
+from training.settings import ModelChain
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unet_weights(folder):
+    return {k: v.float() for k, v in load_components(ModelChain(str(folder))).unet.state_dict().items()}
+
+
+def test_two_processes_train_the_same_weights_as_one_at_the_same_global_batch(settings_for):
+    one = settings_for("one-process", batch_size=2, steps=4, checkpoint_every=2, mixed_precision="no")
+    single = train(one)
+    two = settings_for("two-processes", batch_size=1, steps=4, checkpoint_every=2, mixed_precision="no")
+    launch(two, processes=2, cpu=True, port=free_port())
+    a, b = unet_weights(single.output), unet_weights(two.output / "model")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-5, worst
+    changed = max((a[k] - unet_weights(two.model.pipeline)[k]).abs().max().item() for k in a)
+    assert changed > 1e-3  # the weights did move: the match is not two untouched models
+    metrics = json.loads((two.output / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["global_batch"] == 2
+    history_one = [round(x, 5) for _, x in single.loss_history]
+    assert [round(x, 5) for _, x in metrics["loss_history"]] == history_one
+
+
+def test_only_the_main_process_writes(settings_for):
+    two = settings_for(
+        "writers", batch_size=1, steps=3, checkpoint_every=1, mixed_precision="no", validation_prompts=["an ox"]
+    )
+    launch(two, processes=2, cpu=True, port=free_port())
+    written = sorted(str(p.relative_to(two.output)) for p in two.output.rglob("*") if p.is_file())
+    # one of each: the two processes never both write (names would clash or duplicate)
+    assert "settings.json" in written and "metrics.json" in written
+    assert sum(name.startswith("validation/") and name.endswith(".png") for name in written) == 2
+    assert not any("checkpoint" in name for name in written)  # removed once the round finished
+    assert len([n for n in written if n.startswith("model/unet/")]) == 2  # config + weights, once
+    assert torch.load is not None
+
+
+def test_a_recorded_round_can_run_over_two_processes(tmp_path, tiny_model):
+    from feedback.curation import sync
+    from feedback.votes import cast_vote
+    from herdbook.config import ProjectConfig
+    from herdbook.home import init_home
+    from tests.training.tiny import RESOLUTION
+    from training.rounds import generate_candidates, plan_round, run_round
+
+    home = init_home(
+        tmp_path / "home", ProjectConfig(base_model=str(tiny_model), resolution=RESOLUTION, reference_prompts=[])
+    )
+    store = home.open_store()
+    ids = generate_candidates(store, home, "an ox", "base", count=2, steps=2)
+    with store.transaction() as session:
+        for cid in ids:
+            cast_vote(session, cid, "ann", "accept")
+        sync(session, home)
+        planned = plan_round(session, home, mode="lora", steps=2, learning_rate=1e-2, checkpoint_every=0)
+    record = run_round(store, home, planned.id, processes=2)
+    assert record.status == "finished" and record.metrics["processes"] == 2
+    assert (Path(record.output_path) / "pytorch_lora_weights.safetensors").exists()
+    assert len(record.loss_history) == 2
