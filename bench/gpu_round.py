@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.components import Components
+from training.components import Components, sd_training_scheduler
 from training.dreambooth import train
 from training.settings import ModelChain, RoundSettings
 
@@ -38,7 +38,7 @@ REFERENCE_PROMPTS = [
 
 def sd15_components() -> Components:
     """Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L/14 text encoder, from config, random weights."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
@@ -80,14 +80,7 @@ def sd15_components() -> Components:
                 pad_token_id=1,
             )
         )
-    scheduler = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,
-    )
+    scheduler = sd_training_scheduler()
     return Components(unet, vae, text_encoder, CLIPTokenizer.from_pretrained(TOKENIZER), scheduler)
 
 

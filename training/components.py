@@ -22,6 +22,20 @@ class Components:
     noise_scheduler: Any
 
 
+def sd_training_scheduler():
+    """Stable Diffusion 1.x's noise schedule, for models built from config (tests, benchmarks)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
 def best_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

@@ -209,23 +209,18 @@ def prepare_trainable(
         parts.unet.to(dtype=weight_dtype)
         if settings.train_text_encoder:
             parts.text_encoder.to(dtype=weight_dtype)
-        parts.unet.add_adapter(
-            LoraConfig(
+
+        def adapter(targets: list[str]) -> LoraConfig:
+            return LoraConfig(
                 r=settings.lora_rank,
                 lora_alpha=settings.lora_rank,
                 init_lora_weights="gaussian",
-                target_modules=["to_k", "to_q", "to_v", "to_out.0"],
+                target_modules=targets,
             )
-        )
+
+        parts.unet.add_adapter(adapter(["to_k", "to_q", "to_v", "to_out.0"]))  # the UNet's attention
         if settings.train_text_encoder:
-            parts.text_encoder.add_adapter(
-                LoraConfig(
-                    r=settings.lora_rank,
-                    lora_alpha=settings.lora_rank,
-                    init_lora_weights="gaussian",
-                    target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
-                )
-            )
+            parts.text_encoder.add_adapter(adapter(["q_proj", "k_proj", "v_proj", "out_proj"]))
     else:
         parts.unet.requires_grad_(True)
         if settings.train_text_encoder:

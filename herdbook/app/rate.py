@@ -99,35 +99,21 @@ def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
         queue = st.session_state["queue"] = load_queue(store, rater, filters)
     current = queue.cards[0] if queue.cards else None
     cid = current.id if current else 0
-    accept, reject, skip, back = st.columns(4, width=512)
-    accept.button(
-        "Accept",
-        key="accept",
-        shortcut="1",
-        type="primary",
-        disabled=current is None,
-        on_click=vote,
-        args=(store, queue, cid, "accept"),
-        width="stretch",
-    )
-    reject.button(
-        "Reject",
-        key="reject",
-        shortcut="2",
-        disabled=current is None,
-        on_click=vote,
-        args=(store, queue, cid, "reject"),
-        width="stretch",
-    )
-    skip.button(
-        "Skip",
-        key="skip",
-        shortcut="3",
-        disabled=current is None,
-        on_click=vote,
-        args=(store, queue, cid, "skip"),
-        width="stretch",
-    )
+    columns = st.columns(4, width=512)
+    for column, (label, key, value) in zip(
+        columns, [("Accept", "1", "accept"), ("Reject", "2", "reject"), ("Skip", "3", "skip")], strict=False
+    ):
+        column.button(
+            label,
+            key=value,
+            shortcut=key,
+            type="primary" if value == "accept" else "secondary",
+            disabled=current is None,
+            on_click=vote,
+            args=(store, queue, cid, value),
+            width="stretch",
+        )
+    back = columns[3]
     back.button("Undo", key="undo", shortcut="u", on_click=undo, args=(store, queue), width="stretch")
     last = f" · last: {queue.last_message}" if queue.last_message else ""
     st.caption(f"{queue.left} left in this queue · {queue.votes} votes by {rater}{last}")

@@ -13,10 +13,10 @@ RESOLUTION = 32  # pixels; the tiny VAE halves it once
 
 
 def tiny_components(seed: int = 0):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from training.components import Components
+    from training.components import Components, sd_training_scheduler
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -55,14 +55,7 @@ def tiny_components(seed: int = 0):
             max_position_embeddings=77,
         )
     )
-    scheduler = DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,
-    )
+    scheduler = sd_training_scheduler()
     return Components(unet, vae, text_encoder, CLIPTokenizer.from_pretrained(TOKENIZER), scheduler)
 
 
