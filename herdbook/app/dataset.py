@@ -52,7 +52,7 @@ def page() -> None:
     st.caption(f"Policy from herdbook.toml: {home.config.selection}")
     rows = [
         {
-            "": "✅" if d.selected else "—",
+            "selected": d.selected,
             "image": str(home.root / by_id[d.image.id].path),
             "id": d.image.id,
             "prompt": d.image.prompt,

@@ -116,7 +116,8 @@ def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
     back = columns[3]
     back.button("Undo", key="undo", shortcut="u", on_click=undo, args=(store, queue), width="stretch")
     last = f" · last: {queue.last_message}" if queue.last_message else ""
-    st.caption(f"{queue.left} left in this queue · {queue.votes} votes by {rater}{last}")
+    votes = f"{queue.votes} vote{'' if queue.votes == 1 else 's'}"
+    st.caption(f"{queue.left} left in this queue · {votes} by {rater}{last}")
     if current is None:
         st.success("Nothing left to rate here. Generate more, or change the filters.")
         return

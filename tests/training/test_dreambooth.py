@@ -20,6 +20,9 @@ def test_a_full_round_changes_the_unet_and_lowers_the_loss(settings_for, tiny_mo
     settings = settings_for("full", steps=25, validation_prompts=["an ox"], validation_seeds=[0])
     result = train(settings)
     assert result.output.name == "model"
+    from diffusers import StableDiffusionPipeline
+
+    assert StableDiffusionPipeline.from_pretrained(str(result.output)).unet is not None  # plain diffusers loads it
     before, after = unet_weights(tiny_model), unet_weights(result.output)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert result.metrics["probe_loss_after"] < result.metrics["probe_loss_before"] * 0.9
