@@ -151,6 +151,7 @@ def train(
             progress(step, settings.steps, step_loss)
 
     train_seconds = time.perf_counter() - train_started
+    peaks = accelerator.gather(torch.tensor([peak_memory_gb(accelerator.device)], device=accelerator.device)).tolist()
     probe_after = probe_loss(unet, text_encoder, prompt_ids, instance_latents, parts, settings.seed)
     accelerator.wait_for_everyone()
     result = TrainResult(Path(settings.output_dir), loss_history)
@@ -170,9 +171,8 @@ def train(
             "images_per_second": steps_run * global_batch / max(sum(step_seconds), 1e-9),
             "processes": world,
             "global_batch": global_batch,
-            "peak_memory_gb": torch.cuda.max_memory_allocated(accelerator.device) / 2**30
-            if accelerator.device.type == "cuda"
-            else None,
+            "peak_memory_gb": peaks[0] if accelerator.device.type == "cuda" else None,
+            "peak_memory_gb_per_process": peaks if accelerator.device.type == "cuda" else None,
             "mixed_precision": accelerator.mixed_precision,
             "first_step": first_step,
             "probe_loss_before": probe_before,
@@ -186,6 +186,10 @@ def train(
 
 
 # --- set-up helpers -------------------------------------------------------------------
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
 
 
 def resolve_precision(requested: str) -> str:
