@@ -8,7 +8,7 @@ from sqlalchemy import and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Candidate, DatasetVersion, Rater, Round, Vote, VoteValue
-from feedback.scoring import Tally, score, verdict
+from feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict
 
 
 @dataclass(frozen=True)
@@ -134,3 +134,22 @@ def acceptance_by_round(session: Session) -> list[dict]:
     for row in rows:
         row["share"] = row["accepted"] / row["rated"]
     return rows
+
+
+def rater_agreement(session: Session) -> dict:
+    """How much raters agree, overall and per prompt (images with two or more decisive votes)."""
+    counts = tallies(session)
+    prompts = dict(session.execute(select(Candidate.id, Candidate.prompt).where(Candidate.id.in_(counts))).all())
+    by_prompt: dict[str, list[Tally]] = {}
+    for cid, tally in counts.items():
+        by_prompt.setdefault(prompts[cid], []).append(tally)
+
+    def plain(result) -> dict:
+        return {"images": result.items, "pairwise": result.pairwise, "fleiss_kappa": result.fleiss_kappa}
+
+    return {
+        "overall": plain(agreement(counts.values())),
+        "by_prompt": {
+            prompt: plain(result) for prompt, result in agreement_by_prompt(by_prompt).items() if result.items
+        },
+    }

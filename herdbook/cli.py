@@ -180,6 +180,7 @@ def candidates(home_path, as_json, unrated_by):
 @friendly
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
+    from feedback.catalog import rater_agreement
     from feedback.catalog import status as project_status
     from herdbook.home import load_home
 
@@ -187,12 +188,19 @@ def status(home_path, as_json):
     store = home.open_store()
     with store.transaction() as session:
         counts = project_status(session)
+        agreement = rater_agreement(session)
     if as_json:
-        emit_json({"home": str(home.root), **counts})
+        emit_json({"home": str(home.root), **counts, "agreement": agreement})
         return
     click.echo(f"herdbook project in {home.root}")
     for key, value in counts.items():
         click.echo(f"  {key.replace('_', ' '):<17}{value}")
+    overall = agreement["overall"]
+    if overall["images"]:
+        click.echo(
+            f"  agreement        {overall['pairwise']:.0%} of rater pairs agree, Fleiss' kappa {overall['fleiss_kappa']:.2f}"
+            f" ({overall['images']} images with 2+ votes)"
+        )
 
 
 @main.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from feedback.catalog import cards
+from feedback.catalog import cards, rater_agreement
 from feedback.curation import decide, diff_versions, list_versions, sync, version_images
 from herdbook.app.context import action, project, reload_home
 
@@ -32,6 +32,7 @@ def page() -> None:
             for v in list_versions(session)
         ]
         decisions, _ = decide(session, home.config.selection)
+        agreement = rater_agreement(session)
         by_id = {c.id: c for c in cards(session, [d.image.id for d in decisions])}
 
     st.subheader("Versions")
@@ -47,6 +48,16 @@ def page() -> None:
         if diff is not None:
             st.caption(f"Since version {previous}: {diff.summary()}")
         st.image([str(home.root / c.path) for c in gallery], caption=[c.prompt[:40] for c in gallery], width=160)
+
+    overall = agreement["overall"]
+    if overall["images"]:
+        st.subheader("Rater agreement")
+        st.caption(
+            f"{overall['pairwise']:.0%} of rater pairs agree; Fleiss' kappa {overall['fleiss_kappa']:.2f} "
+            f"over {overall['images']} images with two or more votes (1 = perfect, 0 = chance)"
+        )
+        per_prompt = [{"prompt": p, **v} for p, v in agreement["by_prompt"].items()]
+        st.dataframe(pd.DataFrame(per_prompt), hide_index=True, width="stretch")
 
     st.subheader("Current selection")
     st.caption(f"Policy from herdbook.toml: {home.config.selection}")

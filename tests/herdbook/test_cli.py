@@ -37,6 +37,12 @@ def test_init_import_vote_status(tmp_path):
     assert status["rated"] == 3
     # 0.png: ann bad, bob good -> tied; 1.png and 2.png accepted
     assert status["accepted"] == 2 and status["rejected"] == 0
+    assert status["agreement"]["overall"] == {
+        "images": 1,
+        "pairwise": 0.0,
+        "fleiss_kappa": status["agreement"]["overall"]["fleiss_kappa"],
+    }
+    assert status["agreement"]["by_prompt"]["an ox"]["pairwise"] == 0.0
     unrated = json.loads(run("candidates", "--json", "--unrated-by", "bob", "--home", home).output)
     assert [c["source_name"] for c in unrated] == ["1.png", "2.png"]
 
