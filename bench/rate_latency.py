@@ -4,7 +4,8 @@ Builds a home with 50,000 candidates and 200,000 votes (10 raters), starts the a
 Playwright drive Debian's chromium as a new rater pressing 1 (accept) and 2 (reject). The time
 is taken inside the page: from the keydown event to the `load` event of the next image
 element. The same is measured on bench/bare_fragment_app.py, a bare fragment with one image
-and two shortcut buttons, as Streamlit's own floor.
+and two shortcut buttons, as Streamlit's own floor: with herdbook's flags, and with Streamlit's
+defaults (which force a full garbage collection after every run; herdbook turns that off).
 
     .venv/bin/python bench/rate_latency.py [--presses 100]
 
@@ -194,15 +195,19 @@ def main() -> None:
         finally:
             app.terminate()
             app.wait()
-        port = free_port()
-        bare = app_command(port, "127.0.0.1")
-        bare[bare.index(str(ROOT / "streamlit_app.py"))] = str(args.baseline)
-        app = start(bare, {"BENCH_IMAGES": str(home / "candidates" / "bench")}, port)
-        try:
-            results["bare fragment (Streamlit's floor)"] = measure(f"http://127.0.0.1:{port}/", args.presses)
-        finally:
-            app.terminate()
-            app.wait()
+        for label, gc_after_runs in [("bare fragment, same flags", False), ("bare fragment, Streamlit defaults", True)]:
+            port = free_port()
+            bare = app_command(port, "127.0.0.1")
+            bare[bare.index(str(ROOT / "streamlit_app.py"))] = str(args.baseline)
+            if gc_after_runs:  # Streamlit's default: a full garbage collection after every run
+                flag = bare.index("--runner.postScriptGC")
+                del bare[flag : flag + 2]
+            app = start(bare, {"BENCH_IMAGES": str(home / "candidates" / "bench")}, port)
+            try:
+                results[label] = measure(f"http://127.0.0.1:{port}/", args.presses)
+            finally:
+                app.terminate()
+                app.wait()
     print(f"key press -> next image loaded, ms; {os.cpu_count()} cores, headless chromium")
     print(f"{'app':<34} {'presses':>7} {'p50':>8} {'p95':>8} {'max':>8}")
     for name, values in results.items():

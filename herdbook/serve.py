@@ -19,6 +19,10 @@ def app_command(port: int, host: str) -> list[str]:
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
         "--client.toolbarMode", "minimal",
+        # Streamlit forces a full garbage collection after every run, fragment reruns included.
+        # With herdbook's libraries loaded that took ~70 ms per key press on the Rate page;
+        # Python's own collector still runs as usual (bench/rate_latency.txt).
+        "--runner.postScriptGC", "false",
     ]  # fmt: skip
 
 

@@ -93,37 +93,37 @@ def sidebar_filters(store) -> QueueFilter:
 
 @st.fragment
 def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
-    # Kept lean on purpose: every element here is redrawn on each key press (bench/rate_latency.py).
+    # Every element here is sent again on each key press, one websocket message each, and the
+    # browser starts loading the image only when its message arrives. So: few elements, and the
+    # image's message early; the buttons go into the row above it afterwards (bench/rate_latency.py).
     queue: Queue | None = st.session_state.get("queue")
     if queue is None or queue.rater != rater or queue.filters != filters:
         queue = st.session_state["queue"] = load_queue(store, rater, filters)
     current = queue.cards[0] if queue.cards else None
-    cid = current.id if current else 0
-    columns = st.columns(4, width=512)
-    for column, (label, key, value) in zip(
-        columns, [("Accept", "1", "accept"), ("Reject", "2", "reject"), ("Skip", "3", "skip")], strict=False
-    ):
-        column.button(
-            label,
-            key=value,
-            shortcut=key,
-            type="primary" if value == "accept" else "secondary",
-            disabled=current is None,
-            on_click=vote,
-            args=(store, queue, cid, value),
-            width="stretch",
-        )
-    back = columns[3]
-    back.button("Undo", key="undo", shortcut="u", on_click=undo, args=(store, queue), width="stretch")
-    last = f" · last: {queue.last_message}" if queue.last_message else ""
-    votes = f"{queue.votes} vote{'' if queue.votes == 1 else 's'}"
-    st.caption(f"{queue.left} left in this queue · {votes} by {rater}{last}")
+    controls = st.container(horizontal=True, width=512)
     if current is None:
         st.success("Nothing left to rate here. Generate more, or change the filters.")
-        return
-    st.image(str(home.root / current.path), width=512)
-    st.text(current.prompt or "(no prompt)")
-    st.caption(f"#{current.id} · {current.source_name} · {round_label(current.round)}")
+    else:
+        st.image(str(home.root / current.path), width=512)
+        st.text(current.prompt or "(no prompt)")
+    last = f" · last: {queue.last_message}" if queue.last_message else ""
+    votes = f"{queue.votes} vote{'' if queue.votes == 1 else 's'}"
+    where = f"#{current.id} · {current.source_name} · {round_label(current.round)} · " if current else ""
+    st.caption(f"{where}{queue.left} left in this queue · {votes} by {rater}{last}")
+    cid = current.id if current else 0
+    with controls:
+        for label, key, value in [("Accept", "1", "accept"), ("Reject", "2", "reject"), ("Skip", "3", "skip")]:
+            st.button(
+                label,
+                key=value,
+                shortcut=key,
+                type="primary" if value == "accept" else "secondary",
+                disabled=current is None,
+                on_click=vote,
+                args=(store, queue, cid, value),
+                width="stretch",
+            )
+        st.button("Undo", key="undo", shortcut="u", on_click=undo, args=(store, queue), width="stretch")
 
 
 @st.fragment

@@ -92,7 +92,7 @@ def browser():
 def opened(page, url: str) -> None:
     """Load the page and let it settle. Streamlit binds button shortcuts in an effect after its
     first render; a key pressed in the first ~0.3 s after load is sometimes not seen
-    (measured here: 7 of 8 presses lost with no wait, 0 of 8 after 0.5 s)."""
+    (measured here: 7-8 of 8 presses lost with no wait, 0 of 8 after 0.3 s)."""
     page.goto(url)
     showing(page, 1)
     page.wait_for_timeout(800)
