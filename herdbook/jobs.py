@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from db.models import Job, utcnow
@@ -46,13 +46,15 @@ def make_queue(home: Home) -> Queue:
 
 
 def submit(session: Session, home: Home, kind: str, params: dict) -> Job:
-    """Record a job and queue it. The caller commits; the worker waits for the row to exist."""
+    """Record a job; it is queued when the caller's transaction commits (never if it rolls back),
+    so a worker always finds the row it is handed."""
     if kind not in JOB_KINDS:
         raise JobError(f"unknown job kind {kind!r}")
     job = Job(kind=kind, params=params, status="queued", message="waiting for a worker (herdbook worker)")
     session.add(job)
     session.flush()
-    make_queue(home).run_job(str(home.root), job.id)
+    queue, job_id = make_queue(home), job.id
+    event.listen(session, "after_commit", lambda _session: queue.run_job(str(home.root), job_id), once=True)
     return job
 
 
@@ -60,19 +62,13 @@ def run_job(home_root: str, job_id: int) -> None:
     """What a worker runs: the job's work, with its record kept current."""
     home = load_home(home_root)
     store = home.open_store()
-    for _ in range(50):  # the submitting transaction may commit a moment after the enqueue
-        with store.transaction() as session:
-            job = session.get(Job, job_id)
-            if job is not None:
-                if job.status != "queued":
-                    return  # cancelled, or already run by another worker
-                job.status, job.started_at, job.worker_pid = "running", utcnow(), os.getpid()
-                job.heartbeat_at, job.message = utcnow(), "starting"
-                kind, params = job.kind, dict(job.params)
-                break
-        time.sleep(0.1)
-    else:
-        return
+    with store.transaction() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != "queued":
+            return  # gone, or already taken by another worker
+        job.status, job.started_at, job.worker_pid = "running", utcnow(), os.getpid()
+        job.heartbeat_at, job.message = utcnow(), "starting"
+        kind, params = job.kind, dict(job.params)
     beating = threading.Event()
     heart = threading.Thread(target=_heartbeat, args=(store, job_id, beating), daemon=True)
     heart.start()

@@ -85,3 +85,13 @@ def test_a_job_whose_worker_died_is_marked_lost(tiny_home):
         assert mark_lost_jobs(session, stale_after_seconds=120) == [job.id]
         assert job.status == "lost" and "stopped answering" in job.error
         assert fresh.status == "running"
+
+
+def test_a_job_is_queued_only_when_its_transaction_commits(tiny_home):
+    store = tiny_home.open_store()
+    with pytest.raises(RuntimeError), store.transaction() as session:
+        submit(session, tiny_home, "generate", {"prompt": "an ox", "count": 1})
+        raise RuntimeError("the request failed after submitting")
+    assert not run_next_job(tiny_home)  # nothing was queued for the rolled-back job
+    with store.transaction() as session:
+        assert session.scalar(select(func.count(Job.id))) == 0
