@@ -101,6 +101,19 @@ def load_components(chain: ModelChain, device: torch.device | None = None) -> Co
     return components
 
 
+def sampling_pipeline(
+    components: Components,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    scheduler: str = "DPMSolverMultistepScheduler",
+):
+    """A pipeline ready to draw images: on the device, with diffusers' own progress bar off."""
+    pipeline = make_pipeline(components, scheduler)
+    pipeline = pipeline.to(device) if dtype is None else pipeline.to(device, dtype)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def make_pipeline(components: Components, scheduler: str | None = None):
     """A plain diffusers pipeline over the components (no safety checker: the raters are the filter)."""
     import diffusers

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from training.components import Components, load_components, make_pipeline
+from training.components import Components, load_components, make_pipeline, sampling_pipeline
 from training.data import image_files, load_images
+from training.generate import draw
 from training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
 from training.settings import RoundSettings
 
@@ -350,21 +351,20 @@ def ensure_class_images(
     have = sorted(folder.glob("*.png"))
     missing = settings.num_class_images - len(have)
     if missing > 0 and accelerator.is_main_process:
-        pipeline = make_pipeline(parts, "DPMSolverMultistepScheduler").to(accelerator.device)
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = sampling_pipeline(parts, accelerator.device)
         for start in range(len(have), settings.num_class_images, 4):
-            count = min(4, settings.num_class_images - start)
-            generators = [torch.Generator().manual_seed(10_000 + start + i) for i in range(count)]
+            seeds = [10_000 + i for i in range(start, min(start + 4, settings.num_class_images))]
             with mixed_precision(accelerator.device, weight_dtype):
-                images = pipeline(
-                    [settings.class_prompt] * count,
-                    num_inference_steps=settings.generation_steps,
-                    height=settings.resolution,
-                    width=settings.resolution,
-                    generator=generators,
-                ).images
-            for i, image in enumerate(images):
-                image.save(folder / f"class-{start + i:05d}.png")
+                images = draw(
+                    pipeline,
+                    settings.class_prompt,
+                    seeds,
+                    settings.generation_steps,
+                    settings.guidance_scale,
+                    settings.resolution,
+                )
+            for seed, image in zip(seeds, images, strict=True):
+                image.save(folder / f"class-{seed - 10_000:05d}.png")
     accelerator.wait_for_everyone()
     return sorted(folder.glob("*.png"))[: settings.num_class_images]
 
@@ -473,18 +473,10 @@ def render_grid(
 ) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     parts.unet.eval()
-    pipeline = make_pipeline(parts, "DPMSolverMultistepScheduler").to(device)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = sampling_pipeline(parts, device)
     entries = []
     for p_index, prompt in enumerate(prompts):
-        images = pipeline(
-            [prompt] * len(seeds),
-            num_inference_steps=settings.validation_steps,
-            guidance_scale=settings.guidance_scale,
-            height=settings.resolution,
-            width=settings.resolution,
-            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-        ).images
+        images = draw(pipeline, prompt, seeds, settings.validation_steps, settings.guidance_scale, settings.resolution)
         for seed, image in zip(seeds, images, strict=True):
             name = f"p{p_index}-s{seed}.png"
             image.save(folder / name)

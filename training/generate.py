@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from training.components import best_device, inference_dtype, load_components, make_pipeline
+from training.components import best_device, inference_dtype, load_components, sampling_pipeline
 from training.settings import GenerationSettings
 
 
@@ -20,10 +20,28 @@ class GeneratedImage:
 
 def load_pipeline(settings: GenerationSettings):
     device = best_device()
-    components = load_components(settings.model)
-    pipeline = make_pipeline(components, settings.scheduler).to(device, inference_dtype(device))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+    return sampling_pipeline(load_components(settings.model), device, inference_dtype(device), settings.scheduler)
+
+
+def draw(
+    pipeline,
+    prompt: str,
+    seeds: list[int],
+    steps: int,
+    guidance_scale: float,
+    resolution: int,
+    negative_prompt: str = "",
+) -> list[Image.Image]:
+    """One image per seed, each from its own generator, so any one can be drawn again alone."""
+    return pipeline(
+        [prompt] * len(seeds),
+        negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        height=resolution,
+        width=resolution,
+        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+    ).images
 
 
 @torch.no_grad()
@@ -35,15 +53,15 @@ def generate_images(
     made: list[GeneratedImage] = []
     for start in range(0, settings.count, settings.batch_size):
         seeds = [settings.seed + i for i in range(start, min(settings.count, start + settings.batch_size))]
-        images = pipeline(
-            [settings.prompt] * len(seeds),
-            negative_prompt=[settings.negative_prompt] * len(seeds) if settings.negative_prompt else None,
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            height=settings.resolution,
-            width=settings.resolution,
-            generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-        ).images
+        images = draw(
+            pipeline,
+            settings.prompt,
+            seeds,
+            settings.steps,
+            settings.guidance_scale,
+            settings.resolution,
+            settings.negative_prompt,
+        )
         made += [GeneratedImage(image, seed) for image, seed in zip(images, seeds, strict=True)]
         if progress is not None:
             progress(len(made), settings.count)
