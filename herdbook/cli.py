@@ -26,6 +26,10 @@ def home_option(command):
     )(command)
 
 
+def json_option(what: str = "list"):
+    return click.option("--json", "as_json", is_flag=True, help=f"Print a JSON {what}.")
+
+
 def friendly(command):
     """Turn expected failures into one clear line and a non-zero exit."""
 
@@ -153,7 +157,7 @@ def vote(home_path, candidate, value, rater):
 
 @main.command()
 @home_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@json_option()
 @click.option("--unrated-by", default=None, metavar="NAME", help="Only candidates this rater has not voted on.")
 @friendly
 def candidates(home_path, as_json, unrated_by):
@@ -165,7 +169,7 @@ def candidates(home_path, as_json, unrated_by):
     with store.transaction() as session:
         rows = list_candidates(session, unrated_by=unrated_by)
     if as_json:
-        emit_json([{**r.as_dict(), "round": r.round} for r in rows])
+        emit_json([r.as_dict() for r in rows])
         return
     click.echo(f"{'id':>6}  {'accepts':>7}  {'rejects':>7}  {'round':>5}  source_name / prompt")
     for r in rows:
@@ -176,7 +180,7 @@ def candidates(home_path, as_json, unrated_by):
 
 @main.command()
 @home_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@json_option("object")
 @friendly
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
@@ -255,7 +259,7 @@ def policy_options(command):
 @main.command("select")
 @home_option
 @policy_options
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the selected images.")
+@json_option("list of the selected images")
 @click.option("--all", "show_all", is_flag=True, help="Also list the images left out, with the reason.")
 @click.option(
     "--dry-run", is_flag=True, help="Only show; do not save the options given as the project's selection policy."
@@ -338,7 +342,7 @@ def sync(home_path, push):
 
 @main.group(invoke_without_command=True)
 @home_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@json_option()
 @click.pass_context
 @friendly
 def datasets(ctx, home_path, as_json):
@@ -584,7 +588,7 @@ def train(
 
 @main.command()
 @home_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@json_option()
 @friendly
 def rounds(home_path, as_json):
     """List rounds with their parent, dataset version, mode, status and output, as a tree."""
@@ -607,7 +611,7 @@ def rounds(home_path, as_json):
 
 @main.command()
 @home_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@json_option()
 @friendly
 def jobs(home_path, as_json):
     """Background jobs with their status and progress; jobs whose worker died are marked lost."""

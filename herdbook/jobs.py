@@ -21,7 +21,6 @@ from db.models import Job, utcnow
 from herdbook.errors import JobError, NotFound
 from herdbook.home import Home, load_home
 
-JOB_KINDS = ("generate", "train")
 LOG_LIMIT = 20_000  # characters of log kept per job
 
 
@@ -48,7 +47,7 @@ def make_queue(home: Home) -> Queue:
 def submit(session: Session, home: Home, kind: str, params: dict) -> Job:
     """Record a job; it is queued when the caller's transaction commits (never if it rolls back),
     so a worker always finds the row it is handed."""
-    if kind not in JOB_KINDS:
+    if kind not in WORK:
         raise JobError(f"unknown job kind {kind!r}")
     job = Job(kind=kind, params=params, status="queued", message="waiting for a worker (herdbook worker)")
     session.add(job)

@@ -73,11 +73,11 @@ def plan_round(
     if version.n_selected == 0:
         raise HerdbookError(f"dataset version {version.id} selects no images: accept some, then `herdbook sync`")
     start = start_from if start_from is not None else defaults.start_from
-    parent_id = (
-        (latest_finished(session).id if latest_finished(session) else None)
-        if start == "parent"
-        else resolve_round(session, start)
-    )
+    if start == "parent":
+        newest = latest_finished(session)
+        parent_id = newest.id if newest else None
+    else:
+        parent_id = resolve_round(session, start)
     chain = chain_for(parent_id, round_nodes(session), home.config.base_model)
     mode = overrides.pop("mode", None) or defaults.mode
     lora = mode == "lora"
@@ -116,7 +116,7 @@ def plan_round(
         checkpoint_every=defaults.checkpoint_every,
         validation_prompts=list(home.config.reference_prompts),
         parent_validation_dir=str(base_validation_dir(home)) if parent_id is None else "",
-        rating_weights={"__by_rating__": 1.0} if weight_by_rating else {},
+        weight_by_rating=weight_by_rating,
     )
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     record.settings = asdict(settings)
@@ -174,7 +174,7 @@ def training_available() -> str | None:
 
 
 def settings_of(record: Round) -> RoundSettings:
-    return RoundSettings(**record.settings)
+    return RoundSettings.from_dict(record.settings)
 
 
 def start_round(session: Session, home, round_id: int) -> RoundSettings:
@@ -189,7 +189,7 @@ def start_round(session: Session, home, round_id: int) -> RoundSettings:
     if instance.exists():
         shutil.rmtree(instance)
     export_version(session, home, record.dataset_version_id, instance)
-    if settings.rating_weights.get("__by_rating__"):
+    if settings.weight_by_rating:
         import csv
 
         with (instance / "instance.csv").open(newline="") as handle:

@@ -40,6 +40,7 @@ class RoundSettings:
     prior_loss_weight: float = 1.0
     num_class_images: int = 100
     class_dir: str = ""  # cached class images; generated from the parent model when missing
+    weight_by_rating: bool = False  # fill rating_weights from the dataset's scores when the round starts
     rating_weights: dict[str, float] = field(default_factory=dict)  # file name -> weight; empty: uniform
     seed: int = 0
     mixed_precision: str = "auto"  # "auto", "no", "bf16", "fp16"
@@ -70,10 +71,13 @@ class RoundSettings:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> RoundSettings:
-        data = json.loads(text)
+    def from_dict(cls, data: dict) -> RoundSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundSettings:
+        return cls.from_dict(json.loads(text))
 
     def save(self, path: Path | None = None) -> Path:
         path = path or self.output / "settings.json"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import streamlit as st
@@ -21,7 +20,7 @@ def _open(home_root: str):
 
 def project():
     """The home and store, opened once per server process; stops the page with advice if missing."""
-    root = str(resolve_home(os.environ.get("HERDBOOK_HOME")))
+    root = str(resolve_home())
     try:
         return _open(root)
     except HerdbookError as error:
