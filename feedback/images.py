@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import io
 import warnings
@@ -80,6 +82,18 @@ def check_image_data(data: bytes, suffix: str = "", max_pixels: int = MAX_PIXELS
     except (OSError, SyntaxError, ValueError) as error:
         raise ImportProblem(f"the image data is truncated or corrupt ({error})") from error
     return CheckedImage(data, hashlib.sha256(data).hexdigest(), suffix, width, height, phash)
+
+
+@functools.lru_cache(maxsize=4096)
+def thumbnail_data_url(path: str, size: int = 96) -> str:
+    """A small JPEG of the image as a data: URL, for tables. Candidate files are named by
+    their hash and never change, so a cached thumbnail never goes stale."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def store_image(checked: CheckedImage, folder: Path) -> Path:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from feedback.catalog import cards, rater_agreement
 from feedback.curation import decide, diff_versions, list_versions, sync, version_images
+from feedback.images import thumbnail_data_url
 from herdbook.app.context import action, project, reload_home
 
 
@@ -79,19 +80,10 @@ def page() -> None:
         st.info("No rated images yet.")
         return
     frame = pd.DataFrame(rows)
-    frame["image"] = frame["image"].map(_data_url)
+    frame["image"] = frame["image"].map(thumbnail_data_url)
     st.dataframe(
         frame,
         hide_index=True,
         width="stretch",
         column_config={"image": st.column_config.ImageColumn("image", width="small")},
     )
-
-
-def _data_url(path: str) -> str:
-    import base64
-    import mimetypes
-
-    mime = mimetypes.guess_type(path)[0] or "image/png"
-    with open(path, "rb") as handle:
-        return f"data:{mime};base64,{base64.b64encode(handle.read()).decode()}"
