@@ -24,6 +24,18 @@ def do_sync(store, home, **kwargs):
         return curation.sync(session, home, **kwargs)
 
 
+def sync_killed_in(module, function, store, home, monkeypatch):
+    """Run a sync that is killed (Ctrl-C) when it reaches ``module.function``."""
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, function, killed)
+    with pytest.raises(KeyboardInterrupt):
+        do_sync(store, home)
+    monkeypatch.undo()
+
+
 def versions(store):
     with store.transaction() as session:
         return session.scalar(select(func.count(DatasetVersion.id)))
@@ -89,14 +101,7 @@ def test_diff_and_export_of_an_older_version(home, store, imported, tmp_path):
 
 def test_a_sync_killed_after_the_commit_is_recorded_by_the_next(home, store, imported, monkeypatch):
     vote_all(store, imported, "ann", ["accept"])
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(curation, "_record", killed)
-    with pytest.raises(KeyboardInterrupt):
-        do_sync(store, home)
-    monkeypatch.undo()
+    sync_killed_in(curation, "_record", store, home, monkeypatch)
     assert versions(store) == 0 and len(versioning.history(home.dataset_dir)) == 1
     result = do_sync(store, home)
     assert result.recovered is not None and result.version is None
@@ -106,14 +111,7 @@ def test_a_sync_killed_after_the_commit_is_recorded_by_the_next(home, store, imp
 
 def test_a_sync_killed_before_the_commit_is_completed_by_the_next(home, store, imported, monkeypatch):
     vote_all(store, imported, "ann", ["accept", "accept"])
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(versioning, "commit", killed)
-    with pytest.raises(KeyboardInterrupt):
-        do_sync(store, home)
-    monkeypatch.undo()
+    sync_killed_in(versioning, "commit", store, home, monkeypatch)
     (home.dataset_dir / "train.csv").write_text("half a fi")  # as if killed mid-write
     result = do_sync(store, home)
     assert result.version is not None and result.version.n_images == 2
