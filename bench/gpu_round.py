@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.components import Components, sd_training_scheduler
-from training.dreambooth import train
-from training.settings import ModelChain, RoundSettings
+from herdbook.training.components import Components, sd_training_scheduler
+from herdbook.training.dreambooth import train
+from herdbook.training.settings import ModelChain, RoundSettings
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny-clip-tokenizer"
 REFERENCE_PROMPTS = [

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 for name in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST", "NVSHMEM_DISABLE_NVLS"):
     os.environ[name] = "0" if name == "NCCL_NVLS_ENABLE" else "1"
 
-from training.components import make_pipeline  # noqa: E402
-from training.dreambooth import train  # noqa: E402
-from training.launch import launch  # noqa: E402
-from training.settings import ModelChain, RoundSettings  # noqa: E402
+from herdbook.training.components import make_pipeline  # noqa: E402
+from herdbook.training.dreambooth import train  # noqa: E402
+from herdbook.training.launch import launch  # noqa: E402
+from herdbook.training.settings import ModelChain, RoundSettings  # noqa: E402
 
 
 def build_model(folder: Path, tiny: bool) -> Path:

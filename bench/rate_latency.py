@@ -78,9 +78,9 @@ def write_images(folder: Path, count: int) -> list[Path]:
 
 
 def build_home(root: Path) -> Path:
+    from herdbook.db.models import Candidate, Rater, Vote, VoteValue
     from sqlalchemy import insert
 
-    from db.models import Candidate, Rater, Vote, VoteValue
     from herdbook.home import init_home
 
     home = init_home(root)

@@ -17,9 +17,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from feedback.curation import sync
-from feedback.ingest import ImportRow, import_images
-from feedback.votes import cast_vote
+from herdbook.feedback.curation import sync
+from herdbook.feedback.ingest import ImportRow, import_images
+from herdbook.feedback.votes import cast_vote
+
 from herdbook.home import init_home
 
 N = int(os.environ.get("N_IMAGES", 1000))
@@ -55,7 +56,7 @@ def main() -> None:
         for label in ("first sync, all new", "sync with nothing new"):
             start = time.perf_counter()
             with store.transaction() as session:
-                result = sync(session, home)
+                result = sync(session, home.dataset_repo, home.root, home.config.selection)
             timings[label] = (time.perf_counter() - start, result.version is not None)
         size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     print(f"{N} images of 512x512 ({size:.0f} MB of JPEG), {os.cpu_count()} cores")

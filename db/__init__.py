@@ -1,6 +1,6 @@
 """Schema and sessions: the only package that knows how herdbook's data is stored."""
 
-from db.models import (
+from herdbook.db.models import (
     Base,
     Candidate,
     DatasetVersion,
@@ -10,7 +10,7 @@ from db.models import (
     Vote,
     VoteValue,
 )
-from db.store import Store, open_store
+from herdbook.db.store import Store, open_store
 
 __all__ = [
     "Base",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from herdbook.db.models import Candidate, DatasetVersion, Rater, Round, Vote, VoteValue
+from herdbook.feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict
 from sqlalchemy import and_, case, distinct, func, select
 from sqlalchemy.orm import Session
-
-from db.models import Candidate, DatasetVersion, Rater, Round, Vote, VoteValue
-from feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import and_, select
-from sqlalchemy.orm import Session
-
-from db.models import Candidate, DatasetVersion, Rater, Vote, VoteValue
-from feedback import versioning
-from feedback.catalog import tallies
-from feedback.scoring import verdict
-from feedback.selection import Decision, RatedImage, select_instance_images
-from feedback.tables import (
+from herdbook.db.errors import NotFound
+from herdbook.db.models import Candidate, DatasetVersion, Rater, Vote, VoteValue
+from herdbook.feedback import versioning
+from herdbook.feedback.catalog import tallies
+from herdbook.feedback.errors import PushError
+from herdbook.feedback.scoring import verdict
+from herdbook.feedback.selection import Decision, RatedImage, SelectionPolicy, select_instance_images
+from herdbook.feedback.tables import (
     IMAGES_FOLDER,
     INSTANCE_COLUMNS,
     INSTANCE_TABLE,
@@ -36,8 +35,8 @@ from feedback.tables import (
     rating_word,
     to_csv,
 )
-from herdbook.config import OxenSettings, SelectionPolicy
-from herdbook.errors import NotFound, PushError
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
 
 
 @dataclass
@@ -189,15 +188,18 @@ def recover_unrecorded_head(session: Session, repo: Path, branch: str) -> Datase
     return _record(session, head, branch, train_rows, n_votes)
 
 
-def sync(session: Session, home, push: bool = False) -> SyncResult:
-    """Commit the current curated dataset to the home's Oxen repository and record it."""
-    repo = home.dataset_dir
-    oxen_settings: OxenSettings = home.config.oxen
-    home.use_oxen()
+def sync(
+    session: Session, dataset: versioning.DatasetRepo, files_root: Path, policy: SelectionPolicy, push: bool = False
+) -> SyncResult:
+    """Commit the current curated dataset (candidate paths relative to ``files_root``) to the
+    Oxen repository and record it."""
+    repo = dataset.path
+    oxen_settings = dataset.settings
+    versioning.use_user_config(dataset)
     recovered = recover_unrecorded_head(session, repo, oxen_settings.branch)
     previous = latest_version(session)
     old_rows = read_table(repo, previous.commit_id, TRAIN_TABLE) if previous else []
-    snap = snapshot(session, home.root, home.config.selection)
+    snap = snapshot(session, files_root, policy)
     diff = diff_train_tables(old_rows, snap.train_rows)
     write_snapshot(repo, snap)
     message = f"herdbook sync: {diff.summary()}; {len(snap.selected_ids)} selected of {len(snap.train_rows)} rated"
@@ -242,19 +244,19 @@ def resolve_version(session: Session, ref: str | int) -> DatasetVersion:
     return version
 
 
-def diff_versions(session: Session, home, a: str | int, b: str | int) -> TableDiff:
+def diff_versions(session: Session, repo: Path, a: str | int, b: str | int) -> TableDiff:
     old, new = resolve_version(session, a), resolve_version(session, b)
     return diff_train_tables(
-        read_table(home.dataset_dir, old.commit_id, TRAIN_TABLE),
-        read_table(home.dataset_dir, new.commit_id, TRAIN_TABLE),
+        read_table(repo, old.commit_id, TRAIN_TABLE),
+        read_table(repo, new.commit_id, TRAIN_TABLE),
     )
 
 
-def export_version(session: Session, home, ref: str | int, dest: Path) -> list[Path]:
+def export_version(session: Session, repo: Path, ref: str | int, dest: Path) -> list[Path]:
     """Check a version's instance images out of Oxen into ``dest``, with its instance.csv."""
     version = resolve_version(session, ref)
-    rows = read_table(home.dataset_dir, version.commit_id, INSTANCE_TABLE)
-    written = versioning.copy_out(home.dataset_dir, version.commit_id, [row["path"] for row in rows], dest)
+    rows = read_table(repo, version.commit_id, INSTANCE_TABLE)
+    written = versioning.copy_out(repo, version.commit_id, [row["path"] for row in rows], dest)
     (dest / INSTANCE_TABLE).write_text(to_csv(INSTANCE_COLUMNS, rows), encoding="utf-8")
     return written
 

@@ -10,9 +10,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from herdbook.feedback.errors import ImportProblem
 from PIL import Image, UnidentifiedImageError
-
-from herdbook.errors import ImportProblem
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".svg", ".tif", ".tiff"}
 ACCEPTED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}

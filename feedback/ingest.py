@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from herdbook.db.models import Candidate, VoteValue
+from herdbook.feedback.errors import ImportProblem
+from herdbook.feedback.images import IMAGE_SUFFIXES, MAX_PIXELS, check_image, store_image
+from herdbook.feedback.votes import cast_vote
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from db.models import Candidate, VoteValue
-from feedback.images import IMAGE_SUFFIXES, MAX_PIXELS, check_image, store_image
-from feedback.votes import cast_vote
-from herdbook.errors import ImportProblem
 
 RATING_WORDS = {
     VoteValue.accept: {"good", "accept", "accepted", "yes", "y", "1", "true", "+1", "👍", "up", "keep"},

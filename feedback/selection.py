@@ -6,9 +6,22 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from feedback.images import hash_distance
-from feedback.scoring import Tally, score, verdict
-from herdbook.config import SelectionPolicy
+from herdbook.db.errors import StrictSettings
+from herdbook.feedback.images import hash_distance
+from herdbook.feedback.scoring import Tally, score, verdict
+from pydantic import Field, NonNegativeInt
+
+
+class SelectionPolicy(StrictSettings):
+    """Which rated images become instance data (``[selection]`` in herdbook.toml). The defaults
+    suit a lone curator (their one accept selects an image) and a team (an image most of its
+    raters rejected never is)."""
+
+    min_votes: NonNegativeInt = 1  # accept/reject votes an image needs before it can be chosen
+    min_score: float = Field(0.0, ge=0, le=1)  # Wilson lower bound of the accept rate; 1 accept = 0.21
+    top_k: int = Field(24, ge=1)  # Dreambooth wants a handful to a few dozen consistent images
+    max_per_prompt: int = Field(8, ge=1)  # keeps one prompt from filling the set
+    near_duplicate_distance: int = Field(6, ge=0, le=64)  # perceptual-hash bits; re-encodes differ by 0-4
 
 
 @dataclass(frozen=True)
@@ -34,8 +47,9 @@ def _ranked(images: Iterable[RatedImage]) -> list[tuple[float, RatedImage]]:
     return sorted(scored, key=lambda pair: (-pair[0], -pair[1].tally.accepts, pair[1].id))
 
 
-def select_instance_images(images: Iterable[RatedImage], policy: SelectionPolicy = SelectionPolicy()) -> list[Decision]:
+def select_instance_images(images: Iterable[RatedImage], policy: SelectionPolicy | None = None) -> list[Decision]:
     """Every image with a decision and a reason, best first."""
+    policy = policy or SelectionPolicy()
     decisions: list[Decision] = []
     chosen: list[RatedImage] = []
     per_prompt: Counter[str] = Counter()

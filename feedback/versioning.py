@@ -14,8 +14,28 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from herdbook.config import OxenSettings
-from herdbook.errors import PushError, VersioningError
+from herdbook.db.errors import StrictSettings
+from herdbook.feedback.errors import PushError, VersioningError
+
+
+class OxenSettings(StrictSettings):
+    """``[oxen]`` in herdbook.toml: where curated datasets are pushed, and who commits them."""
+
+    remote: str = ""  # e.g. https://hub.oxen.ai/my-team/oxenai-ox ; empty: local only
+    remote_name: str = "origin"
+    branch: str = "main"
+    user_name: str = "herdbook"
+    user_email: str = "herdbook@localhost"
+
+
+@dataclass(frozen=True)
+class DatasetRepo:
+    """The Oxen repository of curated datasets, as plain values: where it is, its settings,
+    and the folder that holds the Oxen user config herdbook falls back to."""
+
+    path: Path
+    settings: OxenSettings
+    user_config_dir: Path
 
 
 @dataclass(frozen=True)
@@ -25,7 +45,7 @@ class Commit:
     timestamp: str
 
 
-def use_config_dir(config_dir: Path, settings: OxenSettings) -> None:
+def use_user_config(dataset: DatasetRepo) -> None:
     """Point Oxen at a user config. A user's own global Oxen config (with their auth for a
     remote) wins; otherwise the home keeps one of its own so commits work on a fresh machine."""
     import oxen
@@ -34,12 +54,14 @@ def use_config_dir(config_dir: Path, settings: OxenSettings) -> None:
     if "OXEN_CONFIG_DIR" not in os.environ and global_config.exists():
         return
     if "OXEN_CONFIG_DIR" not in os.environ:
-        os.environ["OXEN_CONFIG_DIR"] = str(config_dir)
+        os.environ["OXEN_CONFIG_DIR"] = str(dataset.user_config_dir)
     target = Path(os.environ["OXEN_CONFIG_DIR"])
     if not (target / "user_config.toml").exists():
         target.mkdir(parents=True, exist_ok=True)
         with _quiet():
-            oxen.user.config_user(settings.user_name, settings.user_email, str(target / "user_config.toml"))
+            oxen.user.config_user(
+                dataset.settings.user_name, dataset.settings.user_email, str(target / "user_config.toml")
+            )
 
 
 @contextlib.contextmanager

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from herdbook.db.errors import HerdbookError, NotFound
+from herdbook.db.models import Candidate, Rater, Vote, VoteValue, utcnow
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
-
-from db.models import Candidate, Rater, Vote, VoteValue, utcnow
-from herdbook.errors import HerdbookError, NotFound
 
 MAX_RATER_NAME = 64
 

@@ -8,7 +8,6 @@ so ``herdbook status`` stays quick.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -30,25 +29,38 @@ def json_option(what: str = "list"):
     return click.option("--json", "as_json", is_flag=True, help=f"Print a JSON {what}.")
 
 
-def friendly(command):
-    """Turn expected failures into one clear line and a non-zero exit."""
+class HerdbookGroup(click.Group):
+    """Turns every expected failure of every command into ``error:`` lines and exit status 1,
+    in this one place."""
 
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def invoke(self, ctx: click.Context):
         try:
-            return command(*args, **kwargs)
+            return super().invoke(ctx)
         except HerdbookError as error:
-            click.secho(f"error: {error}", fg="red", err=True)
-            sys.exit(1)
+            for line in str(error).splitlines() or [type(error).__name__]:
+                click.secho(f"error: {line}", fg="red", err=True)
+            ctx.exit(1)
 
-    return wrapper
+
+def store_of(home):
+    """The home's store, closed when the command ends, whatever way it ends."""
+    store = home.open_store()
+    click.get_current_context().call_on_close(store.close)
+    return store
+
+
+def progress_bar(total: int, unit: str, label: str):
+    """The one progress bar of every long command, on standard error."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=label, file=sys.stderr, disable=None)
 
 
 def emit_json(value) -> None:
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=HerdbookGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="herdbook")
 def main():
     """herdbook: rate generated images, curate the best into versioned datasets, and
@@ -75,19 +87,20 @@ def main():
     "--instance-prompt", default=None, help='Prompt that names the character [default: "an image of the oxenai ox"].'
 )
 @click.option("--class-prompt", default=None, help="Prompt for the character's class, used by prior preservation.")
-@friendly
-def init(home_path, base_model, instance_prompt, class_prompt):
+@click.option(
+    "--database-url",
+    default=None,
+    help="Any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/herdbook (pip install 'herdbook[postgres]') "
+    "[default: herdbook.db in the home].",
+)
+def init(home_path, base_model, instance_prompt, class_prompt, database_url):
     """Create a project home: config, database and Oxen dataset repository."""
     from herdbook.config import ProjectConfig
     from herdbook.home import init_home
 
-    config = ProjectConfig()
-    if base_model:
-        config.base_model = base_model
-    if instance_prompt:
-        config.instance_prompt = instance_prompt
-    if class_prompt:
-        config.class_prompt = class_prompt
+    given = {"base_model": base_model, "instance_prompt": instance_prompt, "class_prompt": class_prompt}
+    given["database_url"] = database_url
+    config = ProjectConfig().with_changes(**{k: v for k, v in given.items() if v})
     home = init_home(home_path, config)
     click.echo(f"Created a herdbook project in {home.root}")
     click.echo(f"  base model:      {config.base_model}")
@@ -105,20 +118,19 @@ def init(home_path, base_model, instance_prompt, class_prompt):
     help="CSV with a file (or path) column relative to FOLDER and a prompt column; a rating column becomes votes.",
 )
 @click.option("--rater", default=None, help="Whose ratings the CSV's rating column holds.")
-@friendly
 def import_(home_path, folder, prompts_csv, rater):
     """Add the images in FOLDER as candidates.
 
     Bad files (unreadable, empty, truncated, not an image, too many pixels, paths that leave
     FOLDER, repeats) are listed with the reason and skipped; the rest import. The exit status
     is 1 when anything was skipped."""
-    from feedback.ingest import import_images, rows_from_csv, rows_from_folder
+    from herdbook.feedback.ingest import import_images, rows_from_csv, rows_from_folder
     from herdbook.home import load_home
 
     home = load_home(home_path)
     rows = rows_from_csv(prompts_csv) if prompts_csv else rows_from_folder(folder)
-    store = home.open_store()
-    with click.progressbar(length=len(rows), label="Importing", file=sys.stderr) as bar, store.transaction() as session:
+    store = store_of(home)
+    with progress_bar(len(rows), "image", "Importing") as bar, store.transaction() as session:
         report = import_images(
             session,
             folder,
@@ -126,7 +138,7 @@ def import_(home_path, folder, prompts_csv, rater):
             home.root,
             rows,
             rater=rater,
-            progress=lambda done, total: bar.update(done - bar.pos),
+            progress=lambda done, total: bar.update(done - bar.n),
         )
     for name, reason in report.problems:
         click.secho(f"skipped {name}: {reason}", fg="yellow", err=True)
@@ -143,13 +155,12 @@ def import_(home_path, folder, prompts_csv, rater):
 @click.argument("candidate", type=int)
 @click.argument("value", type=click.Choice(["accept", "reject", "skip"]))
 @click.option("--rater", required=True, help="Who is voting.")
-@friendly
 def vote(home_path, candidate, value, rater):
     """Record one vote on CANDIDATE (its id, as `herdbook candidates` shows)."""
-    from feedback.votes import cast_vote
+    from herdbook.feedback.votes import cast_vote
     from herdbook.home import load_home
 
-    store = load_home(home_path).open_store()
+    store = store_of(load_home(home_path))
     with store.transaction() as session:
         cast_vote(session, candidate, rater, value)
     click.echo(f"{rater}: {value} on candidate {candidate}")
@@ -159,13 +170,12 @@ def vote(home_path, candidate, value, rater):
 @home_option
 @json_option()
 @click.option("--unrated-by", default=None, metavar="NAME", help="Only candidates this rater has not voted on.")
-@friendly
 def candidates(home_path, as_json, unrated_by):
     """List candidates with their prompt, round and vote counts."""
-    from feedback.catalog import list_candidates
+    from herdbook.feedback.catalog import list_candidates
     from herdbook.home import load_home
 
-    store = load_home(home_path).open_store()
+    store = store_of(load_home(home_path))
     with store.transaction() as session:
         rows = list_candidates(session, unrated_by=unrated_by)
     if as_json:
@@ -181,15 +191,14 @@ def candidates(home_path, as_json, unrated_by):
 @main.command()
 @home_option
 @json_option("object")
-@friendly
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
-    from feedback.catalog import rater_agreement
-    from feedback.catalog import status as project_status
+    from herdbook.feedback.catalog import rater_agreement
+    from herdbook.feedback.catalog import status as project_status
     from herdbook.home import load_home
 
     home = load_home(home_path)
-    store = home.open_store()
+    store = store_of(home)
     with store.transaction() as session:
         counts = project_status(session)
         agreement = rater_agreement(session)
@@ -211,13 +220,12 @@ def status(home_path, as_json):
 @home_option
 @click.option("--serve/--no-serve", default=False, help="Start the app on the demo project afterwards.")
 @click.option("--port", default=8501, show_default=True)
-@friendly
 def demo(home_path, serve, port):
     """Make a demo project of drawn cartoon oxen, ready to rate with no model."""
     import tempfile
 
-    from feedback.ingest import import_images, rows_from_csv
     from herdbook.demo import write_demo_images
+    from herdbook.feedback.ingest import import_images, rows_from_csv
     from herdbook.home import init_home, load_home, resolve_home
 
     root = resolve_home(home_path)
@@ -228,13 +236,13 @@ def demo(home_path, serve, port):
         home = init_home(root)
         with tempfile.TemporaryDirectory() as scratch:
             table = write_demo_images(Path(scratch))
-            with home.open_store().transaction() as session:
+            with store_of(home).transaction() as session:
                 report = import_images(session, Path(scratch), home.candidates_dir, home.root, rows_from_csv(table))
         click.echo(f"Drew {len(report.added)} cartoon oxen into a demo project in {home.root}")
     if serve:
         from herdbook.serve import serve as run_app
 
-        run_app(home, port=port)
+        sys.exit(run_app(home, port=port))
     else:
         click.echo(f"Rate them: herdbook serve --home {home.root}")
 
@@ -264,21 +272,18 @@ def policy_options(command):
 @click.option(
     "--dry-run", is_flag=True, help="Only show; do not save the options given as the project's selection policy."
 )
-@friendly
 def select_(home_path, as_json, show_all, dry_run, **policy_changes):
     """Show which rated images would become the instance data, and why.
 
     Options given here (e.g. --top-k 10) are saved in herdbook.toml as the policy that
     `herdbook sync` uses, unless --dry-run is given."""
-    from dataclasses import replace
-
-    from feedback.curation import decide
+    from herdbook.feedback.curation import decide
     from herdbook.home import load_home
 
     home = load_home(home_path)
     changes = {k: v for k, v in policy_changes.items() if v is not None}
-    policy = replace(home.config.selection, **changes)
-    with home.open_store().transaction() as session:
+    policy = home.config.selection.with_changes(**changes)
+    with store_of(home).transaction() as session:
         decisions, candidates = decide(session, policy)
     shown = decisions if show_all else [d for d in decisions if d.selected]
     if as_json:
@@ -314,17 +319,16 @@ def select_(home_path, as_json, show_all, dry_run, **policy_changes):
 @main.command()
 @home_option
 @click.option("--push", is_flag=True, help="Also push to the Oxen remote set in herdbook.toml.")
-@friendly
 def sync(home_path, push):
     """Commit the curated dataset (rated images, ratings, votes, selection) to Oxen.
 
     A sync with nothing new makes no commit. A failed push keeps the local commit."""
-    from feedback.curation import sync as sync_dataset
+    from herdbook.feedback.curation import sync as sync_dataset
     from herdbook.home import load_home
 
     home = load_home(home_path)
-    with home.open_store().transaction() as session:
-        result = sync_dataset(session, home, push=push)
+    with store_of(home).transaction() as session:
+        result = sync_dataset(session, home.dataset_repo, home.root, home.config.selection, push=push)
     if result.recovered:
         click.echo(f"Recorded commit {result.recovered.commit_id[:10]}, left unrecorded by an interrupted sync")
     if result.version is None:
@@ -344,7 +348,6 @@ def sync(home_path, push):
 @home_option
 @json_option()
 @click.pass_context
-@friendly
 def datasets(ctx, home_path, as_json):
     """List dataset versions; `datasets diff A B` and `datasets export VERSION DIR` below.
 
@@ -352,10 +355,10 @@ def datasets(ctx, home_path, as_json):
     ctx.ensure_object(dict)["home_path"] = home_path
     if ctx.invoked_subcommand is not None:
         return
-    from feedback.curation import list_versions
+    from herdbook.feedback.curation import list_versions
     from herdbook.home import load_home
 
-    with load_home(home_path).open_store().transaction() as session:
+    with store_of(load_home(home_path)).transaction() as session:
         versions = list_versions(session)
         rows = [
             {
@@ -387,15 +390,14 @@ def datasets(ctx, home_path, as_json):
 @click.argument("new")
 @home_option
 @click.pass_context
-@friendly
 def datasets_diff(ctx, old, new, home_path):
     """Images added and removed, and ratings changed, from version OLD to NEW."""
-    from feedback.curation import diff_versions
+    from herdbook.feedback.curation import diff_versions
     from herdbook.home import load_home
 
     home = load_home(home_path or ctx.obj.get("home_path"))
-    with home.open_store().transaction() as session:
-        diff = diff_versions(session, home, old, new)
+    with store_of(home).transaction() as session:
+        diff = diff_versions(session, home.dataset_dir, old, new)
     click.echo(diff.summary())
     for row in diff.added:
         click.echo(f"  + {row['path']}  {row['rating']}  {row['prompt']!r}")
@@ -413,15 +415,14 @@ def datasets_diff(ctx, old, new, home_path):
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @home_option
 @click.pass_context
-@friendly
 def datasets_export(ctx, version, dest, home_path):
     """Check VERSION's instance images out of Oxen into DEST (what training reads)."""
-    from feedback.curation import export_version
+    from herdbook.feedback.curation import export_version
     from herdbook.home import load_home
 
     home = load_home(home_path or ctx.obj.get("home_path"))
-    with home.open_store().transaction() as session:
-        written = export_version(session, home, version, dest)
+    with store_of(home).transaction() as session:
+        written = export_version(session, home.dataset_dir, version, dest)
     click.echo(f"Exported {len(written)} instance image(s) to {dest}")
 
 
@@ -453,13 +454,12 @@ def quiet_libraries() -> None:
 @click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
 @click.option("--guidance", "guidance_scale", default=7.5, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--queue", "queued", is_flag=True, help="Queue the job for `herdbook worker` instead of running here.")
-@friendly
 def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negative_prompt, guidance_scale, queued):
     """Generate candidates from the base model or a finished round; they join the rating queue."""
     from herdbook.home import load_home
 
     home = load_home(home_path)
-    store = home.open_store()
+    store = store_of(home)
     options = {
         "count": count,
         "seed": seed,
@@ -470,7 +470,7 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     }
     if queued:
         from herdbook.jobs import submit
-        from training.rounds import resolve_round
+        from herdbook.training.rounds import resolve_round
 
         with store.transaction() as session:
             resolve_round(session, round_ref)  # fail now, not in the worker
@@ -483,13 +483,11 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
         click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
     quiet_libraries()
-    from tqdm import tqdm
+    from herdbook.training.rounds import generate_candidates
 
-    from training.rounds import generate_candidates
-
-    with tqdm(total=count, unit="image", desc="Generating") as bar:
+    with progress_bar(count, "image", "Generating") as bar:
         ids = generate_candidates(
-            store, home, prompt, round_ref, progress=lambda done, total: bar.update(done - bar.n), **options
+            store, home.project, prompt, round_ref, progress=lambda done, total: bar.update(done - bar.n), **options
         )
     click.echo(
         f"Added {len(ids)} candidate(s) from {round_ref}: ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}"
@@ -502,7 +500,7 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     "--mode", type=click.Choice(["full", "lora"]), help="Full UNet fine-tune or LoRA [default: the project's]."
 )
 @click.option("--steps", type=click.IntRange(1), help="Training steps [default 400].")
-@click.option("--resolution", type=click.IntRange(8, 4096), help="Pixels per side [default 512].")
+@click.option("--resolution", type=click.IntRange(8, 4096), help="Pixels per side, a multiple of 8 [default 512].")
 @click.option("--learning-rate", type=float, help="[default 5e-6 full, 1e-4 LoRA].")
 @click.option("--dataset", default="latest", show_default=True, help="Dataset version to train on.")
 @click.option(
@@ -518,6 +516,15 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
 )
 @click.option("--weight-by-rating", is_flag=True, help="Show higher-rated images more often.")
 @click.option(
+    "--lr-scheduler",
+    type=click.Choice(["constant", "constant_with_warmup", "linear", "cosine"]),
+    help="Learning-rate schedule [default: constant].",
+)
+@click.option("--lr-warmup-steps", type=click.IntRange(0), help="Steps of linear warm-up [default 0].")
+@click.option(
+    "--train-text-encoder/--no-train-text-encoder", default=None, help="Also train the text encoder (or its LoRA)."
+)
+@click.option(
     "--gpus",
     default=1,
     show_default=True,
@@ -525,7 +532,6 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     help="Processes, one per GPU, through accelerate's launcher.",
 )
 @click.option("--queue", "queued", is_flag=True, help="Queue the round for `herdbook worker` instead of training here.")
-@friendly
 def train(
     home_path,
     mode,
@@ -536,19 +542,22 @@ def train(
     start_from,
     prior_preservation,
     weight_by_rating,
+    lr_scheduler,
+    lr_warmup_steps,
+    train_text_encoder,
     gpus,
     queued,
 ):
     """Run a Dreambooth round on a dataset version's instance images."""
     from herdbook.home import load_home
-    from training.rounds import plan_round, run_round
+    from herdbook.training.rounds import plan_round, run_round
 
     home = load_home(home_path)
-    store = home.open_store()
+    store = store_of(home)
     with store.transaction() as session:
         record = plan_round(
             session,
-            home,
+            home.project,
             dataset=dataset,
             start_from=start_from,
             weight_by_rating=weight_by_rating,
@@ -557,6 +566,9 @@ def train(
             resolution=resolution,
             learning_rate=learning_rate,
             prior_preservation=prior_preservation,
+            lr_scheduler=lr_scheduler,
+            lr_warmup_steps=lr_warmup_steps,
+            train_text_encoder=train_text_encoder,
         )
         round_id, parent, total = record.id, record.parent_id, record.settings["steps"]
         if queued:
@@ -567,18 +579,16 @@ def train(
         click.echo(f"Round {round_id} queued as job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
     quiet_libraries()
-    from tqdm import tqdm
-
     click.echo(
         f"Round {round_id} ({record.mode}) from {'base' if parent is None else f'round {parent}'} on dataset version {record.dataset_version_id}"
     )
-    with tqdm(total=total, unit="step", desc=f"Round {round_id}") as bar:
+    with progress_bar(total, "step", f"Round {round_id}") as bar:
 
         def on_step(step, _total, loss):
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        finished = run_round(store, home, round_id, progress=on_step, processes=gpus)
+        finished = run_round(store, home.project, round_id, progress=on_step, processes=gpus)
     m = finished.metrics
     click.echo(f"Round {round_id} finished: {finished.output_path}")
     click.echo(
@@ -589,13 +599,12 @@ def train(
 @main.command()
 @home_option
 @json_option()
-@friendly
 def rounds(home_path, as_json):
     """List rounds with their parent, dataset version, mode, status and output, as a tree."""
     from herdbook.home import load_home
-    from training.rounds import lineage, list_rounds
+    from herdbook.training.rounds import lineage, list_rounds
 
-    with load_home(home_path).open_store().transaction() as session:
+    with store_of(load_home(home_path)).transaction() as session:
         rows, tree = list_rounds(session), lineage(session)
     if as_json:
         emit_json(rows)
@@ -612,14 +621,13 @@ def rounds(home_path, as_json):
 @main.command()
 @home_option
 @json_option()
-@friendly
 def jobs(home_path, as_json):
     """Background jobs with their status and progress; jobs whose worker died are marked lost."""
     from herdbook.home import load_home
     from herdbook.jobs import list_jobs, mark_lost_jobs
 
     home = load_home(home_path)
-    with home.open_store().transaction() as session:
+    with store_of(home).transaction() as session:
         mark_lost_jobs(session, home.config.jobs.stale_after_seconds)
         rows = [
             {
@@ -645,7 +653,6 @@ def jobs(home_path, as_json):
 @main.command()
 @home_option
 @click.option("--workers", default=1, show_default=True, help="Jobs run at once (one per GPU is sensible).")
-@friendly
 def worker(home_path, workers):
     """Run queued jobs (training, generation) until stopped with Ctrl-C."""
     from herdbook.home import load_home
@@ -664,13 +671,12 @@ def worker(home_path, workers):
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 opens it to the network."
 )
 @click.option("--worker/--no-worker", "with_worker", default=True, help="Also run a job worker.")
-@friendly
 def serve(home_path, port, host, with_worker):
     """Start the rating app (and a job worker) on this project."""
     from herdbook.home import load_home
     from herdbook.serve import serve as run_app
 
-    run_app(load_home(home_path), port=port, host=host, with_worker=with_worker)
+    sys.exit(run_app(load_home(home_path), port=port, host=host, with_worker=with_worker))
 
 
 if __name__ == "__main__":

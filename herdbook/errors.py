@@ -1,33 +1,27 @@
-"""Errors a user can act on. Each edge (CLI, app) turns them into one message."""
+"""Every error a user can act on, for the top layer (CLI, app, jobs). Each lower layer owns
+its own; this module only gathers them and adds the home's and the job queue's."""
 
-
-class HerdbookError(Exception):
-    """Base for every expected failure; the message says what to do next."""
+from herdbook.db.errors import HerdbookError, NotFound, SettingsError
+from herdbook.feedback.errors import ImportProblem, PushError, VersioningError
+from herdbook.training.errors import ModelLoadError
 
 
 class HomeError(HerdbookError):
     """The project home is missing, already exists, or its config is broken."""
 
 
-class ImportProblem(HerdbookError):
-    """A file or table could not be imported."""
-
-
-class NotFound(HerdbookError):
-    """A candidate, round, rater, dataset version or model that was asked for does not exist."""
-
-
-class VersioningError(HerdbookError):
-    """The Oxen repository refused an operation."""
-
-
-class PushError(VersioningError):
-    """A push to the Oxen remote failed; the local commit is kept."""
-
-
-class ModelLoadError(HerdbookError):
-    """A base model or round output could not be loaded."""
-
-
 class JobError(HerdbookError):
     """A background job could not be queued, run or found."""
+
+
+__all__ = [
+    "HerdbookError",
+    "HomeError",
+    "ImportProblem",
+    "JobError",
+    "ModelLoadError",
+    "NotFound",
+    "PushError",
+    "SettingsError",
+    "VersioningError",
+]

@@ -3,7 +3,9 @@ the candidate images and the round outputs."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,25 +49,41 @@ class Home:
         return self.root / "rounds"
 
     @property
-    def class_images_dir(self) -> Path:
-        return self.root / "class-images"
-
-    @property
     def oxen_config_dir(self) -> Path:
         return self.root / ".oxen-user"
 
-    def round_dir(self, round_id: int) -> Path:
-        return self.rounds_dir / f"round-{round_id:03d}"
+    @property
+    def project_id(self) -> str:
+        """Set by `herdbook init`; homes made before it existed are named by their path."""
+        return self.config.project_id or hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+
+    @property
+    def project(self):
+        """The project as the training layer sees it: plain values, no home."""
+        from herdbook.training.rounds import Project
+
+        c = self.config
+        return Project(
+            root=self.root,
+            dataset_dir=self.dataset_dir,
+            base_model=c.base_model,
+            instance_prompt=c.instance_prompt,
+            class_prompt=c.class_prompt,
+            resolution=c.resolution,
+            reference_prompts=tuple(c.reference_prompts),
+            training=c.training,
+        )
 
     def open_store(self):
-        from db.store import open_store
+        from herdbook.db.store import open_store
 
         return open_store(self.database_url)
 
-    def use_oxen(self) -> None:
-        from feedback.versioning import use_config_dir
+    @property
+    def dataset_repo(self):
+        from herdbook.feedback.versioning import DatasetRepo
 
-        use_config_dir(self.oxen_config_dir, self.config.oxen)
+        return DatasetRepo(self.dataset_dir, self.config.oxen, self.oxen_config_dir)
 
 
 def load_home(path: str | os.PathLike | None = None) -> Home:
@@ -82,18 +100,21 @@ def init_home(path: str | os.PathLike | None = None, config: ProjectConfig | Non
     """Create the home's folders, config, database and Oxen repository.
 
     Running it on an existing home fails rather than overwrite its config."""
-    from feedback.versioning import init_repository
+    from herdbook.feedback.versioning import init_repository, use_user_config
 
     root = resolve_home(path)
     if (root / CONFIG_NAME).exists():
         raise HomeError(f"{root} already holds a herdbook project")
     if root.exists() and not root.is_dir():
         raise HomeError(f"{root} exists and is not a folder")
-    home = Home(root, config or ProjectConfig())
+    config = config or ProjectConfig()
+    if not config.project_id:
+        config = config.with_changes(project_id=uuid.uuid4().hex[:12])
+    home = Home(root, config)
     for folder in (root, home.candidates_dir, home.rounds_dir):
         folder.mkdir(parents=True, exist_ok=True)
     init_repository(home.dataset_dir)
-    home.use_oxen()
+    use_user_config(home.dataset_repo)
     home.open_store().close()
     home.config.save(home.config_path)  # last: a home counts as made once its config exists
     return home

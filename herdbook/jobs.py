@@ -17,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from db.models import Job, utcnow
+from herdbook.db.models import Job, utcnow
 from herdbook.errors import JobError, NotFound
-from herdbook.home import Home, load_home
+from herdbook.home import Home
 
 LOG_LIMIT = 20_000  # characters of log kept per job
 
@@ -30,18 +30,32 @@ class Queue:
     run_job: object  # the registered task; calling it enqueues
 
 
+def queue_name(project_id: str) -> str:
+    """Named by the project, not the folder: two homes never share a queue, and a worker on
+    another machine (with its own home on the same database) finds this one."""
+    return f"herdbook-{project_id}"
+
+
 def make_queue(home: Home) -> Queue:
-    """The huey instance for a home, with the one task it runs registered on it."""
+    """The huey instance for a home, with the one task it runs registered on it. A message
+    carries the project id and the job id; each worker runs it against its own home."""
     from huey import RedisHuey, SqliteHuey
 
     queue_url = home.config.jobs.queue
     if queue_url == "sqlite":
-        huey = SqliteHuey(name="herdbook", filename=str(home.root / "jobs.sqlite"))
-    elif queue_url.startswith(("redis://", "rediss://")):
-        huey = RedisHuey(name=f"herdbook-{home.root.name}", url=queue_url)
+        huey = SqliteHuey(name=queue_name(home.project_id), filename=str(home.root / "jobs.sqlite"))
     else:
-        raise JobError(f'[jobs] queue must be "sqlite" or a redis:// URL, not {queue_url!r}')
-    return Queue(huey, huey.task(name="herdbook.run_job")(run_job))
+        try:
+            huey = RedisHuey(name=queue_name(home.project_id), url=queue_url)
+        except ImportError:
+            raise JobError("a redis queue needs the redis client: pip install 'herdbook[redis]'") from None
+
+    def run_queued(project_id: str, job_id: int) -> None:
+        if project_id != home.project_id:
+            raise JobError(f"job {job_id} belongs to project {project_id}, not this worker's {home.project_id}")
+        run_job(home, job_id)
+
+    return Queue(huey, huey.task(name="herdbook.run_job")(run_queued))
 
 
 def submit(session: Session, home: Home, kind: str, params: dict) -> Job:
@@ -53,14 +67,20 @@ def submit(session: Session, home: Home, kind: str, params: dict) -> Job:
     session.add(job)
     session.flush()
     queue, job_id = make_queue(home), job.id
-    event.listen(session, "after_commit", lambda _session: queue.run_job(str(home.root), job_id), once=True)
+    event.listen(session, "after_commit", lambda _session: queue.run_job(home.project_id, job_id), once=True)
     return job
 
 
-def run_job(home_root: str, job_id: int) -> None:
+def run_job(home: Home, job_id: int) -> None:
     """What a worker runs: the job's work, with its record kept current."""
-    home = load_home(home_root)
     store = home.open_store()
+    try:
+        _run_job(store, home, job_id)
+    finally:
+        store.close()
+
+
+def _run_job(store, home: Home, job_id: int) -> None:
     with store.transaction() as session:
         job = session.get(Job, job_id)
         if job is None or job.status != "queued":
@@ -135,7 +155,7 @@ class JobReporter:
 
 
 def _generate(store, home: Home, params: dict, reporter: JobReporter) -> dict:
-    from training.rounds import generate_candidates
+    from herdbook.training.rounds import generate_candidates
 
     reporter.log(
         f"generating {params.get('count', 4)} image(s) for {params['prompt']!r} from {params.get('round') or 'base'}"
@@ -143,7 +163,7 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter) -> dict:
     reporter.progress(0.0, "loading the model", force=True)
     ids = generate_candidates(
         store,
-        home,
+        home.project,
         params["prompt"],
         params.get("round"),
         progress=lambda done, total: reporter.progress(done / total, f"{done}/{total} images"),
@@ -158,7 +178,7 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter) -> dict:
 
 
 def _train(store, home: Home, params: dict, reporter: JobReporter) -> dict:
-    from training.rounds import run_round
+    from herdbook.training.rounds import run_round
 
     round_id = params["round_id"]
     reporter.log(f"training round {round_id}")
@@ -169,7 +189,7 @@ def _train(store, home: Home, params: dict, reporter: JobReporter) -> dict:
         eta = elapsed / step * (total - step) if step else 0
         reporter.progress(step / total, f"step {step}/{total}, loss {loss:.4f}, ETA {timedelta(seconds=int(eta))}")
 
-    record = run_round(store, home, round_id, progress=on_step, processes=params.get("processes", 1))
+    record = run_round(store, home.project, round_id, progress=on_step, processes=params.get("processes", 1))
     reporter.log(f"round {round_id} finished: {record.output_path}")
     return {"round_id": round_id, "output": record.output_path}
 

@@ -1,13 +1,21 @@
-"""Starting the app (and a worker) as processes, so either can restart without the other."""
+"""Starting the app (and a worker) as processes, so either can restart without the other.
+
+Both children stop whenever ``serve`` stops: Ctrl-C, SIGTERM (a service manager, `kill`),
+or either child exiting."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+from herdbook.errors import HerdbookError
+
+APP = Path(__file__).resolve().parent / "app" / "main.py"  # installed with the package
 
 
 def app_command(port: int, host: str) -> list[str]:
@@ -26,17 +34,54 @@ def app_command(port: int, host: str) -> list[str]:
     ]  # fmt: skip
 
 
-def serve(home, port: int = 8501, host: str = "127.0.0.1", with_worker: bool = True) -> int:
-    env = {**os.environ, "HERDBOOK_HOME": str(home.root)}
-    worker = None
-    if with_worker:
-        worker = subprocess.Popen([sys.executable, "-m", "herdbook.cli", "worker", "--home", str(home.root)], env=env)
-    print(f"herdbook: http://{host}:{port}  (project {home.root}; Ctrl-C stops)", flush=True)
+def check_port_free(host: str, port: int) -> None:
+    """Streamlit on a busy port quietly picks another or exits 0; say so instead."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise HerdbookError(
+                f"port {port} on {host} is in use ({error.strerror}); stop what holds it or choose --port"
+            ) from None
+
+
+def _stop(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
     try:
-        return subprocess.call(app_command(port, host), env=env)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def serve(home, port: int = 8501, host: str = "127.0.0.1", with_worker: bool = True) -> int:
+    check_port_free(host, port)
+    env = {**os.environ, "HERDBOOK_HOME": str(home.root)}
+
+    def on_term(_signum, _frame):
+        raise KeyboardInterrupt  # unwinds into the finally below, which stops both children
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    worker = app = None
+    try:
+        if with_worker:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "herdbook.cli", "worker", "--home", str(home.root)], env=env
+            )
+        app = subprocess.Popen(app_command(port, host), env=env)
+        print(f"herdbook: http://{host}:{port}  (project {home.root}; Ctrl-C stops)", flush=True)
+        while True:
+            if app.poll() is not None:
+                return app.returncode
+            if worker is not None and worker.poll() is not None:
+                print(f"herdbook: the job worker exited ({worker.returncode}); stopping the app", file=sys.stderr)
+                return worker.returncode or 1
+            time.sleep(0.5)
     except KeyboardInterrupt:
         return 0
     finally:
-        if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=10)
+        _stop(app)
+        _stop(worker)
+        signal.signal(signal.SIGTERM, previous)

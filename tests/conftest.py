@@ -73,16 +73,15 @@ def image_folder(tmp_path) -> Path:
 @pytest.fixture
 def imported(home, store, image_folder):
     """A home with the eight images imported; returns their candidate ids in file order."""
-    from feedback.ingest import import_images, rows_from_csv
+    from herdbook.feedback.ingest import import_images, rows_from_csv
 
     with store.transaction() as session:
         report = import_images(
             session, image_folder, home.candidates_dir, home.root, rows_from_csv(image_folder / "prompts.csv")
         )
     assert report.ok
+    from herdbook.db.models import Candidate
     from sqlalchemy import select
-
-    from db.models import Candidate
 
     with store.transaction() as session:
         return list(session.scalars(select(Candidate.id).order_by(Candidate.id)))

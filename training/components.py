@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from herdbook.errors import ModelLoadError
-from training.settings import ModelChain
+from herdbook.training.errors import ModelLoadError
+from herdbook.training.settings import ModelChain
 
 
 @dataclass

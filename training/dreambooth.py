@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from training.components import Components, load_components, make_pipeline, sampling_pipeline
-from training.data import image_files, load_images
-from training.generate import draw
-from training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
-from training.settings import RoundSettings
+from herdbook.training.components import Components, load_components, make_pipeline, sampling_pipeline
+from herdbook.training.data import image_files, load_images
+from herdbook.training.generate import draw
+from herdbook.training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
+from herdbook.training.settings import RoundSettings
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
 

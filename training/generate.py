@@ -6,10 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from herdbook.training.components import best_device, inference_dtype, load_components, sampling_pipeline
+from herdbook.training.settings import GenerationSettings
 from PIL import Image
-
-from training.components import best_device, inference_dtype, load_components, sampling_pipeline
-from training.settings import GenerationSettings
 
 
 @dataclass

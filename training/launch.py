@@ -1,6 +1,6 @@
 """One round across several processes through accelerate's launcher.
 
-    accelerate launch --num_processes 2 -m training.launch ROUND_DIR/settings.json
+    accelerate launch --num_processes 2 -m herdbook.training.launch ROUND_DIR/settings.json
 
 Each process runs the same ``train``; accelerate wires up the process group (NCCL on GPUs,
 gloo on CPUs), each process takes its slice of every global batch, and only the main
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.settings import RoundSettings
+from herdbook.training.settings import RoundSettings
 
 
 def launch_command(settings_file: Path, processes: int, cpu: bool = False, port: int | None = None) -> list[str]:
@@ -24,7 +24,7 @@ def launch_command(settings_file: Path, processes: int, cpu: bool = False, port:
     command += ["--num_machines", "1", "--mixed_precision", "no" if cpu else "bf16", "--dynamo_backend", "no"]
     if port is not None:
         command += ["--main_process_port", str(port)]
-    return [*command, "-m", "training.launch", str(settings_file)]
+    return [*command, "-m", "herdbook.training.launch", str(settings_file)]
 
 
 def launch(settings: RoundSettings, processes: int, cpu: bool = False, port: int | None = None) -> None:
@@ -34,7 +34,7 @@ def launch(settings: RoundSettings, processes: int, cpu: bool = False, port: int
 
 
 def main() -> None:
-    from training.dreambooth import train
+    from herdbook.training.dreambooth import train
 
     settings = RoundSettings.from_json(Path(sys.argv[1]).read_text(encoding="utf-8"))
     train(settings)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from herdbook.errors import NotFound
-from training.settings import ModelChain
+from herdbook.db.errors import NotFound
+from herdbook.training.settings import ModelChain
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,55 @@ import io
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from herdbook.db.errors import HerdbookError, NotFound
+from herdbook.db.models import Candidate, Round, utcnow
+from herdbook.feedback.curation import export_version, resolve_version
+from herdbook.feedback.images import check_image_data, store_image
+from herdbook.training.lineage import RoundNode, chain_for, tree_lines
+from herdbook.training.settings import (
+    GenerationSettings,
+    ModelChain,
+    RoundSettings,
+    TrainingDefaults,
+    class_images_key,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Candidate, Round, utcnow
-from feedback.curation import export_version, resolve_version
-from feedback.images import check_image_data, store_image
-from herdbook.errors import HerdbookError, NotFound
-from training.lineage import RoundNode, chain_for, tree_lines
-from training.settings import GenerationSettings, ModelChain, RoundSettings
-
 Progress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class Project:
+    """What rounds and generation need to know of a project, as plain values (the project's
+    config and folders; the top layer builds one)."""
+
+    root: Path  # candidate paths are relative to it
+    dataset_dir: Path  # the Oxen repository of curated datasets
+    base_model: str
+    instance_prompt: str
+    class_prompt: str
+    resolution: int
+    reference_prompts: tuple[str, ...]
+    training: TrainingDefaults
+
+    @property
+    def candidates_dir(self) -> Path:
+        return self.root / "candidates"
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / "rounds"
+
+    @property
+    def class_images_dir(self) -> Path:
+        return self.root / "class-images"
+
+    def round_dir(self, round_id: int) -> Path:
+        return self.rounds_dir / f"round-{round_id:03d}"
 
 
 def round_nodes(session: Session) -> dict[int, RoundNode]:
@@ -50,14 +85,14 @@ def resolve_round(session: Session, ref: str | int | None) -> int | None:
     return int(text)
 
 
-def model_for(session: Session, home, ref: str | int | None) -> tuple[ModelChain, int | None]:
+def model_for(session: Session, project: Project, ref: str | int | None) -> tuple[ModelChain, int | None]:
     round_id = resolve_round(session, ref)
-    return chain_for(round_id, round_nodes(session), home.config.base_model), round_id
+    return chain_for(round_id, round_nodes(session), project.base_model), round_id
 
 
 def plan_round(
     session: Session,
-    home,
+    project: Project,
     *,
     dataset: str | int = "latest",
     start_from: str | int | None = None,
@@ -68,7 +103,7 @@ def plan_round(
 
     ``overrides`` are RoundSettings fields (mode, steps, learning_rate, resolution, ...);
     anything not given comes from the project's [training] defaults."""
-    defaults = home.config.training
+    defaults = project.training
     version = resolve_version(session, dataset)
     if version.n_selected == 0:
         raise HerdbookError(f"dataset version {version.id} selects no images: accept some, then `herdbook sync`")
@@ -78,63 +113,59 @@ def plan_round(
         parent_id = newest.id if newest else None
     else:
         parent_id = resolve_round(session, start)
-    chain = chain_for(parent_id, round_nodes(session), home.config.base_model)
-    mode = overrides.pop("mode", None) or defaults.mode
-    lora = mode == "lora"
+    chain = chain_for(parent_id, round_nodes(session), project.base_model)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    options = defaults.for_round(changes.pop("mode", None))
+    if weight_by_rating:
+        options["weight_by_rating"] = True
+    # checked before anything is recorded: a bad value leaves no pending round behind
+    settings = RoundSettings.from_dict(
+        {
+            **options,
+            "instance_dir": "",
+            "output_dir": "",
+            "model": chain,
+            "instance_prompt": project.instance_prompt,
+            "class_prompt": project.class_prompt,
+            "resolution": project.resolution,
+            "validation_prompts": list(project.reference_prompts),
+            "parent_validation_dir": str(base_validation_dir(project)) if parent_id is None else "",
+            **changes,
+        }
+    )
     record = Round(
         parent_id=parent_id,
-        base_model=home.config.base_model,
+        base_model=project.base_model,
         dataset_version_id=version.id,
-        mode=mode,
+        mode=settings.mode,
         status="pending",
     )
     session.add(record)
     session.flush()
-    out = home.round_dir(record.id)
-    settings = RoundSettings(
-        instance_dir=str(out / "instance"),
-        output_dir=str(out),
-        model=chain,
-        instance_prompt=home.config.instance_prompt,
-        class_prompt=home.config.class_prompt,
-        mode=mode,
-        resolution=home.config.resolution,
-        batch_size=defaults.batch_size,
-        steps=defaults.steps,
-        learning_rate=defaults.lora_learning_rate if lora else defaults.learning_rate,
-        lora_rank=defaults.lora_rank,
-        train_text_encoder=defaults.train_text_encoder,
-        prior_preservation=defaults.prior_preservation,
-        prior_loss_weight=defaults.prior_loss_weight,
-        num_class_images=defaults.num_class_images,
-        class_dir=str(
-            home.class_images_dir
-            / f"from-{'base' if parent_id is None else f'round-{parent_id:03d}'}-{home.config.resolution}px"
-        ),
-        mixed_precision=defaults.mixed_precision,
-        gradient_checkpointing=defaults.gradient_checkpointing,
-        checkpoint_every=defaults.checkpoint_every,
-        validation_prompts=list(home.config.reference_prompts),
-        parent_validation_dir=str(base_validation_dir(home)) if parent_id is None else "",
-        weight_by_rating=weight_by_rating,
+    out = project.round_dir(record.id)
+    class_dir = settings.class_dir or str(
+        project.class_images_dir
+        / class_images_key(
+            chain, settings.class_prompt, settings.resolution, settings.generation_steps, settings.guidance_scale
+        )
     )
-    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    record.settings = asdict(settings)
+    settings = settings.with_changes(instance_dir=str(out / "instance"), output_dir=str(out), class_dir=class_dir)
+    record.settings = settings.model_dump(mode="json")
     session.flush()
     return record
 
 
-def base_validation_dir(home) -> Path:
-    return home.rounds_dir / "base-validation"
+def base_validation_dir(project: Project) -> Path:
+    return project.rounds_dir / "base-validation"
 
 
-def comparison_grid(session: Session, home) -> dict:
+def comparison_grid(session: Session, project) -> dict:
     """Validation images of the base and every finished round at the same prompts and seeds:
     {"prompts": [...], "seeds": [...], "columns": [{"label", "images": {(prompt, seed): path}}]}."""
     import json
 
     columns = []
-    sources = [("base", base_validation_dir(home))]
+    sources = [("base", base_validation_dir(project))]
     sources += [
         (f"round {r.id} ({r.mode})", Path(r.settings["output_dir"]) / "validation")
         for r in session.scalars(select(Round).where(Round.status == "finished").order_by(Round.id))
@@ -177,7 +208,7 @@ def settings_of(record: Round) -> RoundSettings:
     return RoundSettings.from_dict(record.settings)
 
 
-def start_round(session: Session, home, round_id: int) -> RoundSettings:
+def start_round(session: Session, project: Project, round_id: int) -> RoundSettings:
     """Mark the round running and put its instance images in place."""
     record = session.get(Round, round_id)
     if record is None:
@@ -188,7 +219,7 @@ def start_round(session: Session, home, round_id: int) -> RoundSettings:
     instance = Path(settings.instance_dir)
     if instance.exists():
         shutil.rmtree(instance)
-    export_version(session, home, record.dataset_version_id, instance)
+    export_version(session, project.dataset_dir, record.dataset_version_id, instance)
     if settings.weight_by_rating:
         import csv
 
@@ -196,13 +227,14 @@ def start_round(session: Session, home, round_id: int) -> RoundSettings:
             settings.rating_weights = {
                 Path(row["path"]).name: 0.5 + float(row["score"]) for row in csv.DictReader(handle)
             }
+        record.settings = settings.model_dump(mode="json")  # the weights it trained with, for reproducing it
     record.status, record.started_at, record.error = "running", record.started_at or utcnow(), None
     return settings
 
 
 def run_round(
     store,
-    home,
+    project: Project,
     round_id: int,
     components=None,
     progress: Progress | None = None,
@@ -213,10 +245,10 @@ def run_round(
 
     With ``processes`` > 1 the round runs under accelerate's launcher (one process per GPU);
     the record is then written when the launch returns."""
-    from training.dreambooth import train
+    from herdbook.training.dreambooth import train
 
     with store.transaction() as session:
-        settings = start_round(session, home, round_id)
+        settings = start_round(session, project, round_id)
     last_report = [0.0]
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -253,9 +285,8 @@ def launched(settings: RoundSettings, processes: int):
     import json
 
     import torch
-
-    from training.dreambooth import TrainResult
-    from training.launch import launch
+    from herdbook.training.dreambooth import TrainResult
+    from herdbook.training.launch import launch
 
     launch(settings, processes, cpu=not torch.cuda.is_available())
     metrics = json.loads((settings.output / "metrics.json").read_text())
@@ -303,16 +334,16 @@ def lineage(session: Session) -> list[str]:
 
 
 def generation_settings(
-    session: Session, home, prompt: str, round_ref=None, **options
+    session: Session, project, prompt: str, round_ref=None, **options
 ) -> tuple[GenerationSettings, int | None]:
-    chain, round_id = model_for(session, home, round_ref)
+    chain, round_id = model_for(session, project, round_ref)
     options = {k: v for k, v in options.items() if v is not None}
-    options.setdefault("resolution", home.config.resolution)
+    options.setdefault("resolution", project.resolution)
     return GenerationSettings(prompt=prompt, model=chain, **options), round_id
 
 
 def record_generated(
-    session: Session, home, settings: GenerationSettings, round_id: int | None, images
+    session: Session, project, settings: GenerationSettings, round_id: int | None, images
 ) -> list[Candidate]:
     """Store generated images as candidates with everything needed to make them again."""
     added = []
@@ -323,10 +354,10 @@ def record_generated(
         checked = check_image_data(buffer.getvalue(), ".png")
         if session.scalar(select(Candidate.id).where(Candidate.sha256 == checked.sha256)) is not None:
             continue
-        stored = store_image(checked, home.candidates_dir)
+        stored = store_image(checked, project.candidates_dir)
         candidate = Candidate(
             sha256=checked.sha256,
-            path=str(stored.relative_to(home.root)),
+            path=str(stored.relative_to(project.root)),
             source_name=f"{label}-seed-{made.seed}.png",
             prompt=settings.prompt,
             negative_prompt=settings.negative_prompt,
@@ -350,12 +381,14 @@ def record_generated(
     return added
 
 
-def generate_candidates(store, home, prompt: str, round_ref=None, pipeline=None, progress=None, **options) -> list[int]:
+def generate_candidates(
+    store, project: Project, prompt: str, round_ref=None, pipeline=None, progress=None, **options
+) -> list[int]:
     """Generate and record candidates; the model loads outside any transaction."""
-    from training.generate import generate_images
+    from herdbook.training.generate import generate_images
 
     with store.transaction() as session:
-        settings, round_id = generation_settings(session, home, prompt, round_ref, **options)
+        settings, round_id = generation_settings(session, project, prompt, round_ref, **options)
     images = generate_images(settings, pipeline=pipeline, progress=progress)
     with store.transaction() as session:
-        return [c.id for c in record_generated(session, home, settings, round_id, images)]
+        return [c.id for c in record_generated(session, project, settings, round_id, images)]

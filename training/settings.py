@@ -1,83 +1,120 @@
-"""One typed settings object per run, saved beside its output."""
+"""One typed settings object per run, checked when it is made and saved beside its output.
+
+``TrainingOptions`` is the one source of the training knobs and their defaults (the
+reference Dreambooth run); the project's ``[training]`` table and a round's settings
+both build on it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Literal
+
+from herdbook.db.errors import StrictSettings, checked
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+
+Resolution = int
 
 
-@dataclass(frozen=True)
-class ModelChain:
+def _multiple_of_8(value: int) -> int:
+    if value < 8 or value % 8:
+        raise ValueError("must be a multiple of 8, at least 8 (the VAE downsamples by 8)")
+    return value
+
+
+class ModelChain(StrictSettings, frozen=True):
     """What a model is made of: a diffusers pipeline (hub id or folder) plus LoRA adapters
     fused on top, in order. A full round's output is a pipeline; a LoRA round's adds an adapter."""
 
     pipeline: str
     adapters: tuple[str, ...] = ()
 
+    def __init__(self, pipeline: str | None = None, adapters: tuple[str, ...] = (), **data: Any) -> None:
+        if pipeline is not None:
+            data["pipeline"] = pipeline
+        super().__init__(adapters=adapters, **data)
+
     def describe(self) -> str:
         return " + ".join([self.pipeline, *self.adapters])
 
 
-@dataclass
-class RoundSettings:
-    """Everything a Dreambooth round needs. Defaults are the reference run."""
+class TrainingOptions(StrictSettings):
+    """The knobs of a Dreambooth round. Defaults are the reference run: 6 images, 512 px,
+    batch 1, lr 5e-6 constant, 400 steps."""
+
+    mode: Literal["full", "lora"] = "full"  # full fine-tunes the UNet; lora trains a low-rank adapter
+    steps: PositiveInt = 400
+    learning_rate: PositiveFloat = 5e-6
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_warmup_steps: NonNegativeInt = 0
+    lora_rank: PositiveInt = 16
+    batch_size: PositiveInt = 1
+    train_text_encoder: bool = False
+    prior_preservation: bool = False
+    prior_loss_weight: NonNegativeFloat = 1.0
+    num_class_images: PositiveInt = 100
+    weight_by_rating: bool = False  # higher-rated images come up more often
+    # A full-round checkpoint (UNet + AdamW state, ~10 GB) took 22 s on an H100 box: one per 200 steps.
+    checkpoint_every: NonNegativeInt = 200  # 0: never
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it
+    # Off: a full SD-1.5 round peaks at 17 GiB without it and runs 1.8x faster (bench/gpu_round.txt).
+    # Turn on for GPUs under 20 GB.
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+class TrainingDefaults(TrainingOptions):
+    """``[training]`` in herdbook.toml: every round's defaults, plus what only a project sets."""
+
+    lora_learning_rate: PositiveFloat = 1e-4  # replaces learning_rate in LoRA rounds
+    start_from: str = "parent"  # "parent" (latest finished round) or "base"
+
+    def for_round(self, mode: str | None = None) -> dict[str, Any]:
+        """The TrainingOptions of a round in ``mode`` (the project's mode when None)."""
+        options = self.model_dump(include=set(TrainingOptions.model_fields))
+        options["mode"] = mode or self.mode
+        if options["mode"] == "lora":
+            options["learning_rate"] = self.lora_learning_rate
+        return options
+
+
+class RoundSettings(TrainingOptions):
+    """Everything a Dreambooth round needs; saved as the round's settings.json."""
 
     instance_dir: str
     output_dir: str
     model: ModelChain
     instance_prompt: str = "an image of the oxenai ox"
     class_prompt: str = "an image of an ox"
-    mode: str = "full"  # "full" fine-tunes the UNet; "lora" trains a low-rank adapter through peft
-    resolution: int = 512
-    batch_size: int = 1
-    steps: int = 400
-    learning_rate: float = 5e-6
-    lr_scheduler: str = "constant"
-    lora_rank: int = 16
-    train_text_encoder: bool = False
-    prior_preservation: bool = False
-    prior_loss_weight: float = 1.0
-    num_class_images: int = 100
+    resolution: Resolution = 512
     class_dir: str = ""  # cached class images; generated from the parent model when missing
-    weight_by_rating: bool = False  # fill rating_weights from the dataset's scores when the round starts
-    rating_weights: dict[str, float] = field(default_factory=dict)  # file name -> weight; empty: uniform
-    seed: int = 0
-    mixed_precision: str = "auto"  # "auto", "no", "bf16", "fp16"
-    gradient_checkpointing: bool = False  # saves activation memory for 1.8x the step time
+    rating_weights: dict[str, float] = Field(default_factory=dict)  # file name -> weight; empty: uniform
     use_8bit_adam: bool = True  # only where bitsandbytes is installed and a GPU is used
-    checkpoint_every: int = 200  # 0: never
-    validation_prompts: list[str] = field(default_factory=list)
+    validation_prompts: list[str] = Field(default_factory=list)
     # where the starting model's grid goes, rendered before training when missing (the base's)
     parent_validation_dir: str = ""
-    validation_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    validation_steps: int = 30
-    generation_steps: int = 30  # for class images
-    guidance_scale: float = 7.5
+    validation_seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    validation_steps: PositiveInt = 30
+    generation_steps: PositiveInt = 30  # for class images
+    guidance_scale: NonNegativeFloat = 7.5
 
-    def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = ModelChain(self.model["pipeline"], tuple(self.model.get("adapters", ())))
-        if self.mode not in ("full", "lora"):
-            raise ValueError(f"mode must be 'full' or 'lora', not {self.mode!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.resolution % 8:
-            raise ValueError("steps and batch size must be positive and the resolution a multiple of 8")
+    _resolution_ok = field_validator("resolution")(_multiple_of_8)
 
     @property
     def output(self) -> Path:
         return Path(self.output_dir)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict) -> RoundSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: dict, source: str = "round settings") -> RoundSettings:
+        return checked(cls, data, source)
 
     @classmethod
-    def from_json(cls, text: str) -> RoundSettings:
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "settings.json") -> RoundSettings:
+        return cls.from_dict(json.loads(text), source)
 
     def save(self, path: Path | None = None) -> Path:
         path = path or self.output / "settings.json"
@@ -86,15 +123,22 @@ class RoundSettings:
         return path
 
 
-@dataclass
-class GenerationSettings:
+def class_images_key(model: ModelChain, prompt: str, resolution: int, steps: int, guidance_scale: float) -> str:
+    """A folder name for cached class images: anything that changes them changes the name."""
+    made_from = json.dumps([model.pipeline, list(model.adapters), prompt, resolution, steps, guidance_scale])
+    return f"{resolution}px-{hashlib.sha256(made_from.encode()).hexdigest()[:12]}"
+
+
+class GenerationSettings(StrictSettings):
     prompt: str
     model: ModelChain
     negative_prompt: str = ""
-    count: int = 4
-    seed: int = 0
-    steps: int = 30
-    guidance_scale: float = 7.5
-    resolution: int = 512
-    batch_size: int = 4
+    count: PositiveInt = 4
+    seed: int = Field(0, ge=0, lt=2**63)
+    steps: PositiveInt = 30
+    guidance_scale: NonNegativeFloat = 7.5
+    resolution: Resolution = 512
+    batch_size: PositiveInt = 4
     scheduler: str = "DPMSolverMultistepScheduler"
+
+    _resolution_ok = field_validator("resolution")(_multiple_of_8)

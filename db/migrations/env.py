@@ -1,9 +1,8 @@
 """Alembic environment: runs on the connection herdbook hands it, or on the configured URL."""
 
 from alembic import context
+from herdbook.db.models import Base
 from sqlalchemy import engine_from_config, pool
-
-from db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import streamlit as st
 
-from feedback.votes import clean_rater_name
 from herdbook.errors import HerdbookError
+from herdbook.feedback.votes import clean_rater_name
 from herdbook.home import Home, load_home, resolve_home
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from feedback.catalog import cards, rater_agreement
-from feedback.curation import decide, diff_versions, list_versions, sync, version_images
-from feedback.images import thumbnail_data_url
 from herdbook.app.context import action, project, reload_home
+from herdbook.feedback.catalog import cards, rater_agreement
+from herdbook.feedback.curation import decide, diff_versions, list_versions, sync, version_images
+from herdbook.feedback.images import thumbnail_data_url
 
 
 def page() -> None:
@@ -17,7 +17,7 @@ def page() -> None:
     st.header("Curated datasets")
     if st.button("Sync now", type="primary", help="Commit the current selection to the Oxen repository"):
         with action(store) as session:
-            result = sync(session, home)
+            result = sync(session, home.dataset_repo, home.root, home.config.selection)
         st.success(f"Dataset version {result.version.id} committed." if result.version else "Nothing new to commit.")
 
     with action(store) as session:
@@ -45,7 +45,7 @@ def page() -> None:
         with action(store) as session:
             gallery = version_images(session, chosen)
             previous = chosen - 1 if chosen > 1 else None
-            diff = diff_versions(session, home, previous, chosen) if previous else None
+            diff = diff_versions(session, home.dataset_dir, previous, chosen) if previous else None
         if diff is not None:
             st.caption(f"Since version {previous}: {diff.summary()}")
         st.image([str(home.root / c.path) for c in gallery], caption=[c.prompt[:40] for c in gallery], width=160)

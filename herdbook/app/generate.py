@@ -7,7 +7,7 @@ import streamlit as st
 from herdbook.app.context import action, project
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.jobs import submit
-from training.rounds import model_choices, training_available
+from herdbook.training.rounds import model_choices, training_available
 
 
 def page() -> None:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
-from feedback.catalog import Card, cards, filter_choices
-from feedback.votes import (
+from herdbook.app.context import action, ask_rater, project, round_label
+from herdbook.feedback.catalog import Card, cards, filter_choices
+from herdbook.feedback.votes import (
     QueueFilter,
     cast_vote,
     prompt_group,
@@ -21,7 +22,6 @@ from feedback.votes import (
     rating_queue,
     undo_last_vote,
 )
-from herdbook.app.context import action, ask_rater, project, round_label
 
 BATCH = 50
 

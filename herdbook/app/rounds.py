@@ -5,12 +5,19 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from feedback.catalog import acceptance_by_round
-from feedback.curation import list_versions
 from herdbook.app.context import action, project, reload_home
 from herdbook.app.jobs_panel import jobs_panel
+from herdbook.feedback.catalog import acceptance_by_round
+from herdbook.feedback.curation import list_versions
 from herdbook.jobs import submit
-from training.rounds import comparison_grid, lineage, list_rounds, loss_histories, plan_round, training_available
+from herdbook.training.rounds import (
+    comparison_grid,
+    lineage,
+    list_rounds,
+    loss_histories,
+    plan_round,
+    training_available,
+)
 
 
 def start_form(home, store) -> None:
@@ -40,7 +47,7 @@ def start_form(home, store) -> None:
     if submitted:
         start_from = {"newest round": "parent", "base": "base"}.get(start, start)
         with action(store) as session:
-            record = plan_round(session, home, dataset=version, start_from=start_from, mode=mode, steps=int(steps),
+            record = plan_round(session, home.project, dataset=version, start_from=start_from, mode=mode, steps=int(steps),
                                 learning_rate=lr, prior_preservation=prior)  # fmt: skip
             job = submit(session, home, "train", {"round_id": record.id})
         st.success(f"Round {record.id} queued as job {job.id}.")
@@ -60,7 +67,7 @@ def loss_chart(store) -> None:
 
 def comparison(home, store) -> None:
     with action(store) as session:
-        grid = comparison_grid(session, home)
+        grid = comparison_grid(session, home.project)
     if not grid["columns"]:
         return
     st.subheader("Comparison at fixed prompts and seeds")

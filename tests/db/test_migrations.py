@@ -1,10 +1,9 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from herdbook.db.models import Base
+from herdbook.db.store import SCHEMA_REVISION, alembic_config, make_engine, open_store
 from sqlalchemy import inspect, text
-
-from db.models import Base
-from db.store import SCHEMA_REVISION, alembic_config, make_engine, open_store
 
 
 def test_migrations_build_exactly_the_models(tmp_path):

@@ -1,7 +1,6 @@
 import pytest
+from herdbook.db.models import Candidate, Rater, Vote, VoteValue
 from sqlalchemy.exc import IntegrityError
-
-from db.models import Candidate, Rater, Vote, VoteValue
 
 
 def test_one_current_vote_per_rater_and_image(store):

@@ -3,12 +3,12 @@
 import csv
 
 import pytest
+from herdbook.db.models import DatasetVersion
+from herdbook.feedback import curation, versioning
+from herdbook.feedback.ingest import import_images, rows_from_csv
+from herdbook.feedback.votes import cast_vote
 from sqlalchemy import func, select
 
-from db.models import DatasetVersion
-from feedback import curation, versioning
-from feedback.ingest import import_images, rows_from_csv
-from feedback.votes import cast_vote
 from herdbook.errors import PushError
 from herdbook.home import init_home
 
@@ -21,7 +21,7 @@ def vote_all(store, ids, rater, values):
 
 def do_sync(store, home, **kwargs):
     with store.transaction() as session:
-        return curation.sync(session, home, **kwargs)
+        return curation.sync(session, home.dataset_repo, home.root, home.config.selection, **kwargs)
 
 
 def sync_killed_in(module, function, store, home, monkeypatch):
@@ -69,14 +69,14 @@ def test_a_sync_with_nothing_new_makes_no_commit(home, store, imported):
 def test_undone_votes_take_images_out_of_the_next_version(home, store, imported):
     vote_all(store, imported, "ann", ["accept", "accept"])
     first = do_sync(store, home).version
-    from feedback.votes import undo_last_vote
+    from herdbook.feedback.votes import undo_last_vote
 
     with store.transaction() as session:
         undo_last_vote(session, "ann")
     second = do_sync(store, home).version
     assert second.n_images == 1
     with store.transaction() as session:
-        diff = curation.diff_versions(session, home, first.id, second.id)
+        diff = curation.diff_versions(session, home.dataset_dir, first.id, second.id)
     assert len(diff.removed) == 1 and len(diff.selected_removed) == 1
     assert len(list((home.dataset_dir / "images").iterdir())) == 1
 
@@ -88,9 +88,9 @@ def test_diff_and_export_of_an_older_version(home, store, imported, tmp_path):
     vote_all(store, imported[1:2], "carol", ["reject"])
     v2 = do_sync(store, home).version
     with store.transaction() as session:
-        diff = curation.diff_versions(session, home, v1.commit_id[:8], "latest")
+        diff = curation.diff_versions(session, home.dataset_dir, v1.commit_id[:8], "latest")
         assert len(diff.added) == 2 and len(diff.rating_changed) == 1
-        exported = curation.export_version(session, home, v1.id, tmp_path / "v1")
+        exported = curation.export_version(session, home.dataset_dir, v1.id, tmp_path / "v1")
     assert len(exported) == 2
     assert (tmp_path / "v1" / "instance.csv").exists()
     # the working tree is left as the newest version had it

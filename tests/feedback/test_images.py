@@ -1,9 +1,9 @@
 import base64
 import io
 
+from herdbook.feedback.images import thumbnail_data_url
 from PIL import Image
 
-from feedback.images import thumbnail_data_url
 from tests.conftest import make_image
 
 

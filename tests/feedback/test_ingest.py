@@ -1,8 +1,8 @@
 import pytest
+from herdbook.db.models import Candidate, Vote
+from herdbook.feedback.ingest import import_images, parse_rating, rows_from_csv, rows_from_folder
 from sqlalchemy import func, select
 
-from db.models import Candidate, Vote
-from feedback.ingest import import_images, parse_rating, rows_from_csv, rows_from_folder
 from herdbook.errors import ImportProblem
 from tests.conftest import make_image, write_csv
 
@@ -140,7 +140,7 @@ def test_a_failed_import_changes_nothing_in_the_home(home, store, image_folder, 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("feedback.ingest.cast_vote", explode)
+    monkeypatch.setattr("herdbook.feedback.ingest.cast_vote", explode)
     folder = image_folder.parent / "more"
     make_image(folder / "new.png", seed=99)
     table = write_csv(folder / "t.csv", [{"file": "new.png", "prompt": "p", "rating": "good"}])

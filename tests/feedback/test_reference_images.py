@@ -1,11 +1,11 @@
 """The real images of the reference ox, from ../shared/oxen-demo (never copied into the repo)."""
 
 import pytest
+from herdbook.feedback.curation import decide
+from herdbook.feedback.ingest import import_images, rows_from_csv, rows_from_folder
+from herdbook.feedback.votes import cast_vote
 from PIL import Image
 
-from feedback.curation import decide
-from feedback.ingest import import_images, rows_from_csv, rows_from_folder
-from feedback.votes import cast_vote
 from tests.conftest import SHARED_DEMO
 
 pytestmark = pytest.mark.skipif(
@@ -19,7 +19,7 @@ def test_the_reference_candidates_import_with_their_prompts_and_model(home, stor
     with store.transaction() as session:
         report = import_images(session, folder, home.candidates_dir, home.root, rows_from_csv(folder / "prompts.csv"))
     assert report.ok and len(report.added) == 24
-    from feedback.catalog import list_candidates
+    from herdbook.feedback.catalog import list_candidates
 
     with store.transaction() as session:
         rows = list_candidates(session)
@@ -36,7 +36,7 @@ def test_a_resized_re_encoded_copy_of_a_training_image_is_never_selected_twice(h
     with store.transaction() as session:
         report = import_images(session, folder, home.candidates_dir, home.root, rows_from_folder(folder))
         assert len(report.added) == 7
-        from feedback.catalog import list_candidates
+        from herdbook.feedback.catalog import list_candidates
 
         for row in list_candidates(session):
             cast_vote(session, row.id, "ann", "accept")

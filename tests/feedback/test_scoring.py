@@ -1,6 +1,5 @@
 import pytest
-
-from feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict, wilson_lower_bound
+from herdbook.feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict, wilson_lower_bound
 
 
 def test_wilson_bound_does_not_trust_few_votes():

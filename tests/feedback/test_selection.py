@@ -1,5 +1,6 @@
-from feedback.scoring import Tally
-from feedback.selection import RatedImage, select_instance_images, selected
+from herdbook.feedback.scoring import Tally
+from herdbook.feedback.selection import RatedImage, select_instance_images, selected
+
 from herdbook.config import SelectionPolicy
 
 

@@ -1,6 +1,5 @@
 import pytest
-
-from feedback.tables import diff_train_tables, from_csv, safe_cell, to_csv
+from herdbook.feedback.tables import diff_train_tables, from_csv, safe_cell, to_csv
 
 
 @pytest.mark.parametrize("text", ['=HYPERLINK("x")', "+1+1", "-2+3", "@SUM(A1)", "\tx"])

@@ -1,8 +1,6 @@
 import pytest
-from sqlalchemy import select
-
-from db.models import Vote
-from feedback.votes import (
+from herdbook.db.models import Vote
+from herdbook.feedback.votes import (
     QueueFilter,
     cast_vote,
     current_vote,
@@ -11,6 +9,8 @@ from feedback.votes import (
     rating_queue,
     undo_last_vote,
 )
+from sqlalchemy import select
+
 from herdbook.errors import HerdbookError, NotFound
 
 

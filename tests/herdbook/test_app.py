@@ -3,12 +3,12 @@
 from pathlib import Path
 
 import pytest
+from herdbook.db.models import Job, Round
+from herdbook.feedback.catalog import list_candidates
+from herdbook.feedback.votes import cast_vote, current_vote
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
-from db.models import Job, Round
-from feedback.catalog import list_candidates
-from feedback.votes import cast_vote, current_vote
 from tests.conftest import make_image, write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_prompts_are_text_never_html(tmp_path, monkeypatch):
     folder = tmp_path / "imgs"
     make_image(folder / "a.png")
     write_csv(folder / "p.csv", [{"file": "a.png", "prompt": "<img src=x onerror=alert(1)> an ox"}])
-    from feedback.ingest import import_images, rows_from_csv
+    from herdbook.feedback.ingest import import_images, rows_from_csv
 
     with home.open_store().transaction() as session:
         import_images(session, folder, home.candidates_dir, home.root, rows_from_csv(folder / "p.csv"))
@@ -156,11 +156,11 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
 def test_rounds_page_needs_a_dataset_then_queues_a_round(demo_home):
     at = page("rounds").run()
     assert "needs a dataset version" in at.info[0].value
-    from feedback.curation import sync
+    from herdbook.feedback.curation import sync
 
     with demo_home.open_store().transaction() as session:
         cast_vote(session, 1, "ann", "accept")
-        sync(session, demo_home)
+        sync(session, demo_home.dataset_repo, demo_home.root, demo_home.config.selection)
     at = page("rounds").run()
     at.radio(key="round_mode").set_value("lora")
     at.number_input(key="round_steps").set_value(50)

@@ -7,9 +7,9 @@ import time
 from datetime import timedelta
 
 import pytest
+from herdbook.db.models import Candidate, Job, utcnow
 from sqlalchemy import func, select
 
-from db.models import Candidate, Job, utcnow
 from herdbook.config import ProjectConfig
 from herdbook.home import init_home
 from herdbook.jobs import get_job, mark_lost_jobs, run_next_job, submit

@@ -24,7 +24,7 @@ def instance_dir(tmp_path):
 
 @pytest.fixture
 def settings_for(tmp_path, tiny_model, instance_dir):
-    from training.settings import ModelChain, RoundSettings
+    from herdbook.training.settings import ModelChain, RoundSettings
 
     def make(name="round", **overrides):
         values = dict(

@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
-
-from training.components import load_components
-from training.dreambooth import train
-from training.settings import ModelChain
+from herdbook.training.components import load_components
+from herdbook.training.dreambooth import train
+from herdbook.training.settings import ModelChain
 
 
 def unet_weights(parts_or_folder):
@@ -82,7 +81,7 @@ def test_prior_preservation_generates_class_images_once(settings_for, tmp_path):
 
 
 def test_rating_weights_favour_higher_rated_images(settings_for):
-    from training.losses import batch_indices, step_generator
+    from herdbook.training.losses import batch_indices, step_generator
 
     weights = torch.tensor([10.0, 0.001, 0.001, 0.001])
     picks = [i for step in range(1, 50) for i in batch_indices(4, 1, step_generator(0, step), weights)]

@@ -1,10 +1,10 @@
 import pytest
 import torch
+from herdbook.training.lineage import RoundNode, chain_for, tree_lines
+from herdbook.training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
+from herdbook.training.settings import ModelChain, RoundSettings
 
 from herdbook.errors import NotFound
-from training.lineage import RoundNode, chain_for, tree_lines
-from training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
-from training.settings import ModelChain, RoundSettings
 
 
 def test_loss_without_prior_is_plain_mse():
@@ -66,10 +66,10 @@ def test_lineage_tree_draws_children_under_parents():
 
 def test_settings_refuse_nonsense_and_round_trip():
     with pytest.raises(ValueError):
-        RoundSettings("i", "o", ModelChain("m"), mode="half")
+        RoundSettings(instance_dir="i", output_dir="o", model=ModelChain("m"), mode="half")
     with pytest.raises(ValueError):
-        RoundSettings("i", "o", ModelChain("m"), resolution=500)
-    settings = RoundSettings("i", "o", ModelChain("m", ("a",)), steps=7)
+        RoundSettings(instance_dir="i", output_dir="o", model=ModelChain("m"), resolution=500)
+    settings = RoundSettings(instance_dir="i", output_dir="o", model=ModelChain("m", ("a",)), steps=7)
     assert RoundSettings.from_json(settings.to_json()) == settings
     assert (
         settings.resolution,

@@ -5,10 +5,10 @@ import json
 import socket
 from pathlib import Path
 
-from training.components import load_components
-from training.dreambooth import train
-from training.launch import launch
-from training.settings import ModelChain
+from herdbook.training.components import load_components
+from herdbook.training.dreambooth import train
+from herdbook.training.launch import launch
+from herdbook.training.settings import ModelChain
 
 
 def free_port() -> int:
@@ -51,24 +51,25 @@ def test_only_the_main_process_writes(settings_for):
 
 
 def test_a_recorded_round_can_run_over_two_processes(tmp_path, tiny_model):
-    from feedback.curation import sync
-    from feedback.votes import cast_vote
+    from herdbook.feedback.curation import sync
+    from herdbook.feedback.votes import cast_vote
+    from herdbook.training.rounds import generate_candidates, plan_round, run_round
+
     from herdbook.config import ProjectConfig
     from herdbook.home import init_home
     from tests.training.tiny import RESOLUTION
-    from training.rounds import generate_candidates, plan_round, run_round
 
     home = init_home(
         tmp_path / "home", ProjectConfig(base_model=str(tiny_model), resolution=RESOLUTION, reference_prompts=[])
     )
     store = home.open_store()
-    ids = generate_candidates(store, home, "an ox", "base", count=2, steps=2)
+    ids = generate_candidates(store, home.project, "an ox", "base", count=2, steps=2)
     with store.transaction() as session:
         for cid in ids:
             cast_vote(session, cid, "ann", "accept")
-        sync(session, home)
-        planned = plan_round(session, home, mode="lora", steps=2, learning_rate=1e-2, checkpoint_every=0)
-    record = run_round(store, home, planned.id, processes=2)
+        sync(session, home.dataset_repo, home.root, home.config.selection)
+        planned = plan_round(session, home.project, mode="lora", steps=2, learning_rate=1e-2, checkpoint_every=0)
+    record = run_round(store, home.project, planned.id, processes=2)
     assert record.status == "finished" and record.metrics["processes"] == 2
     assert (Path(record.output_path) / "pytorch_lora_weights.safetensors").exists()
     assert len(record.loss_history) == 2

@@ -1,18 +1,18 @@
 """Rounds and generation as a user runs them: records, lineage, outputs and errors."""
 
 import pytest
+from herdbook.db.models import Candidate, Round
+from herdbook.feedback.curation import sync
+from herdbook.feedback.votes import cast_vote
+from herdbook.training.components import load_components
+from herdbook.training.rounds import generate_candidates, lineage, list_rounds, plan_round, run_round
+from herdbook.training.settings import ModelChain
 from sqlalchemy import select
 
-from db.models import Candidate, Round
-from feedback.curation import sync
-from feedback.votes import cast_vote
 from herdbook.config import ProjectConfig
 from herdbook.errors import ModelLoadError
 from herdbook.home import init_home
 from tests.training.tiny import RESOLUTION
-from training.components import load_components
-from training.rounds import generate_candidates, lineage, list_rounds, plan_round, run_round
-from training.settings import ModelChain
 
 
 @pytest.fixture
@@ -21,11 +21,11 @@ def project(tmp_path, tiny_model):
     config.training.checkpoint_every = 0
     home = init_home(tmp_path / "home", config)
     store = home.open_store()
-    ids = generate_candidates(store, home, "an ox", "base", count=4, steps=2, seed=7)
+    ids = generate_candidates(store, home.project, "an ox", "base", count=4, steps=2, seed=7)
     with store.transaction() as session:
         for cid in ids[:3]:
             cast_vote(session, cid, "ann", "accept")
-        sync(session, home)
+        sync(session, home.dataset_repo, home.root, home.config.selection)
     return home, store
 
 
@@ -43,17 +43,17 @@ def test_generated_candidates_record_how_to_make_them_again(project):
 def test_rounds_chain_and_generation_from_a_finished_round(project):
     home, store = project
     with store.transaction() as session:
-        first = plan_round(session, home, mode="lora", steps=3, learning_rate=1e-2, validation_steps=2)
-    done = run_round(store, home, first.id)
+        first = plan_round(session, home.project, mode="lora", steps=3, learning_rate=1e-2, validation_steps=2)
+    done = run_round(store, home.project, first.id)
     assert done.status == "finished" and done.parent_id is None
     assert done.metrics["validation"][0]["prompt"] == "an ox"
     assert len(done.loss_history) == 3
     with store.transaction() as session:
-        second = plan_round(session, home, mode="full", steps=2, validation_steps=2)
+        second = plan_round(session, home.project, mode="full", steps=2, validation_steps=2)
         assert second.parent_id == first.id
         assert list(second.settings["model"]["adapters"]) == [done.output_path]
-    run_round(store, home, second.id)
-    ids = generate_candidates(store, home, "the oxenai ox", "latest", count=2, steps=2)
+    run_round(store, home.project, second.id)
+    ids = generate_candidates(store, home.project, "the oxenai ox", "latest", count=2, steps=2)
     with store.transaction() as session:
         made = session.scalars(select(Candidate).where(Candidate.id.in_(ids))).all()
         assert {c.round_id for c in made} == {second.id}
@@ -64,7 +64,7 @@ def test_rounds_chain_and_generation_from_a_finished_round(project):
         ]
         assert lineage(session)[1:] == ["└─ round 1 (lora, finished)", "   └─ round 2 (full, finished)"]
     with store.transaction() as session:
-        from_base = plan_round(session, home, start_from="base", steps=1)
+        from_base = plan_round(session, home.project, start_from="base", steps=1)
         assert from_base.parent_id is None
 
 
@@ -72,9 +72,9 @@ def test_a_round_that_fails_says_why_in_its_record(project, tmp_path):
     home, store = project
     home.config.base_model = str(tmp_path / "no-such-model")
     with store.transaction() as session:
-        planned = plan_round(session, home, start_from="base", steps=1)
+        planned = plan_round(session, home.project, start_from="base", steps=1)
     with pytest.raises(ModelLoadError, match="no model folder at"):
-        run_round(store, home, planned.id)
+        run_round(store, home.project, planned.id)
     with store.transaction() as session:
         record = session.get(Round, planned.id)
         assert record.status == "failed" and "no model folder" in record.error
@@ -89,14 +89,14 @@ def test_missing_models_are_named(monkeypatch):
 
 
 def test_the_comparison_grid_holds_the_base_and_each_round_at_the_same_prompts(project):
-    from training.rounds import comparison_grid
+    from herdbook.training.rounds import comparison_grid
 
     home, store = project
     with store.transaction() as session:
-        planned = plan_round(session, home, mode="lora", steps=1, validation_steps=2, validation_seeds=[3])
-    run_round(store, home, planned.id)
+        planned = plan_round(session, home.project, mode="lora", steps=1, validation_steps=2, validation_seeds=[3])
+    run_round(store, home.project, planned.id)
     with store.transaction() as session:
-        grid = comparison_grid(session, home)
+        grid = comparison_grid(session, home.project)
     assert grid["prompts"] == ["an ox"] and grid["seeds"] == [3]
     assert [c["label"] for c in grid["columns"]] == ["base", "round 1 (lora)"]
     assert all(c["images"][("an ox", 3)].exists() for c in grid["columns"])

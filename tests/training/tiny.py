@@ -14,9 +14,8 @@ RESOLUTION = 32  # pixels; the tiny VAE halves it once
 
 def tiny_components(seed: int = 0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from herdbook.training.components import Components, sd_training_scheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from training.components import Components, sd_training_scheduler
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -61,7 +60,7 @@ def tiny_components(seed: int = 0):
 
 def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
     """A diffusers pipeline folder of tiny parts: what `from_pretrained` on a local folder reads."""
-    from training.components import make_pipeline
+    from herdbook.training.components import make_pipeline
 
     make_pipeline(tiny_components(seed)).save_pretrained(folder)
     return folder

@@ -1,0 +1,23 @@
+"""The app's navigation. `herdbook serve` runs this file; ``streamlit_app.py`` at the
+repository root calls ``main`` for `streamlit run streamlit_app.py`."""
+
+import streamlit as st
+
+from herdbook.app import dataset, generate, rate, rounds
+
+
+def main() -> None:
+    st.set_page_config(page_title="herdbook", page_icon="🐂", layout="wide")
+    navigation = st.navigation(
+        [
+            st.Page(rate.page, title="Rate", icon=":material/thumbs_up_down:", url_path="rate", default=True),
+            st.Page(generate.page, title="Generate", icon=":material/auto_awesome:", url_path="generate"),
+            st.Page(dataset.page, title="Dataset", icon=":material/dataset:", url_path="dataset"),
+            st.Page(rounds.page, title="Rounds", icon=":material/model_training:", url_path="rounds"),
+        ]
+    )
+    navigation.run()
+
+
+if __name__ == "__main__":  # Streamlit runs a script as __main__ on every rerun
+    main()
