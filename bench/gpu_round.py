@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from herdbook.training.components import Components, sd_training_scheduler
+from herdbook.training.components import Components, sd_inference_scheduler, sd_training_scheduler
 from herdbook.training.dreambooth import train
 from herdbook.training.settings import ModelChain, RoundSettings
 
@@ -81,7 +80,8 @@ def sd15_components() -> Components:
             )
         )
     scheduler = sd_training_scheduler()
-    return Components(unet, vae, text_encoder, CLIPTokenizer.from_pretrained(TOKENIZER), scheduler)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler, sd_inference_scheduler())
 
 
 def synthetic_instance(folder: Path, n: int = 6) -> Path:

@@ -31,7 +31,6 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared" / "oxen-demo"
 N_CANDIDATES, N_RATERS, VOTES_PER_RATER = 50_000, 10, 20_000

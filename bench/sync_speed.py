@@ -15,7 +15,6 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from herdbook.feedback.curation import sync
 from herdbook.feedback.ingest import ImportRow, import_images

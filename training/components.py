@@ -18,21 +18,38 @@ class Components:
     vae: Any
     text_encoder: Any
     tokenizer: Any
-    noise_scheduler: Any
+    noise_scheduler: Any  # the training schedule (DDPM over the model's betas)
+    # the model's own sampler (SD-1.x ships PNDM); a full round saves it, as diffusers' example does
+    inference_scheduler: Any = None
+
+
+SD_SCHEDULE = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+)
 
 
 def sd_training_scheduler():
     """Stable Diffusion 1.x's noise schedule, for models built from config (tests, benchmarks)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        clip_sample=False,
-        steps_offset=1,
-    )
+    return DDPMScheduler(**SD_SCHEDULE, clip_sample=False)
+
+
+def sd_inference_scheduler():
+    """The sampler SD-1.x ships with (PNDM, skipping PRK steps), for models built from config."""
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False)
+
+
+class _SchedulerConfig:
+    """Reads a scheduler's config without choosing its class, through the same loading path."""
+
+    @staticmethod
+    def from_pretrained(name: str, **kwargs) -> dict:
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.load_config(name, **kwargs)
 
 
 def best_device() -> torch.device:
@@ -76,15 +93,19 @@ def _from_pretrained(loader, name: str, **kwargs):
 
 
 def load_components(chain: ModelChain, device: torch.device | None = None) -> Components:
+    import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    schedule = _from_pretrained(_SchedulerConfig, chain.pipeline, subfolder="scheduler")
+    sampler = getattr(diffusers, str(schedule.get("_class_name")), None) or diffusers.PNDMScheduler
     components = Components(
         unet=_from_pretrained(UNet2DConditionModel, chain.pipeline, subfolder="unet"),
         vae=_from_pretrained(AutoencoderKL, chain.pipeline, subfolder="vae"),
         text_encoder=_from_pretrained(CLIPTextModel, chain.pipeline, subfolder="text_encoder"),
         tokenizer=_from_pretrained(CLIPTokenizer, chain.pipeline, subfolder="tokenizer"),
-        noise_scheduler=_from_pretrained(DDPMScheduler, chain.pipeline, subfolder="scheduler"),
+        noise_scheduler=DDPMScheduler.from_config(schedule),
+        inference_scheduler=sampler.from_config(schedule),
     )
     if chain.adapters:
         pipeline = make_pipeline(components)
@@ -114,10 +135,11 @@ def sampling_pipeline(
 
 
 def make_pipeline(components: Components, scheduler: str | None = None):
-    """A plain diffusers pipeline over the components (no safety checker: the raters are the filter)."""
+    """A plain diffusers pipeline over the components (no safety checker: the raters are the
+    filter), sampling with ``scheduler`` or else the model's own sampler."""
     import diffusers
 
-    noise_scheduler = components.noise_scheduler
+    noise_scheduler = components.inference_scheduler or components.noise_scheduler
     if scheduler:
         noise_scheduler = getattr(diffusers, scheduler).from_config(noise_scheduler.config)
     return diffusers.StableDiffusionPipeline(

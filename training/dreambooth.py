@@ -28,6 +28,7 @@ class TrainResult:
     output: Path  # the pipeline folder (full) or the adapter folder (lora)
     loss_history: list[tuple[int, float]]
     metrics: dict = field(default_factory=dict)
+    learning_rates: list[float] = field(default_factory=list)  # the rate each step of this run used
     validation: list[dict] = field(default_factory=list)
 
 
@@ -73,7 +74,13 @@ def train(
     optimizer = make_optimizer(trainable, settings, accelerator.device)
     from diffusers.optimization import get_scheduler
 
-    lr_scheduler = get_scheduler(settings.lr_scheduler, optimizer=optimizer)
+    # accelerate steps a prepared scheduler once per process each step, so counts scale with them
+    lr_scheduler = get_scheduler(
+        settings.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=settings.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=settings.steps * accelerator.num_processes,
+    )
     models = [parts.unet, parts.text_encoder] if settings.train_text_encoder else [parts.unet]
     *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
     unet = models[0]
@@ -86,6 +93,7 @@ def train(
     global_batch = settings.batch_size * world
     train_started = time.perf_counter()
     step_seconds: list[float] = []
+    learning_rates: list[float] = []
     checkpoint_seconds = 0.0
 
     for step in range(first_step, settings.steps + 1):
@@ -136,6 +144,7 @@ def train(
         loss, _ = dreambooth_loss(prediction, target, class_latents is not None, settings.prior_loss_weight)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trainable, 1.0)
+        learning_rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -154,7 +163,7 @@ def train(
     peaks = accelerator.gather(torch.tensor([peak_memory_gb(accelerator.device)], device=accelerator.device)).tolist()
     probe_after = probe_loss(unet, text_encoder, prompt_ids, instance_latents, parts, settings.seed)
     accelerator.wait_for_everyone()
-    result = TrainResult(Path(settings.output_dir), loss_history)
+    result = TrainResult(Path(settings.output_dir), loss_history, learning_rates=learning_rates)
     if accelerator.is_main_process:
         parts.unet = accelerator.unwrap_model(unet)
         parts.text_encoder = accelerator.unwrap_model(text_encoder)
@@ -206,7 +215,7 @@ def prepare_trainable(
     parts.vae.requires_grad_(False)
     parts.text_encoder.requires_grad_(False)
     if settings.mode == "lora":
-        from peft import LoraConfig
+        from peft import LoraConfig, inject_adapter_in_model
 
         parts.unet.requires_grad_(False)
         # frozen weights in the mixed-precision type halve memory; the adapters train in float32
@@ -224,7 +233,8 @@ def prepare_trainable(
 
         parts.unet.add_adapter(adapter(["to_k", "to_q", "to_v", "to_out.0"]))  # the UNet's attention
         if settings.train_text_encoder:
-            parts.text_encoder.add_adapter(adapter(["q_proj", "k_proj", "v_proj", "out_proj"]))
+            # through peft itself: transformers' add_adapter demands a peft release newer than PyPI has
+            inject_adapter_in_model(adapter(["q_proj", "k_proj", "v_proj", "out_proj"]), parts.text_encoder)
     else:
         parts.unet.requires_grad_(True)
         if settings.train_text_encoder:

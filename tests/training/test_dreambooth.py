@@ -21,7 +21,14 @@ def test_a_full_round_changes_the_unet_and_lowers_the_loss(settings_for, tiny_mo
     assert result.output.name == "model"
     from diffusers import StableDiffusionPipeline
 
-    assert StableDiffusionPipeline.from_pretrained(str(result.output)).unet is not None  # plain diffusers loads it
+    # plain diffusers loads it, samples with the base's own scheduler (not the training DDPM), and draws
+    pipeline = StableDiffusionPipeline.from_pretrained(str(result.output), safety_checker=None)
+    base_sampler = StableDiffusionPipeline.from_pretrained(str(tiny_model)).scheduler
+    assert type(pipeline.scheduler).__name__ == type(base_sampler).__name__ == "PNDMScheduler"
+    assert pipeline.scheduler.config == base_sampler.config
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline("an ox", num_inference_steps=3, height=32, width=32, output_type="np").images
+    assert images.shape == (1, 32, 32, 3)
     before, after = unet_weights(tiny_model), unet_weights(result.output)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert result.metrics["probe_loss_after"] < result.metrics["probe_loss_before"] * 0.9
@@ -46,6 +53,31 @@ def test_a_lora_round_trains_an_adapter_plain_diffusers_loads(settings_for, tiny
     fused = pipeline.unet.state_dict()
     changed = [k for k in plain if k in fused and not torch.equal(plain[k], fused[k])]
     assert changed, "the adapter changed no weight"
+
+
+def test_lora_with_the_text_encoder_trains_both_adapters_and_plain_diffusers_loads_them(settings_for, tiny_model):
+    """Fails when a fresh resolve of the dependency ranges breaks LoRA on the text encoder."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    settings = settings_for("lora-te", mode="lora", train_text_encoder=True, steps=8, learning_rate=1e-2)
+    result = train(settings)
+    saved = load_file(result.output / "pytorch_lora_weights.safetensors")
+    assert any(k.startswith("text_encoder.") for k in saved) and any(k.startswith("unet.") for k in saved)
+    pipeline = StableDiffusionPipeline.from_pretrained(str(tiny_model))
+    ids = pipeline.tokenizer(["an ox"], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    with torch.no_grad():
+        before = pipeline.text_encoder(ids)[0]
+        pipeline.load_lora_weights(str(result.output))
+        pipeline.fuse_lora()
+        after = pipeline.text_encoder(ids)[0]
+    assert not torch.allclose(before, after), "the text encoder's adapter changed nothing"
+    # a round started from it loads the same chain
+    from herdbook.training.settings import ModelChain
+
+    parts = load_components(ModelChain(str(tiny_model), (str(result.output),)))
+    with torch.no_grad():
+        assert torch.allclose(parts.text_encoder(ids)[0], after, atol=1e-5)
 
 
 def test_a_resumed_round_ends_where_an_uninterrupted_one_does(settings_for):
@@ -88,3 +120,17 @@ def test_rating_weights_favour_higher_rated_images(settings_for):
     assert picks.count(0) > 40
     result = train(settings_for("weighted", rating_weights={"ox-0.png": 5.0}, steps=2))
     assert len(result.loss_history) == 2
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "expected"),
+    [
+        ("constant", 0, [1e-3] * 4),
+        ("constant_with_warmup", 2, [0.0, 5e-4, 1e-3, 1e-3]),
+        ("cosine", 0, [1e-3, 8.535533e-4, 5e-4, 1.464466e-4]),
+    ],
+)
+def test_learning_rate_schedules_get_their_step_counts(settings_for, schedule, warmup, expected):
+    """Every supported schedule runs, with the lr each step used recorded in the metrics."""
+    settings = settings_for(f"lr-{schedule}", steps=4, lr_scheduler=schedule, lr_warmup_steps=warmup)
+    assert train(settings).learning_rates == pytest.approx(expected, rel=1e-5)

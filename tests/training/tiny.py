@@ -14,7 +14,7 @@ RESOLUTION = 32  # pixels; the tiny VAE halves it once
 
 def tiny_components(seed: int = 0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from herdbook.training.components import Components, sd_training_scheduler
+    from herdbook.training.components import Components, sd_inference_scheduler, sd_training_scheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -55,7 +55,8 @@ def tiny_components(seed: int = 0):
         )
     )
     scheduler = sd_training_scheduler()
-    return Components(unet, vae, text_encoder, CLIPTokenizer.from_pretrained(TOKENIZER), scheduler)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler, sd_inference_scheduler())
 
 
 def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
