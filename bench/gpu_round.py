@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-
 from herdbook.training.components import Components, sd_inference_scheduler, sd_training_scheduler
 from herdbook.training.dreambooth import train
 from herdbook.training.settings import ModelChain, RoundSettings

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
-
-
 from herdbook.feedback.curation import sync
 from herdbook.feedback.ingest import ImportRow, import_images
 from herdbook.feedback.votes import cast_vote
+from PIL import Image
 
 from herdbook.home import init_home
 

@@ -21,6 +21,9 @@ class CandidateRow:
     rejects: int
     skips: int
     score: float
+    negative_prompt: str = ""
+    seed: int | None = None
+    generation: dict | None = None  # model, scheduler, steps, guidance, resolution of a generated image
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +50,9 @@ def list_candidates(
             accepts,
             rejects,
             skips,
+            Candidate.negative_prompt,
+            Candidate.seed,
+            Candidate.generation,
         )
         .outerjoin(Vote, and_(Vote.candidate_id == Candidate.id, Vote.is_current))
         .group_by(Candidate.id)
@@ -58,8 +64,11 @@ def list_candidates(
     if ids is not None:
         query = query.where(Candidate.id.in_(ids))
     rows = []
-    for cid, name, prompt, round_id, path, a, r, s in session.execute(query):
-        rows.append(CandidateRow(cid, name, prompt, round_id, path, a, r, s, round(score(Tally(a, r, s)), 4)))
+    for cid, name, prompt, round_id, path, a, r, s, negative, seed, generation in session.execute(query):
+        tally_score = round(score(Tally(a, r, s)), 4)
+        rows.append(
+            CandidateRow(cid, name, prompt, round_id, path, a, r, s, tally_score, negative, seed, generation or None)
+        )
     return rows
 
 

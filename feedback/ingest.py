@@ -20,13 +20,15 @@ RATING_WORDS = {
     VoteValue.reject: {"bad", "reject", "rejected", "no", "n", "0", "false", "-1", "👎", "down"},
     VoteValue.skip: {"skip", "skipped", "unsure", "?"},
 }
+# herdbook's own train.csv says "tied" where accepts and rejects are level: no verdict, no vote
+NO_VERDICT_WORDS = {"tied", "tie", "unrated", "none"}
 KNOWN_COLUMNS = {"file", "path", "prompt", "negative_prompt", "seed", "rating"}
 
 
 def parse_rating(text: str) -> VoteValue | None:
     """good/bad, accept/reject, 1/0, 👍/👎 and friends; empty means no vote."""
     word = text.strip().lower()
-    if not word:
+    if not word or word in NO_VERDICT_WORDS:
         return None
     for value, words in RATING_WORDS.items():
         if word in words:
@@ -121,12 +123,17 @@ def import_images(
 
     A bad row is reported and skipped; it never stops the others. Image files are written
     content-addressed before the rows, so a failed transaction leaves only unreferenced
-    copies of bytes, never a changed candidate."""
+    copies of bytes, never a changed candidate.
+
+    An image the table lists again with a rating is another vote: Oxen's feedback app saves
+    an image anew each time it is voted on, without saying by whom, so the n-th rating of an
+    image counts as rater ``NAME-n``."""
     rows = list(rows)
     report = ImportReport()
     if rater is None and any(row.rating.strip() for row in rows):
         raise ImportProblem("the table has ratings: say whose they are with --rater NAME")
     seen: dict[str, str] = {}
+    ratings_seen: dict[str, int] = {}
     for index, row in enumerate(rows):
         progress(index, len(rows))
         try:
@@ -135,10 +142,10 @@ def import_images(
         except ImportProblem as problem:
             report.problems.append((row.name, str(problem)))
             continue
-        if checked.sha256 in seen:
+        if checked.sha256 in seen and vote is None:
             report.problems.append((row.name, f"the same image as {seen[checked.sha256]}, imported once"))
             continue
-        seen[checked.sha256] = row.name
+        seen.setdefault(checked.sha256, row.name)
         candidate = session.scalars(select(Candidate).where(Candidate.sha256 == checked.sha256)).one_or_none()
         if candidate is None:
             stored = store_image(checked, candidates_dir)
@@ -161,7 +168,8 @@ def import_images(
         else:
             report.already_present.append(row.name)
         if vote is not None and rater is not None:
-            cast_vote(session, candidate.id, rater, vote)
+            ratings_seen[checked.sha256] = nth = ratings_seen.get(checked.sha256, 0) + 1
+            cast_vote(session, candidate.id, rater if nth == 1 else f"{rater}-{nth}", vote)
             report.votes += 1
     progress(len(rows), len(rows))
     return report

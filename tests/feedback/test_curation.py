@@ -156,3 +156,23 @@ def test_the_dataset_layout_imports_back_with_its_ratings(home, store, imported,
     with other_store.transaction() as session:
         decisions, _ = curation.decide(session, other.config.selection)
     assert sum(d.selected for d in decisions) == 2
+
+
+def test_what_sync_writes_imports_back_ties_included(home, store, imported, tmp_path):
+    """A version's images/ and train.csv (good, bad and tied rows) import into a new home."""
+    vote_all(store, imported, "ann", ["accept", "reject", "accept", "accept"])
+    vote_all(store, imported, "bob", ["accept", "reject", "reject"])  # image 3: one accept, one reject
+    do_sync(store, home)
+    rows = {row["path"]: row for row in csv.DictReader((home.dataset_dir / "train.csv").open())}
+    assert {row["rating"] for row in rows.values()} == {"good", "bad", "tied"}
+
+    other = init_home(tmp_path / "other")
+    other_store = other.open_store()
+    with other_store.transaction() as session:
+        report = import_images(
+            session, home.dataset_dir, other.candidates_dir, other.root, rows_from_csv(home.dataset_dir / "train.csv"),
+            rater="curator",
+        )  # fmt: skip
+    assert report.ok, report.problems
+    assert len(report.added) == 4 and report.votes == 3  # the tied image comes in with no vote
+    other_store.close()

@@ -149,3 +149,28 @@ def test_a_failed_import_changes_nothing_in_the_home(home, store, image_folder, 
     assert count(store, Candidate) == before
     for original in stored:
         assert any(p.read_bytes() == original for p in home.candidates_dir.rglob("*.png"))
+
+
+def test_an_image_listed_again_with_a_rating_adds_a_vote(home, store, tmp_path):
+    """Oxen's feedback app saves an image again under a new name each time it is voted on."""
+    folder = tmp_path / "feedback"
+    make_image(folder / "images" / "a.png", seed=1)
+    (folder / "images" / "a-again.png").write_bytes((folder / "images" / "a.png").read_bytes())
+    (folder / "images" / "a-third.png").write_bytes((folder / "images" / "a.png").read_bytes())
+    make_image(folder / "images" / "b.png", seed=2)
+    table = write_csv(
+        folder / "train.csv",
+        [
+            {"path": "images/a.png", "prompt": "an ox", "rating": "good"},
+            {"path": "images/a-again.png", "prompt": "an ox", "rating": "good"},
+            {"path": "images/a-third.png", "prompt": "an ox", "rating": "bad"},
+            {"path": "images/b.png", "prompt": "an ox", "rating": "bad"},
+        ],
+    )
+    report = run_import(home, store, folder, rows_from_csv(table), rater="oxen-app")
+    assert report.ok and len(report.added) == 2 and report.votes == 4
+    with store.transaction() as session:
+        from herdbook.feedback.catalog import tallies
+
+        counts = sorted((t.accepts, t.rejects) for t in tallies(session).values())
+    assert counts == [(0, 1), (2, 1)]

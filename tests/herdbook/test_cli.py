@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from herdbook.cli import main
@@ -29,7 +30,17 @@ def test_init_import_vote_status(tmp_path):
     assert "Imported 3 new image(s)" in out and "3 vote(s)" in out
     listed = json.loads(run("candidates", "--json", "--home", home).output)
     assert [c["source_name"] for c in listed] == ["0.png", "1.png", "2.png"]
-    assert {"id", "source_name", "prompt", "round", "accepts", "rejects"} <= set(listed[0])
+    assert {
+        "id",
+        "source_name",
+        "prompt",
+        "round",
+        "accepts",
+        "rejects",
+        "seed",
+        "negative_prompt",
+        "generation",
+    } <= set(listed[0])
     run("vote", listed[0]["id"], "accept", "--rater", "bob", "--home", home)
     status = json.loads(run("status", "--json", "--home", home).output)
     assert status["candidates"] == 3
@@ -40,7 +51,7 @@ def test_init_import_vote_status(tmp_path):
     assert status["agreement"]["overall"] == {
         "images": 1,
         "pairwise": 0.0,
-        "fleiss_kappa": status["agreement"]["overall"]["fleiss_kappa"],
+        "fleiss_kappa": -1.0,  # two raters, opposite votes: as far below chance as kappa goes
     }
     assert status["agreement"]["by_prompt"]["an ox"]["pairwise"] == 0.0
     unrated = json.loads(run("candidates", "--json", "--unrated-by", "bob", "--home", home).output)
@@ -84,6 +95,7 @@ def test_demo_makes_a_project_ready_to_rate(tmp_path):
     assert len(prompts) >= 6
 
 
+@pytest.mark.slow
 def test_status_does_not_import_torch(tmp_path):
     run("init", "--home", tmp_path / "h")
     code = (
@@ -122,3 +134,36 @@ def test_select_sync_and_datasets_from_the_command_line(tmp_path):
     assert "Exported 1 instance image(s)" in out
     failed = run("sync", "--push", "--home", home, ok=False)
     assert failed.exit_code == 1 and "no Oxen remote is configured" in failed.output
+
+
+def test_bad_settings_are_named_one_line_each_with_no_traceback(tmp_path):
+    home = tmp_path / "home"
+    run("demo", "--home", home)
+    for cid in (1, 2):
+        run("vote", cid, "accept", "--rater", "ann", "--home", home)
+    run("sync", "--home", home)
+    result = run("train", "--resolution", "500", "--home", home, ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == "error: round settings: resolution = 500: value error, must be a multiple of 8, " \
+        "at least 8 (the VAE downsamples by 8)"  # fmt: skip
+    assert "round" not in run("rounds", "--home", home).output  # nothing was recorded
+
+    config = home / "herdbook.toml"
+    config.write_text(
+        config.read_text().replace("steps = 400", 'steps = "lots"').replace("top_k = 24", 'top_k = "ten"')
+    )
+    result = run("status", "--home", home, ok=False)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 2 and "Traceback" not in result.output
+    assert lines[0].startswith("error: ") and "training.steps = 'lots'" in lines[0]
+    assert "selection.top_k = 'ten'" in lines[1]
+
+
+def test_init_takes_a_database_url_and_a_missing_driver_is_named(tmp_path):
+    result = run("init", "--home", tmp_path / "h", "--database-url", "mysql+nosuchdriver://u@localhost/x", ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "error:" in result.output
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    run("init", "--home", tmp_path / "h2", "--database-url", url)
+    assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "h2" / "herdbook.db").exists()
+    assert f'database_url = "{url}"' in (tmp_path / "h2" / "herdbook.toml").read_text()

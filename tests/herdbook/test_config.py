@@ -33,7 +33,9 @@ def test_unknown_settings_are_named(tmp_path):
 
 
 def test_each_bad_value_is_one_line_naming_key_value_and_what_is_allowed():
-    text = 'resolution = 500\n[training]\nsteps = "lots"\nlr_scheduler = "cosine_restarts"\n[selection]\ntop_k = "ten"\n'
+    text = (
+        'resolution = 500\n[training]\nsteps = "lots"\nlr_scheduler = "cosine_restarts"\n[selection]\ntop_k = "ten"\n'
+    )
     with pytest.raises(SettingsError) as caught:
         ProjectConfig.from_toml(text, "herdbook.toml")
     lines = str(caught.value).splitlines()

@@ -1,6 +1,7 @@
 """Background jobs through huey: a real worker process, failures, and dead workers."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ def wait_for(store, job_id, statuses=("finished", "failed", "lost"), timeout=180
     raise AssertionError(f"job {job_id} did not finish in {timeout} s")
 
 
+@pytest.mark.slow
 def test_a_queued_job_runs_in_a_real_worker_process(tiny_home):
     store = tiny_home.open_store()
     with store.transaction() as session:
@@ -95,3 +97,30 @@ def test_a_job_is_queued_only_when_its_transaction_commits(tiny_home):
     assert not run_next_job(tiny_home)  # nothing was queued for the rolled-back job
     with store.transaction() as session:
         assert session.scalar(select(func.count(Job.id))) == 0
+
+
+def test_queues_are_named_by_project_and_a_worker_runs_jobs_against_its_own_home(tmp_path, tiny_model):
+    from herdbook.home import Home
+    from herdbook.jobs import make_queue
+
+    config = ProjectConfig(base_model=str(tiny_model), resolution=RESOLUTION)
+    first = init_home(tmp_path / "a" / "herdbook-home", config)
+    second = init_home(tmp_path / "b" / "herdbook-home", config)
+    assert first.project_id != second.project_id  # same folder name, two projects, two queues
+    assert make_queue(first).huey.name != make_queue(second).huey.name
+
+    store = first.open_store()
+    with store.transaction() as session:
+        job = submit(session, first, "generate", {"prompt": "an ox", "round": "base", "count": 1, "steps": 2})
+    # a worker on another machine: its own folder, the same project (id, database, queue); the
+    # queue file is copied where a Redis queue would be shared
+    elsewhere = Home(tmp_path / "gpu-box", first.config.with_changes(database_url=first.database_url))
+    elsewhere.root.mkdir()
+    for queue_file in first.root.glob("jobs.sqlite*"):  # with its write-ahead log
+        shutil.copy(queue_file, elsewhere.root / queue_file.name)
+        shutil.copy(queue_file, second.root / queue_file.name)
+    assert not run_next_job(second)  # another project's queue holds nothing for it
+    assert run_next_job(elsewhere)
+    with store.transaction() as session:
+        assert get_job(session, job.id).status == "finished"
+    store.close()

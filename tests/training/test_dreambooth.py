@@ -1,12 +1,15 @@
 """Dreambooth rounds on tiny random-weight models, on the CPU."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from herdbook.training.components import load_components
 from herdbook.training.dreambooth import train
 from herdbook.training.settings import ModelChain
+
+pytestmark = pytest.mark.slow  # trains tiny models
 
 
 def unet_weights(parts_or_folder):
@@ -118,8 +121,18 @@ def test_rating_weights_favour_higher_rated_images(settings_for):
     weights = torch.tensor([10.0, 0.001, 0.001, 0.001])
     picks = [i for step in range(1, 50) for i in batch_indices(4, 1, step_generator(0, step), weights)]
     assert picks.count(0) > 40
-    result = train(settings_for("weighted", rating_weights={"ox-0.png": 5.0}, steps=2))
-    assert len(result.loss_history) == 2
+    from herdbook.training.data import image_files
+    from herdbook.training.dreambooth import rating_weights
+
+    settings = settings_for("weighted", rating_weights={"ox-2.png": 1e6}, steps=4)
+    files = image_files(Path(settings.instance_dir))
+    weights = rating_weights(files, settings.rating_weights)
+    assert [f.name for f in files] == ["ox-0.png", "ox-1.png", "ox-2.png", "ox-3.png"]
+    assert weights.argmax().item() == 2 and weights[0].item() == 1.0  # unrated images keep weight 1
+    # the weights reach the loop: the same seed draws other images, so the losses differ
+    weighted = [loss for _, loss in train(settings).loss_history]
+    uniform = [loss for _, loss in train(settings_for("uniform", steps=4)).loss_history]
+    assert weighted != uniform
 
 
 @pytest.mark.parametrize(

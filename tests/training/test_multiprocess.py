@@ -5,10 +5,13 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 from herdbook.training.components import load_components
 from herdbook.training.dreambooth import train
 from herdbook.training.launch import launch
 from herdbook.training.settings import ModelChain
+
+pytestmark = pytest.mark.slow  # trains tiny models
 
 
 def free_port() -> int:

@@ -14,6 +14,8 @@ from herdbook.errors import ModelLoadError
 from herdbook.home import init_home
 from tests.training.tiny import RESOLUTION
 
+pytestmark = pytest.mark.slow  # trains tiny models
+
 
 @pytest.fixture
 def project(tmp_path, tiny_model):
@@ -100,3 +102,36 @@ def test_the_comparison_grid_holds_the_base_and_each_round_at_the_same_prompts(p
     assert grid["prompts"] == ["an ox"] and grid["seeds"] == [3]
     assert [c["label"] for c in grid["columns"]] == ["base", "round 1 (lora)"]
     assert all(c["images"][("an ox", 3)].exists() for c in grid["columns"])
+
+
+def test_class_images_are_cached_per_everything_that_changes_them(project):
+    home, store = project
+    with store.transaction() as session:
+        at_32 = plan_round(session, home.project, prior_preservation=True, steps=1)
+        at_48 = plan_round(session, home.project, prior_preservation=True, steps=1, resolution=48)
+        other_prompt = plan_round(session, home.project, prior_preservation=True, steps=1, class_prompt="a cow")
+        again = plan_round(session, home.project, prior_preservation=True, steps=2)
+    dirs = [r.settings["class_dir"] for r in (at_32, at_48, other_prompt, again)]
+    assert len(set(dirs[:3])) == 3 and dirs[3] == dirs[0]
+    assert "48px" in dirs[1]
+
+
+def test_a_bad_setting_is_refused_before_any_round_is_recorded(project):
+    from herdbook.errors import SettingsError
+
+    home, store = project
+    with store.transaction() as session, pytest.raises(SettingsError, match="resolution = 500"):
+        plan_round(session, home.project, resolution=500)
+    with store.transaction() as session:
+        assert list_rounds(session) == []
+
+
+def test_a_started_round_records_the_rating_weights_it_trains_with(project):
+    from herdbook.training.rounds import start_round
+
+    home, store = project
+    with store.transaction() as session:
+        planned = plan_round(session, home.project, weight_by_rating=True, steps=1)
+        start_round(session, home.project, planned.id)
+        weights = session.get(Round, planned.id).settings["rating_weights"]
+    assert len(weights) == 3 and all(w > 0.5 for w in weights.values())
