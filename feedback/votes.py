@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from herdbook.db.errors import HerdbookError, NotFound
 from herdbook.db.models import Candidate, Rater, Vote, VoteValue, utcnow
-from sqlalchemy import exists, func, select, update
+from herdbook.feedback.queueing import DEFAULT_POLICY, POLICIES, ImageVotes, QueueEntry, spread, uncertainty_order
+from herdbook.feedback.selection import SelectionPolicy
+from sqlalchemy import case, exists, func, select, update
 from sqlalchemy.orm import Session
+
+ACTIVE_RATER_WINDOW = timedelta(minutes=15)  # raters who voted this recently share out the queue
 
 MAX_RATER_NAME = 64
 
@@ -85,6 +90,7 @@ class QueueFilter:
     prompt: str | None = None  # exact prompt
     round_id: int | None = None  # None: any; 0: imported (no round)
     unrated_only: bool = True
+    order: str = DEFAULT_POLICY  # "uncertainty" (default), "oldest" or "newest-round"
 
 
 def _filtered(session: Session, query, rater_name: str, filters: QueueFilter):
@@ -101,13 +107,78 @@ def _filtered(session: Session, query, rater_name: str, filters: QueueFilter):
     return query
 
 
-def rating_queue(session: Session, rater_name: str, filters: QueueFilter = QueueFilter(), limit: int = 50) -> list[int]:
-    """Ids of the next candidates for this rater, oldest first."""
-    query = _filtered(session, select(Candidate.id), rater_name, filters)
-    return list(session.scalars(query.order_by(Candidate.id).limit(limit)))
+def image_votes(session: Session) -> list[ImageVotes]:
+    """Every candidate with its current accept and reject counts, oldest first."""
+    accepts = func.coalesce(func.sum(case((Vote.value == VoteValue.accept, 1), else_=0)), 0)
+    rejects = func.coalesce(func.sum(case((Vote.value == VoteValue.reject, 1), else_=0)), 0)
+    query = (
+        select(Candidate.id, accepts, rejects, Candidate.round_id, Candidate.prompt)
+        .outerjoin(Vote, (Vote.candidate_id == Candidate.id) & Vote.is_current)
+        .group_by(Candidate.id)
+        .order_by(Candidate.id)
+    )
+    return [ImageVotes(*row) for row in session.execute(query)]
 
 
-def queue_size(session: Session, rater_name: str, filters: QueueFilter = QueueFilter()) -> int:
+def selection_settledness(session: Session, selection: SelectionPolicy | None = None):
+    """How firm the current selection is (see feedback.queueing.Settledness)."""
+    from herdbook.feedback.queueing import settledness
+
+    return settledness(image_votes(session), selection or SelectionPolicy())
+
+
+def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
+    """This rater's place among the raters active now, and how many there are."""
+    since = utcnow() - ACTIVE_RATER_WINDOW
+    active = set(
+        session.scalars(select(Rater.name).join(Vote, Vote.rater_id == Rater.id).where(Vote.created_at >= since))
+    )
+    names = sorted(active | {clean_rater_name(rater_name)}, key=str.casefold)
+    return names.index(clean_rater_name(rater_name)), len(names)
+
+
+def next_entries(
+    session: Session,
+    rater_name: str,
+    filters: QueueFilter = QueueFilter(),
+    limit: int = 50,
+    selection: SelectionPolicy | None = None,
+) -> list[QueueEntry]:
+    """The next candidates for this rater, in the filter's order, each with why it is shown.
+
+    The app's Rate page, `herdbook queue` and the queue simulation all call this."""
+    if filters.order not in POLICIES:
+        raise HerdbookError(f"unknown queue order {filters.order!r}; choose one of {', '.join(POLICIES)}")
+    eligible = _filtered(session, select(Candidate.id), rater_name, filters)
+    if filters.order == "oldest":
+        return [QueueEntry(i, "oldest first") for i in session.scalars(eligible.order_by(Candidate.id).limit(limit))]
+    if filters.order == "newest-round":
+        newest = eligible.order_by(Candidate.round_id.is_(None), Candidate.round_id.desc(), Candidate.id)
+        return [QueueEntry(i, "newest round first") for i in session.scalars(newest.limit(limit))]
+    allowed = set(session.scalars(eligible))
+    slot, raters = rater_slot(session, rater_name)
+    # spread the shared order first, then filter: active raters keep disjoint slots of it
+    order = spread(uncertainty_order(image_votes(session), selection or SelectionPolicy()), slot, raters)
+    return [e for e in order if e.id in allowed][:limit]
+
+
+def rating_queue(
+    session: Session,
+    rater_name: str,
+    filters: QueueFilter = QueueFilter(),
+    limit: int = 50,
+    selection: SelectionPolicy | None = None,
+) -> list[int]:
+    """Ids of the next candidates for this rater."""
+    return [entry.id for entry in next_entries(session, rater_name, filters, limit, selection)]
+
+
+def queue_size(
+    session: Session, rater_name: str, filters: QueueFilter = QueueFilter(), selection: SelectionPolicy | None = None
+) -> int:
+    """How many images this rater's queue holds; in uncertainty order, settled images are not counted."""
+    if filters.order == "uncertainty":
+        return len(next_entries(session, rater_name, filters, limit=10**9, selection=selection))
     query = _filtered(session, select(func.count(Candidate.id)), rater_name, filters)
     return session.scalar(query) or 0
 
@@ -127,11 +198,23 @@ def current_vote(session: Session, candidate_id: int, rater_name: str) -> VoteVa
     )
 
 
-def prompt_group(session: Session, rater_name: str, filters: QueueFilter = QueueFilter(), size: int = 4) -> list[int]:
+def prompt_group(
+    session: Session,
+    rater_name: str,
+    filters: QueueFilter = QueueFilter(),
+    size: int = 4,
+    selection: SelectionPolicy | None = None,
+) -> list[int]:
     """Up to ``size`` candidates of one prompt for the grid mode: the prompt of the next
     candidate in this rater's queue, and the next ones that share it."""
-    first = rating_queue(session, rater_name, filters, limit=1)
+    first = rating_queue(session, rater_name, filters, limit=1, selection=selection)
     if not first:
         return []
     prompt = session.scalar(select(Candidate.prompt).where(Candidate.id == first[0]))
-    return rating_queue(session, rater_name, QueueFilter(prompt, filters.round_id, filters.unrated_only), limit=size)
+    return rating_queue(
+        session,
+        rater_name,
+        QueueFilter(prompt, filters.round_id, filters.unrated_only, filters.order),
+        limit=size,
+        selection=selection,
+    )

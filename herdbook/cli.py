@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -190,11 +191,47 @@ def candidates(home_path, as_json, unrated_by):
 
 @main.command()
 @home_option
+@click.option("--rater", required=True, help="Whose queue.")
+@click.option("-n", "count", default=10, show_default=True, type=click.IntRange(1), help="How many images.")
+@click.option(
+    "--order",
+    type=click.Choice(["uncertainty", "oldest", "newest-round"]),
+    default="uncertainty",
+    show_default=True,
+    help="uncertainty: where a vote can still change the selection; oldest: arrival order.",
+)
+@json_option()
+def queue(home_path, rater, count, order, as_json):
+    """The next images RATER would be shown on the Rate page, in order, with the reason for each."""
+    from herdbook.feedback.catalog import cards
+    from herdbook.feedback.votes import QueueFilter, next_entries
+    from herdbook.home import load_home
+
+    home = load_home(home_path)
+    with store_of(home).transaction() as session:
+        entries = next_entries(session, rater, QueueFilter(order=order), count, home.config.selection)
+        names = {c.id: c.source_name for c in cards(session, [e.id for e in entries])}
+    rows = [
+        {"id": e.id, "source_name": names.get(e.id, ""), "reason": e.reason, "uncertainty": e.uncertainty}
+        for e in entries
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"Nothing left for {rater}: every image is rated by them or settled")
+    for r in rows:
+        click.echo(f"#{r['id']:<6} {r['source_name']}  {r['reason']}")
+
+
+@main.command()
+@home_option
 @json_option("object")
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
     from herdbook.feedback.catalog import rater_agreement
     from herdbook.feedback.catalog import status as project_status
+    from herdbook.feedback.votes import selection_settledness
     from herdbook.home import load_home
 
     home = load_home(home_path)
@@ -202,8 +239,9 @@ def status(home_path, as_json):
     with store.transaction() as session:
         counts = project_status(session)
         agreement = rater_agreement(session)
+        firm = selection_settledness(session, home.config.selection)
     if as_json:
-        emit_json({"home": str(home.root), **counts, "agreement": agreement})
+        emit_json({"home": str(home.root), **counts, "agreement": agreement, "selection": asdict(firm)})
         return
     click.echo(f"herdbook project in {home.root}")
     for key, value in counts.items():
@@ -214,6 +252,7 @@ def status(home_path, as_json):
             f"  agreement        {overall['pairwise']:.0%} of rater pairs agree, Fleiss' kappa {overall['fleiss_kappa']:.2f}"
             f" ({overall['images']} images with 2+ votes)"
         )
+    click.echo(f"  selection        {firm.describe()}")
 
 
 @main.command()

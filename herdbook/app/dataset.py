@@ -9,6 +9,7 @@ from herdbook.app.context import action, project, reload_home
 from herdbook.feedback.catalog import cards, rater_agreement
 from herdbook.feedback.curation import decide, diff_versions, list_versions, sync, version_images
 from herdbook.feedback.images import thumbnail_data_url
+from herdbook.feedback.votes import selection_settledness
 
 
 def page() -> None:
@@ -34,6 +35,7 @@ def page() -> None:
         ]
         decisions, _ = decide(session, home.config.selection)
         agreement = rater_agreement(session)
+        firm = selection_settledness(session, home.config.selection)
         by_id = {c.id: c for c in cards(session, [d.image.id for d in decisions])}
 
     st.subheader("Versions")
@@ -61,7 +63,18 @@ def page() -> None:
         st.dataframe(pd.DataFrame(per_prompt), hide_index=True, width="stretch")
 
     st.subheader("Current selection")
-    st.caption(f"Policy from herdbook.toml: {home.config.selection}")
+    if firm.selected:
+        left, middle, right = st.columns(3)
+        left.metric("Expected to stay in the top K", f"{firm.expected_survivors:.0%}", help=firm.describe())
+        middle.metric("Rated images still undecided", firm.undecided)
+        right.metric("Unrated images still open", firm.unrated_open)
+        if firm.expected_survivors >= 0.95 and not firm.undecided:
+            st.success("The selection is settled: more votes are unlikely to change it. A round is worth starting.")
+    p = home.config.selection
+    st.caption(
+        f"Policy from herdbook.toml: the best {p.top_k}, at least {p.min_votes} decisive vote(s) each, "
+        f"score at least {p.min_score:g}, at most {p.max_per_prompt} per prompt"
+    )
     rows = [
         {
             "selected": d.selected,

@@ -16,12 +16,18 @@ from herdbook.feedback.catalog import Card, cards, filter_choices
 from herdbook.feedback.votes import (
     QueueFilter,
     cast_vote,
+    next_entries,
     prompt_group,
     queue_size,
     rater_vote_count,
-    rating_queue,
     undo_last_vote,
 )
+
+ORDERS = {
+    "uncertainty": "Where a vote counts most",
+    "oldest": "Oldest first",
+    "newest-round": "Newest round first",
+}
 
 BATCH = 50
 
@@ -34,13 +40,21 @@ class Queue:
     left: int = 0
     votes: int = 0
     last_message: str = ""
+    reasons: dict[int, str] = field(default_factory=dict)  # why each image is shown
+    selection: object = None  # the project's SelectionPolicy, which the default order firms up
 
 
-def load_queue(store, rater: str, filters: QueueFilter, exclude: set[int] = frozenset()) -> Queue:
+def load_queue(store, rater: str, filters: QueueFilter, selection) -> Queue:
     with action(store) as session:
-        ids = [i for i in rating_queue(session, rater, filters, limit=BATCH + len(exclude)) if i not in exclude][:BATCH]
+        entries = next_entries(session, rater, filters, limit=BATCH, selection=selection)
         return Queue(
-            rater, filters, cards(session, ids), queue_size(session, rater, filters), rater_vote_count(session, rater)
+            rater,
+            filters,
+            cards(session, [e.id for e in entries]),
+            queue_size(session, rater, filters, selection),
+            rater_vote_count(session, rater),
+            reasons={e.id: e.reason for e in entries},
+            selection=selection,
         )
 
 
@@ -48,10 +62,10 @@ def refill(store, queue: Queue) -> None:
     if len(queue.cards) < 5:
         with action(store) as session:
             have = {c.id for c in queue.cards}
-            more = [
-                i for i in rating_queue(session, queue.rater, queue.filters, limit=BATCH + len(have)) if i not in have
-            ]
-            queue.cards += cards(session, more[: BATCH - len(queue.cards)])
+            entries = next_entries(session, queue.rater, queue.filters, BATCH + len(have), queue.selection)
+            more = [e for e in entries if e.id not in have][: BATCH - len(queue.cards)]
+            queue.reasons.update({e.id: e.reason for e in more})
+            queue.cards += cards(session, [e.id for e in more])
 
 
 def vote(store, queue: Queue, candidate_id: int, value: str) -> None:
@@ -87,8 +101,9 @@ def sidebar_filters(store) -> QueueFilter:
             "From", ["(any)", *rounds], format_func=lambda r: r if r == "(any)" else round_label(r), key="filter_round"
         )
         unrated = st.checkbox("Only what I have not rated", value=True, key="filter_unrated")
+        order = st.selectbox("Order", list(ORDERS), format_func=ORDERS.get, key="filter_order")
     round_id = None if round_choice == "(any)" else (0 if round_choice is None else round_choice)
-    return QueueFilter(None if prompt == "(any)" else prompt, round_id, unrated)
+    return QueueFilter(None if prompt == "(any)" else prompt, round_id, unrated, order)
 
 
 @st.fragment
@@ -98,7 +113,7 @@ def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
     # image's message early; the buttons go into the row above it afterwards (bench/rate_latency.py).
     queue: Queue | None = st.session_state.get("queue")
     if queue is None or queue.rater != rater or queue.filters != filters:
-        queue = st.session_state["queue"] = load_queue(store, rater, filters)
+        queue = st.session_state["queue"] = load_queue(store, rater, filters, home.config.selection)
     current = queue.cards[0] if queue.cards else None
     controls = st.container(horizontal=True, width=512)
     if current is None:
@@ -108,7 +123,9 @@ def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
         st.text(current.prompt or "(no prompt)")
     last = f" · last: {queue.last_message}" if queue.last_message else ""
     votes = f"{queue.votes} vote{'' if queue.votes == 1 else 's'}"
+    why = queue.reasons.get(current.id) if current else None
     where = f"#{current.id} · {current.source_name} · {round_label(current.round)} · " if current else ""
+    where += f"{why} · " if why and queue.filters.order == "uncertainty" else ""
     st.caption(f"{where}{queue.left} left in this queue · {votes} by {rater}{last}")
     cid = current.id if current else 0
     with controls:
@@ -130,7 +147,7 @@ def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
 def grid(home, store, rater: str, filters: QueueFilter) -> None:
     """Oxen's feedback-example layout: the candidates of one prompt side by side."""
     with action(store) as session:
-        group = cards(session, prompt_group(session, rater, filters))
+        group = cards(session, prompt_group(session, rater, filters, selection=home.config.selection))
     if not group:
         st.success("Nothing left to rate here.")
         return

@@ -46,11 +46,14 @@ def test_queue_holds_what_this_rater_has_not_voted_on(store, imported):
     with store.transaction() as session:
         cast_vote(session, imported[0], "ann", "accept")
         cast_vote(session, imported[1], "bob", "reject")
-        assert rating_queue(session, "ann")[:2] == [imported[1], imported[2]]
-        assert queue_size(session, "ann") == 7
-        assert queue_size(session, "carol") == 8
-        assert rating_queue(session, "ann", QueueFilter(prompt="the oxenai ox")) == imported[4:]
-        assert queue_size(session, "ann", QueueFilter(unrated_only=False)) == 8
+        oldest = QueueFilter(order="oldest")
+        assert rating_queue(session, "ann", oldest)[:2] == [imported[1], imported[2]]
+        assert queue_size(session, "ann", oldest) == 7
+        assert queue_size(session, "carol", oldest) == 8
+        assert rating_queue(session, "ann", QueueFilter(prompt="the oxenai ox", order="oldest")) == imported[4:]
+        assert queue_size(session, "ann", QueueFilter(unrated_only=False, order="oldest")) == 8
+        # the default order holds the same images while nothing is settled, never one ann voted on
+        assert sorted(rating_queue(session, "ann")) == imported[1:]
 
 
 def test_votes_need_a_real_candidate_and_a_named_rater(store, imported):

@@ -59,6 +59,7 @@ def test_a_new_rater_is_asked_for_a_name_once(demo_home):
 def test_accept_records_the_vote_and_moves_on(demo_home):
     at = app("ann")
     assert "#1 " in shown_caption(at)
+    assert "unrated: the top 24 is not full yet" in shown_caption(at)  # why the queue shows it
     at.button(key="accept").click().run()
     assert "#2 " in shown_caption(at)
     at.button(key="reject").click().run()
@@ -147,6 +148,7 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     assert "No version yet" in at.info[0].value
     at.button[0].click().run()
     assert "Dataset version 1 committed" in at.success[0].value
+    assert at.metric[0].label == "Expected to stay in the top K" and at.metric[0].value.endswith("%")
     frames = at.dataframe
     selection = frames[-1].value
     assert list(selection["id"]) == [1, 2]

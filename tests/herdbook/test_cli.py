@@ -167,3 +167,33 @@ def test_init_takes_a_database_url_and_a_missing_driver_is_named(tmp_path):
     run("init", "--home", tmp_path / "h2", "--database-url", url)
     assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "h2" / "herdbook.db").exists()
     assert f'database_url = "{url}"' in (tmp_path / "h2" / "herdbook.toml").read_text()
+
+
+def test_queue_shows_what_a_rater_sees_next_and_why(tmp_path):
+    home = tmp_path / "home"
+    run("demo", "--home", home)
+    for rater, values in [("ann", ["accept", "accept", "reject"]), ("bob", ["accept", "reject"])]:
+        for cid, value in enumerate(values, start=1):
+            run("vote", cid, value, "--rater", rater, "--home", home)
+    listed = json.loads(run("queue", "--rater", "carol", "-n", "100", "--json", "--home", home).output)
+    assert len(listed) == 36 and {"id", "source_name", "reason"} <= set(listed[0])
+    reasons = {entry["id"]: entry["reason"] for entry in listed}
+    assert reasons[2].startswith("near the cut") and reasons[2].endswith("1 accept, 1 reject")
+    assert reasons[30] == "unrated: the top 24 is not full yet"
+    # once carol votes too, the three active raters take different images off the shared order
+    run("vote", 36, "reject", "--rater", "carol", "--home", home)
+    heads = [
+        {e["id"] for e in json.loads(run("queue", "--rater", r, "-n", "3", "--json", "--home", home).output)}
+        for r in ("ann", "bob", "carol")
+    ]
+    assert not (heads[0] & heads[1] or heads[0] & heads[2] or heads[1] & heads[2])
+    oldest = json.loads(
+        run("queue", "--rater", "carol", "--order", "oldest", "-n", "3", "--json", "--home", home).output
+    )
+    assert [e["id"] for e in oldest] == [1, 2, 3]
+    text = run("queue", "--rater", "carol", "-n", "2", "--home", home).output
+    assert len(text.splitlines()) == 2 and text.startswith("#")
+    status = run("status", "--home", home).output
+    assert "selection" in status and "expected to stay" in status
+    firm = json.loads(run("status", "--json", "--home", home).output)["selection"]
+    assert firm["selected"] == 1 and 0 < firm["expected_survivors"] < 1

@@ -1,0 +1,207 @@
+"""Which image a rater should see next: the policies of the rating queue, as plain functions.
+
+The default, ``uncertainty``, spends each vote where it can still change the instance
+selection (the top K). It is an index policy in the spirit of LUCB for top-K identification,
+on Beta posteriors of each image's accept rate:
+
+- Each image's accept rate has the posterior Beta(a0 + accepts, b0 + rejects). The prior's
+  mean is the project's overall accept share (most generated images are rejected, so one
+  reject is strong evidence and one accept a lead worth following) with the weight of
+  ``PRIOR_WEIGHT`` votes.
+- The cut lies halfway between the K-th and (K+1)-th best posterior means. An image's membership is uncertain while its
+  posterior puts real mass on the other side of the cut: ``uncertainty`` is that mass (a
+  normal approximation of the Beta, cheap for 50,000 images at once).
+- Images below ``SETTLED`` are settled (clearly in or clearly out) and leave the queue.
+  Selected images short of ``min_votes`` come first whatever their uncertainty; then the
+  most uncertain. Unrated images all share the prior, and what matters is how many better
+  ones hide among them: they stay open while they are expected to hold at least one image
+  above the cut (their count times the prior's mass above it), so exploration goes on until
+  the top K is confidently filled, and then stops costing votes.
+- Raters are spread: each active rater takes every k-th image of the shared order first, so
+  two raters are not handed the same unsettled image at once.
+
+Why not Thompson sampling: it spreads votes as well, but a queue that reshuffles on every
+page load is hard to explain to a rater, and the reason shown beside each image should be
+the same one the command line prints. Why not plain Wilson intervals: at the 4-8 votes an
+image can get (one per rater), a 95% interval almost never excludes the cut, so nothing
+would ever settle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from herdbook.feedback.selection import RatedImage, SelectionPolicy, select_instance_images
+
+POLICIES = ("uncertainty", "oldest", "newest-round")
+DEFAULT_POLICY = "uncertainty"
+PRIOR_WEIGHT = 2.0  # the prior counts as this many votes
+SETTLED = 0.03  # an image whose membership is this sure (97%) is not shown again
+
+
+@dataclass(frozen=True)
+class ImageVotes:
+    """What the queue knows of one image."""
+
+    id: int
+    accepts: int = 0
+    rejects: int = 0
+    round_id: int | None = None
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: int
+    reason: str
+    uncertainty: float | None = None  # the chance that more votes move it across the cut; None: not ranked by it
+
+
+@dataclass(frozen=True)
+class Settledness:
+    """How firm the current selection is."""
+
+    selected: int  # images in the current top K
+    expected_survivors: float  # expected share of them that more votes would keep in the top K
+    undecided: int  # images with votes whose membership is still uncertain
+    unrated_open: int  # unrated images that could still belong in the top K
+    settled: int  # images with votes that are settled in or out
+
+    def describe(self) -> str:
+        if not self.selected:
+            return "no image selected yet"
+        return (
+            f"{self.expected_survivors:.0%} of the {self.selected} selected are expected to stay; "
+            f"{self.undecided} rated image{'s' if self.undecided != 1 else ''} undecided, "
+            f"{self.unrated_open} unrated still open"
+        )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def votes_text(image: ImageVotes) -> str:
+    return f"{_plural(image.accepts, 'accept')}, {_plural(image.rejects, 'reject')}"
+
+
+def posterior(images: Sequence[ImageVotes]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Posterior mean and standard deviation of each image's accept rate, and the cut."""
+    accepts = np.fromiter((i.accepts for i in images), dtype=float, count=len(images))
+    rejects = np.fromiter((i.rejects for i in images), dtype=float, count=len(images))
+    decisive = accepts.sum() + rejects.sum()
+    share = accepts.sum() / decisive if decisive else 0.5
+    share = min(max(share, 0.02), 0.98)
+    a = share * PRIOR_WEIGHT + accepts
+    b = (1 - share) * PRIOR_WEIGHT + rejects
+    mean = a / (a + b)
+    std = np.sqrt(mean * (1 - mean) / (a + b + 1))
+    return mean, std, share
+
+
+def _cut(mean: np.ndarray, top_k: int) -> float:
+    """Halfway between the K-th and the (K+1)-th best posterior means, as LUCB separates them."""
+    if len(mean) <= top_k:
+        return float(mean.min()) / 2 if len(mean) else 0.5
+    kth, next_ = np.partition(mean, [-top_k - 1, -top_k])[[-top_k, -top_k - 1]]
+    return float(kth + next_) / 2
+
+
+def _other_side(mean: np.ndarray, std: np.ndarray, cut: float) -> np.ndarray:
+    """The posterior mass on the other side of the cut from the posterior mean."""
+    z = np.abs(mean - cut) / np.maximum(std, 1e-9)
+    return 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2)) if len(z) else z
+
+
+def _open(images: Sequence[ImageVotes], mean: np.ndarray, std: np.ndarray, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's uncertainty, and whether it is still open. A rated image is open while its
+    uncertainty is at least SETTLED; the unrated, all alike, while together they are expected
+    to hold at least one image above the cut."""
+    uncertain = _other_side(mean, std, cut)
+    is_open = uncertain >= SETTLED
+    unrated = np.fromiter((i.accepts + i.rejects == 0 for i in images), dtype=bool, count=len(images))
+    if unrated.any():
+        # above the cut (a young project, fewer images than K) every unrated image is worth a look
+        below = mean[unrated][0] < cut
+        is_open[unrated] = not below or float(uncertain[unrated][0]) * unrated.sum() >= 1
+    return uncertain, is_open
+
+
+def current_selection(images: Sequence[ImageVotes], policy: SelectionPolicy) -> set[int]:
+    from herdbook.feedback.scoring import Tally
+
+    rated = [RatedImage(i.id, i.prompt, Tally(i.accepts, i.rejects)) for i in images if i.accepts + i.rejects]
+    return {d.image.id for d in select_instance_images(rated, policy) if d.selected}
+
+
+def uncertainty_order(
+    images: Sequence[ImageVotes],
+    policy: SelectionPolicy,
+    selected: set[int] | None = None,
+) -> list[QueueEntry]:
+    """Every unsettled image, the most useful vote first (before spreading raters apart).
+
+    ``images`` is every image the project has (the cut is computed over all of them);
+    ``selected`` the current selection (computed when None)."""
+    selected = current_selection(images, policy) if selected is None else selected
+    mean, std, _ = posterior(images)
+    cut = _cut(mean, policy.top_k)
+    uncertain, is_open = _open(images, mean, std, cut)
+    short: list[QueueEntry] = []
+    open_: list[tuple[float, int, int, QueueEntry]] = []
+    for index, image in enumerate(images):
+        decisive = image.accepts + image.rejects
+        if image.id in selected and decisive < policy.min_votes:
+            short.append(
+                QueueEntry(image.id, f"in the selection with {_plural(decisive, 'vote')} of {policy.min_votes}")
+            )
+            continue
+        if not is_open[index]:
+            continue
+        u = float(uncertain[index])
+        if decisive == 0 and mean[index] >= cut:
+            reason = f"unrated: the top {policy.top_k} is not full yet"
+        elif decisive == 0:
+            reason = f"unrated: the unrated may hold better than the top {policy.top_k}"
+        elif mean[index] >= cut:
+            reason = f"near the cut, in: {votes_text(image)}"
+        else:
+            reason = f"near the cut, out: {votes_text(image)}"
+        open_.append((-u, decisive, image.id, QueueEntry(image.id, reason, round(u, 3))))
+    open_.sort(key=lambda entry: entry[:3])
+    return short + [entry for *_, entry in open_]
+
+
+def spread(order: Sequence[QueueEntry], slot: int, raters: int) -> list[QueueEntry]:
+    """This rater's view of a shared order: every ``raters``-th entry from ``slot`` first, then
+    the rest, so active raters start on different images and none is left unseen."""
+    if raters <= 1:
+        return list(order)
+    slot %= raters
+    mine = [e for n, e in enumerate(order) if n % raters == slot]
+    others = [e for n, e in enumerate(order) if n % raters != slot]
+    return mine + others
+
+
+def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy, selected: set[int] | None = None) -> Settledness:
+    selected = current_selection(images, policy) if selected is None else selected
+    if not images:
+        return Settledness(0, 0.0, 0, 0, 0)
+    mean, std, _ = posterior(images)
+    cut = _cut(mean, policy.top_k)
+    _, open_ = _open(images, mean, std, cut)
+    voted = np.fromiter((i.accepts + i.rejects > 0 for i in images), dtype=bool, count=len(images))
+    chosen = np.fromiter((i.id in selected for i in images), dtype=bool, count=len(images))
+    # a selected image stays if its accept rate lies above the cut: its posterior mass there
+    z = (mean - cut) / np.maximum(std, 1e-9)
+    stays = 0.5 * np.vectorize(math.erfc)(-z / math.sqrt(2))
+    return Settledness(
+        selected=int(chosen.sum()),
+        expected_survivors=float(stays[chosen].mean()) if chosen.any() else 0.0,
+        undecided=int((open_ & voted).sum()),
+        unrated_open=int((open_ & ~voted).sum()),
+        settled=int((~open_ & voted).sum()),
+    )

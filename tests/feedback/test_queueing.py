@@ -1,0 +1,82 @@
+"""The rating queue's policy, on plain data: no database, no browser."""
+
+from herdbook.feedback.queueing import ImageVotes, QueueEntry, settledness, spread, uncertainty_order
+from herdbook.feedback.selection import SelectionPolicy
+
+POLICY = SelectionPolicy(top_k=2, min_votes=1)
+
+
+def project(*tallies, unrated=0):
+    images = [ImageVotes(i + 1, a, r, None, f"p{i}") for i, (a, r) in enumerate(tallies)]
+    images += [ImageVotes(len(images) + j + 1) for j in range(unrated)]
+    return images
+
+
+def ids(entries: list[QueueEntry]) -> list[int]:
+    return [e.id for e in entries]
+
+
+def test_settled_images_leave_the_queue():
+    # 1, 2: clearly in (8 of 8); 3: clearly out (0 of 8); 4: one accept, one reject: unsettled
+    images = project((8, 0), (8, 0), (0, 8), (1, 1), (0, 6), (0, 5))
+    order = ids(uncertainty_order(images, POLICY))
+    assert 4 in order
+    assert not {1, 2, 3, 5, 6} & set(order)
+
+
+def test_an_image_straddling_the_cut_outranks_unrated_and_nearly_settled_ones():
+    # as in a real project, most rated images were rejected
+    images = project((3, 0), (3, 0), (2, 1), (1, 2), *[(0, 2)] * 20, unrated=3)
+    order = uncertainty_order(images, POLICY)
+    assert order[0].id == 3  # 2 accepts, 1 reject: right at the cut
+    assert order[0].reason == "near the cut, out: 2 accepts, 1 reject"
+    assert ids(order).index(3) < ids(order).index(4)
+
+
+def test_unrated_images_are_explored_until_the_top_k_is_confidently_full():
+    few_good = project((1, 0), (0, 1), *[(0, 1)] * 20, unrated=50)
+    assert any(e.reason.startswith("unrated") for e in uncertainty_order(few_good, POLICY))
+    settled = project((8, 0), (8, 0), *[(0, 1)] * 200, unrated=3)
+    assert not any(e.reason.startswith("unrated") for e in uncertainty_order(settled, POLICY))
+
+
+def test_selected_images_short_of_min_votes_come_first():
+    policy = SelectionPolicy(top_k=2, min_votes=3)
+    images = project((2, 0), (1, 0), (5, 5), unrated=4)
+    order = uncertainty_order(images, policy, selected={1, 2})
+    assert ids(order)[:2] == [1, 2]
+    assert order[0].reason == "in the selection with 2 votes of 3"
+
+
+def test_two_raters_are_not_handed_the_same_unsettled_image_at_once():
+    order = [QueueEntry(i, "near the cut") for i in range(1, 9)]
+    ann, bob = spread(order, 0, 2), spread(order, 1, 2)
+    assert ann[0].id != bob[0].id
+    assert not set(ids(ann[:4])) & set(ids(bob[:4]))
+    assert sorted(ids(ann)) == sorted(ids(bob)) == list(range(1, 9))  # nobody's queue loses an image
+    assert spread(order, 0, 1) == order
+
+
+def test_settledness_says_how_firm_the_selection_is():
+    firm = settledness(project((8, 0), (8, 0), *[(0, 8)] * 10), POLICY)
+    assert firm.selected == 2 and firm.expected_survivors > 0.95 and firm.undecided == 0
+    shaky = settledness(project((1, 0), (1, 0), (1, 1), (0, 1), unrated=40), POLICY)
+    assert shaky.expected_survivors < 0.8 and shaky.undecided >= 1 and shaky.unrated_open == 40
+    assert "expected to stay" in shaky.describe()
+
+
+def test_the_uncertainty_queue_beats_arrival_order_in_a_small_simulation():
+    """bench/queue_simulation.py on a small project and one fixed seed."""
+    import random
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import queue_simulation as sim
+
+    project_ = sim.make_project(random.Random(3), candidates=600, good=36, raters=6, borderline_share=0.01)
+    arrival = sim.simulate("arrival order", project_, 3, budget=3600, checkpoints=(600,))
+    ours = sim.simulate("uncertainty queue", project_, 3, budget=3600, checkpoints=(600,))
+    assert ours["votes_to_95"] is not None
+    assert arrival["votes_to_95"] is None or ours["votes_to_95"] < arrival["votes_to_95"]
+    assert ours["precision_at_600"] > arrival["precision_at_600"]
