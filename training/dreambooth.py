@@ -8,6 +8,7 @@ set up the parts. It runs the same on one CPU, one GPU, or several GPUs under
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +43,9 @@ def train(
         mixed_precision=resolve_precision(settings.mixed_precision), cpu=not torch.cuda.is_available()
     )
     started = time.perf_counter()
-    if accelerator.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(accelerator.device)
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(settings.seed)
     parts = components or load_components(settings.model)
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -51,27 +53,25 @@ def train(
         settings.save()
 
     if accelerator.is_main_process:
-        render_starting_grid(settings, parts, accelerator.device, weight_dtype)
+        render_starting_grid(settings, parts, device, weight_dtype)
 
     # What trains: the whole UNet, or LoRA adapters on its attention (and the text encoder's).
     trainable = prepare_trainable(parts, settings, weight_dtype)
     # The VAE and a frozen text encoder run once per image and prompt (their outputs are
     # cached), so they stay in float32: no speed lost, and a full round saves them unchanged.
-    parts.vae.to(accelerator.device)
-    parts.text_encoder.to(accelerator.device)
+    parts.vae.to(device)
+    parts.text_encoder.to(device)
 
-    # The data, encoded once: VAE latents, and prompt embeddings while the text encoder is frozen.
+    # The data: instance (and class) pixels, encoded once unless the settings ask for every step.
     files = image_files(Path(settings.instance_dir))
-    instance_latents = encode_images(parts, load_images(files, settings.resolution), accelerator.device)
-    class_latents = None
+    data = TrainingData(parts, settings, load_images(files, settings.resolution), device)
     if settings.prior_preservation:
         class_files = ensure_class_images(settings, parts, accelerator, weight_dtype)
-        class_latents = encode_images(parts, load_images(class_files, settings.resolution), accelerator.device)
-    prompt_ids = tokenize(parts.tokenizer, [settings.instance_prompt, settings.class_prompt]).to(accelerator.device)
-    cached_embeddings = None if settings.train_text_encoder else embed(parts.text_encoder, prompt_ids)
+        data.add_class_images(load_images(class_files, settings.resolution))
     weights = rating_weights(files, settings.rating_weights)
 
-    optimizer = make_optimizer(trainable, settings, accelerator.device)
+    fast = use_fast_path(settings, accelerator)
+    optimizer = make_optimizer(trainable, settings, device, capturable=fast)
     from diffusers.optimization import get_scheduler
 
     # accelerate steps a prepared scheduler once per process each step, so counts scale with them
@@ -82,58 +82,28 @@ def train(
         num_training_steps=settings.steps * accelerator.num_processes,
     )
     models = [parts.unet, parts.text_encoder] if settings.train_text_encoder else [parts.unet]
-    *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
+    if fast:  # one process: nothing for accelerate to wrap, and autocast is explicit
+        for model in models:
+            model.to(device)
+    else:
+        *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
     unet = models[0]
     text_encoder = models[1] if settings.train_text_encoder else parts.text_encoder
 
     first_step, loss_history = resume(settings, accelerator, trainable, optimizer, lr_scheduler)
-    probe_before = probe_loss(unet, text_encoder, prompt_ids, instance_latents, parts, settings.seed)
-    scheduler = parts.noise_scheduler
+    if fast:  # the captured optimizer reads its rate from the GPU; the scheduler fills it in place
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+    with mixed_precision(device, weight_dtype):
+        probe_before = probe_loss(unet, text_encoder, data, parts, settings.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = settings.batch_size * world
-    train_started = time.perf_counter()
-    step_seconds: list[float] = []
-    learning_rates: list[float] = []
-    checkpoint_seconds = 0.0
 
-    for step in range(first_step, settings.steps + 1):
-        step_started = time.perf_counter()
-        # Every draw depends on (seed, step) alone and covers the global batch; this process
-        # takes its slice. Resumed and multi-process runs thus see exactly the same data.
-        generator = step_generator(settings.seed, step)
-        indices = batch_indices(len(files), global_batch, generator, weights)[
-            rank * settings.batch_size : (rank + 1) * settings.batch_size
-        ]
-        latents = sample_latents(instance_latents, indices, generator, global_batch, rank, settings.batch_size)
-        prompt_index = [0] * len(indices)
-        if class_latents is not None:
-            class_indices = torch.randint(0, len(class_latents[0]), (global_batch,), generator=generator).tolist()
-            class_indices = class_indices[rank * settings.batch_size : (rank + 1) * settings.batch_size]
-            latents = torch.cat(
-                [
-                    latents,
-                    sample_latents(class_latents, class_indices, generator, global_batch, rank, settings.batch_size),
-                ]
-            )
-            prompt_index += [1] * len(class_indices)
-        latents = latents * parts.vae.config.scaling_factor
-        noise_all = torch.randn(
-            (global_batch * (2 if class_latents is not None else 1), *latents.shape[1:]), generator=generator
-        )
-        timesteps_all = torch.randint(
-            0, scheduler.config.num_train_timesteps, (noise_all.shape[0],), generator=generator
-        )
-        noise, timesteps = (
-            take_slice(noise_all, global_batch, rank, settings.batch_size),
-            take_slice(timesteps_all, global_batch, rank, settings.batch_size),
-        )
-        noise, timesteps = noise.to(latents.device), timesteps.to(latents.device)
-
+    def loss_of(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The Dreambooth loss of one batch: the math of every path."""
+        scheduler = parts.noise_scheduler
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if cached_embeddings is not None:
-            hidden = cached_embeddings[prompt_index]
-        else:
-            hidden = text_encoder(prompt_ids[prompt_index])[0]
+        hidden = data.hidden_states(text_encoder, len(latents))
         prediction = unet(noisy, timesteps, hidden).sample
         velocity = (
             scheduler.get_velocity(latents, noise, timesteps)
@@ -141,47 +111,80 @@ def train(
             else None
         )
         target = diffusion_target(scheduler.config.prediction_type, latents, noise, velocity)
-        loss, _ = dreambooth_loss(prediction, target, class_latents is not None, settings.prior_loss_weight)
+        return dreambooth_loss(prediction, target, data.with_prior, settings.prior_loss_weight)[0]
+
+    def eager_step(latents, noise, timesteps) -> torch.Tensor:
+        loss = loss_of(latents, noise, timesteps)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trainable, 1.0)
-        learning_rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
-        lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
-        step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()  # waits for the GPU
+    def fast_step(latents, noise, timesteps) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32, cache_enabled=False
+        ):
+            loss = loss_of(latents, noise, timesteps)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0, foreach=True)
+        optimizer.step()
+        return loss.detach()
+
+    # the fast step is captured as a CUDA graph where there is one; elsewhere it runs as it is
+    run_step = (CapturedStep(fast_step) if device.type == "cuda" else fast_step) if fast else eager_step
+    checkpoints = CheckpointWriter(checkpoint_path(settings), background=device.type == "cuda")
+    train_started = time.perf_counter()
+    step_seconds: list[float] = []
+    learning_rates: list[float] = []
+    checkpoint_seconds = 0.0
+
+    for step in range(first_step, settings.steps + 1):
+        step_started = time.perf_counter()
+        latents, noise, timesteps = data.draw(step, global_batch, rank, settings.batch_size, weights)
+        learning_rates.append(float(optimizer.param_groups[0]["lr"]))
+        loss = run_step(latents, noise, timesteps)
+        lr_scheduler.step()
+        step_loss = accelerator.reduce(loss, reduction="mean").item()  # waits for the GPU
         step_seconds.append(time.perf_counter() - step_started)
         loss_history.append((step, step_loss))
         if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < settings.steps:
             saving = time.perf_counter()
-            save_checkpoint(settings, accelerator, trainable, optimizer, lr_scheduler, step, loss_history)
+            save_checkpoint(checkpoints, accelerator, trainable, optimizer, lr_scheduler, step, loss_history)
             checkpoint_seconds += time.perf_counter() - saving
         if progress is not None and accelerator.is_main_process:
             progress(step, settings.steps, step_loss)
 
     train_seconds = time.perf_counter() - train_started
-    peaks = accelerator.gather(torch.tensor([peak_memory_gb(accelerator.device)], device=accelerator.device)).tolist()
-    probe_after = probe_loss(unet, text_encoder, prompt_ids, instance_latents, parts, settings.seed)
+    checkpoints.wait()
+    peaks = accelerator.gather(torch.tensor([peak_memory_gb(device)], device=device)).tolist()
+    with mixed_precision(device, weight_dtype):
+        probe_after = probe_loss(unet, text_encoder, data, parts, settings.seed)
     accelerator.wait_for_everyone()
     result = TrainResult(Path(settings.output_dir), loss_history, learning_rates=learning_rates)
     if accelerator.is_main_process:
         parts.unet = accelerator.unwrap_model(unet)
         parts.text_encoder = accelerator.unwrap_model(text_encoder)
         result.output = save_output(settings, parts)
-        result.validation = validation_images(settings, parts, accelerator.device, weight_dtype)
+        weights_saved = time.perf_counter() - started
+        result.validation = validation_images(settings, parts, device, weight_dtype)
         steps_run = settings.steps - first_step + 1
+        timed = sorted(step_seconds[3:] or step_seconds)  # the first steps warm up (and capture the graph)
         result.metrics = {
             "steps_run": steps_run,
             "seconds_per_step": sum(step_seconds) / max(1, steps_run),
-            "median_step_seconds": sorted(step_seconds)[len(step_seconds) // 2] if step_seconds else None,
+            "median_step_seconds": timed[len(timed) // 2] if timed else None,
             "checkpoint_seconds": checkpoint_seconds,
             "train_seconds": train_seconds,
+            "seconds_to_weights_saved": weights_saved,
             "total_seconds": time.perf_counter() - started,
             "images_per_second": steps_run * global_batch / max(sum(step_seconds), 1e-9),
             "processes": world,
             "global_batch": global_batch,
-            "peak_memory_gb": peaks[0] if accelerator.device.type == "cuda" else None,
-            "peak_memory_gb_per_process": peaks if accelerator.device.type == "cuda" else None,
+            "fast_path": fast,
+            "peak_memory_gb": peaks[0] if device.type == "cuda" else None,
+            "peak_memory_gb_per_process": peaks if device.type == "cuda" else None,
             "mixed_precision": accelerator.mixed_precision,
             "first_step": first_step,
             "probe_loss_before": probe_before,
@@ -192,6 +195,126 @@ def train(
         )
     accelerator.end_training()
     return result
+
+
+class TrainingData:
+    """The instance (and class) images as latent distributions and the prompts as ids or
+    embeddings, on the device, and each step's random draws.
+
+    Every draw depends on (seed, step) alone and covers the global batch; this process takes
+    its slice. Resumed, multi-process and graph-captured runs thus see exactly the same data."""
+
+    def __init__(self, parts: Components, settings: RoundSettings, pixels: torch.Tensor, device: torch.device):
+        self.parts, self.settings, self.device = parts, settings, device
+        self.cached = settings.cache_encodings
+        self.instance = encode_images(parts, pixels, device) if self.cached else pixels.to(device)
+        self.classes = None
+        self.prompt_ids = tokenize(parts.tokenizer, [settings.instance_prompt, settings.class_prompt]).to(device)
+        self.embeddings = (
+            embed(parts.text_encoder, self.prompt_ids) if self.cached and not settings.train_text_encoder else None
+        )
+
+    @property
+    def with_prior(self) -> bool:
+        return self.classes is not None
+
+    def add_class_images(self, pixels: torch.Tensor) -> None:
+        self.classes = encode_images(self.parts, pixels, self.device) if self.cached else pixels.to(self.device)
+
+    def instance_means(self) -> torch.Tensor:
+        """Each instance image's latent mean (for the probe loss)."""
+        if self.cached:
+            return self.instance[0]
+        return encode_images(self.parts, self.instance, self.device)[0]
+
+    def _latents(self, source, indices: list[int], generator, global_batch: int, rank: int, local: int):
+        stats = source if self.cached else encode_images(self.parts, source[indices], self.device)
+        rows = indices if self.cached else list(range(len(indices)))
+        return sample_latents(stats, rows, generator, global_batch, rank, local)
+
+    def draw(self, step: int, global_batch: int, rank: int, local: int, weights: torch.Tensor | None):
+        """This step's latents (instance rows, then class rows), noise and timesteps."""
+        settings = self.settings
+        generator = step_generator(settings.seed, step)
+        indices = batch_indices(len(self.instance[0]), global_batch, generator, weights)[
+            rank * local : (rank + 1) * local
+        ]
+        latents = self._latents(self.instance, indices, generator, global_batch, rank, local)
+        if self.classes is not None:
+            class_indices = torch.randint(0, len(self.classes[0]), (global_batch,), generator=generator).tolist()
+            class_indices = class_indices[rank * local : (rank + 1) * local]
+            latents = torch.cat(
+                [latents, self._latents(self.classes, class_indices, generator, global_batch, rank, local)]
+            )
+        latents = latents * self.parts.vae.config.scaling_factor
+        scheduler = self.parts.noise_scheduler
+        rows = global_batch * (2 if self.classes is not None else 1)
+        noise_all = torch.randn((rows, *latents.shape[1:]), generator=generator)
+        timesteps_all = torch.randint(0, scheduler.config.num_train_timesteps, (rows,), generator=generator)
+        noise = take_slice(noise_all, global_batch, rank, local).to(self.device, non_blocking=True)
+        timesteps = take_slice(timesteps_all, global_batch, rank, local).to(self.device, non_blocking=True)
+        return latents, noise, timesteps
+
+    def hidden_states(self, text_encoder, rows: int) -> torch.Tensor:
+        """The prompts' embeddings for a batch of ``rows`` (instance rows, then class rows)."""
+        half = rows // 2 if self.with_prior else rows
+        prompt_index = [0] * half + [1] * (rows - half)
+        if self.embeddings is not None:
+            return self.embeddings[prompt_index]
+        return text_encoder(self.prompt_ids[prompt_index])[0]
+
+
+class CapturedStep:
+    """A training step run eagerly for a few warm-up steps on a side stream, then captured
+    once as a CUDA graph and replayed: the same kernels on the same memory, launched by the
+    GPU instead of one by one from Python. Inputs are copied into the graph's own tensors.
+
+    Warm-up steps are real steps (they train on their own batches); capture records without
+    running, so the step that is captured is then run by its first replay."""
+
+    WARMUP = 3
+
+    def __init__(self, step) -> None:
+        self.step, self.calls = step, 0
+        self.graph = None
+        self.inputs: tuple[torch.Tensor, ...] = ()
+        self.output: torch.Tensor | None = None
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.graph is None and self.calls <= self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                output = self.step(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            return output
+        if self.graph is None:
+            self.inputs = tuple(x.clone() for x in inputs)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.output = self.step(*self.inputs)
+        else:
+            for static, new in zip(self.inputs, inputs, strict=True):
+                static.copy_(new, non_blocking=True)
+        self.graph.replay()
+        return self.output
+
+
+def use_fast_path(settings: RoundSettings, accelerator) -> bool:
+    """The fast step where it is possible: one process, a capturable optimizer."""
+    return (
+        settings.fast_path == "auto"
+        and accelerator.num_processes == 1
+        and not (settings.use_8bit_adam and _has_bitsandbytes())
+        and not settings.gradient_checkpointing
+    )
+
+
+def _has_bitsandbytes() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 # --- set-up helpers -------------------------------------------------------------------
@@ -252,16 +375,17 @@ def prepare_trainable(
 
 
 def make_optimizer(
-    params: list[torch.nn.Parameter], settings: RoundSettings, device: torch.device
+    params: list[torch.nn.Parameter], settings: RoundSettings, device: torch.device, capturable: bool = False
 ) -> torch.optim.Optimizer:
+    """AdamW over float32 master weights. Captured steps use the fused, capturable kernel (one
+    launch for all parameters, its step count kept on the GPU); the math is the same."""
     lr = settings.learning_rate
-    if settings.use_8bit_adam and device.type == "cuda":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            pass
-        else:
-            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+    if settings.use_8bit_adam and device.type == "cuda" and _has_bitsandbytes():
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
+    if capturable:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True, capturable=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
 
 
@@ -308,14 +432,14 @@ def take_slice(tensor: torch.Tensor, global_batch: int, rank: int, local: int) -
 
 
 @torch.no_grad()
-def probe_loss(unet, text_encoder, prompt_ids, instance_latents, parts: Components, seed: int, draws: int = 4) -> float:
+def probe_loss(unet, text_encoder, data: TrainingData, parts: Components, seed: int, draws: int = 4) -> float:
     """The instance loss on fixed noise and timesteps: unlike the per-step loss, it is
     comparable before and after training, so it shows whether the round learnt the images."""
-    mean, _ = instance_latents
+    mean = data.instance_means()
     generator = torch.Generator().manual_seed(seed + 99_991)
     was_training = unet.training
     unet.eval()
-    hidden_one = text_encoder(prompt_ids[:1])[0]
+    hidden_one = text_encoder(data.prompt_ids[:1])[0]
     total = 0.0
     for _ in range(draws):
         latents = mean * parts.vae.config.scaling_factor
@@ -385,23 +509,66 @@ def checkpoint_path(settings: RoundSettings) -> Path:
     return settings.output / "checkpoint" / "latest.pt"
 
 
-def save_checkpoint(settings, accelerator, trainable, optimizer, lr_scheduler, step, loss_history) -> None:
-    """Only what changes: the trained parameters, the optimizer and the step. Written by the
-    main process, atomically, replacing the previous checkpoint."""
+class CheckpointWriter:
+    """Writes checkpoints without holding up training: the state is copied into host memory
+    (pinned, so the copy runs at full speed, and reused from one checkpoint to the next), and
+    a background thread writes it to disk, atomically, replacing the previous checkpoint."""
+
+    def __init__(self, path: Path, background: bool) -> None:
+        self.path, self.background = path, background
+        self.buffers: list[torch.Tensor] = []
+        self.writing: threading.Thread | None = None
+
+    def save(self, state: dict) -> None:
+        from torch.utils._pytree import tree_flatten, tree_unflatten
+
+        self.wait()  # one write at a time: its buffers are about to be reused
+        leaves, spec = tree_flatten(state)
+        tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+        if len(self.buffers) != len(tensors):
+            pin = self.background and torch.cuda.is_available()
+            self.buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
+        copies = iter(self.buffers)
+        host = [
+            next(copies).copy_(leaf, non_blocking=True) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves
+        ]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        snapshot = tree_unflatten(host, spec)
+        if self.background:
+            self.writing = threading.Thread(target=self._write, args=(snapshot,), daemon=False)
+            self.writing.start()
+        else:
+            self._write(snapshot)
+
+    def _write(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".part")
+        torch.save(state, partial)
+        partial.replace(self.path)
+
+    def wait(self) -> None:
+        if self.writing is not None:
+            self.writing.join()
+            self.writing = None
+
+
+def save_checkpoint(writer: CheckpointWriter, accelerator, trainable, optimizer, lr_scheduler, step, loss_history):
+    """Only what changes: the trained parameters, the optimizer and the step, from the main process."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        path = checkpoint_path(settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": step,
-            "params": [p.detach().cpu() for p in trainable],
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "loss_history": loss_history,
-        }
-        partial = path.with_suffix(".part")
-        torch.save(state, partial)
-        partial.replace(path)
+        optimizer_state = optimizer.state_dict()
+        for group in optimizer_state["param_groups"]:
+            group["lr"] = float(group["lr"])  # a captured step's lr is a GPU tensor
+        writer.save(
+            {
+                "step": step,
+                "params": [p.detach() for p in trainable],
+                "optimizer": optimizer_state,
+                "lr_scheduler": lr_scheduler.state_dict(),
+                "loss_history": list(loss_history),
+            }
+        )
     accelerator.wait_for_everyone()
 
 

@@ -21,17 +21,20 @@ def diffusion_target(
 
 def dreambooth_loss(
     prediction: torch.Tensor, target: torch.Tensor, with_prior: bool, prior_loss_weight: float = 1.0
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """MSE on the instance half of the batch, plus the weighted MSE on the class half when
-    prior preservation is on (the batch is instance examples first, class examples second)."""
+    prior preservation is on (the batch is instance examples first, class examples second).
+
+    The parts stay tensors: reading them would wait for the GPU (and cannot happen inside a
+    captured CUDA graph)."""
     if not with_prior:
         loss = F.mse_loss(prediction.float(), target.float())
-        return loss, {"instance": loss.item()}
+        return loss, {"instance": loss}
     pred_instance, pred_prior = prediction.float().chunk(2)
     target_instance, target_prior = target.float().chunk(2)
     instance = F.mse_loss(pred_instance, target_instance)
     prior = F.mse_loss(pred_prior, target_prior)
-    return instance + prior_loss_weight * prior, {"instance": instance.item(), "prior": prior.item()}
+    return instance + prior_loss_weight * prior, {"instance": instance, "prior": prior}
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:

@@ -61,6 +61,10 @@ class TrainingOptions(StrictSettings):
     # Off: a full SD-1.5 round peaks at 17 GiB without it and runs 1.8x faster (bench/gpu_round.txt).
     # Turn on for GPUs under 20 GB.
     gradient_checkpointing: bool = False
+    # auto: on one CUDA GPU the whole step (forward, backward, clipping, AdamW) is captured once
+    # as a CUDA graph and replayed, the same math without ~4,800 kernel launches a step; off:
+    # every kernel launched from Python (what runs on CPUs and under several processes anyway)
+    fast_path: Literal["auto", "off"] = "auto"
     seed: int = 0
 
 
@@ -90,7 +94,10 @@ class RoundSettings(TrainingOptions):
     resolution: Resolution = 512
     class_dir: str = ""  # cached class images; generated from the parent model when missing
     rating_weights: dict[str, float] = Field(default_factory=dict)  # file name -> weight; empty: uniform
-    use_8bit_adam: bool = True  # only where bitsandbytes is installed and a GPU is used
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit where installed: less memory, no fast path
+    # False: the VAE and text encoder run on every step, as diffusers' example does (the
+    # benchmark's reference); True: each image and prompt is encoded once
+    cache_encodings: bool = True
     validation_prompts: list[str] = Field(default_factory=list)
     # where the starting model's grid goes, rendered before training when missing (the base's)
     parent_validation_dir: str = ""
