@@ -1,26 +1,5 @@
-"""Schema and sessions: the only package that knows how herdbook's data is stored."""
+"""Schema and sessions: the only package that knows how herdbook's data is stored.
 
-from herdbook.db.models import (
-    Base,
-    Candidate,
-    DatasetVersion,
-    Job,
-    Rater,
-    Round,
-    Vote,
-    VoteValue,
-)
-from herdbook.db.store import Store, open_store
-
-__all__ = [
-    "Base",
-    "Candidate",
-    "DatasetVersion",
-    "Job",
-    "Rater",
-    "Round",
-    "Store",
-    "Vote",
-    "VoteValue",
-    "open_store",
-]
+``herdbook.db.models`` holds the schema, ``herdbook.db.store`` engines, sessions and
+migrations, ``herdbook.db.errors`` the errors and settings base every layer shares. Nothing is
+imported here, so the training layer (which needs only the errors) runs without SQLAlchemy."""

@@ -126,11 +126,20 @@ def sampling_pipeline(
     device: torch.device,
     dtype: torch.dtype | None = None,
     scheduler: str = "DPMSolverMultistepScheduler",
+    graphs: bool = False,
 ):
-    """A pipeline ready to draw images: on the device, with diffusers' own progress bar off."""
+    """A pipeline ready to draw images: on the device, with diffusers' own progress bar off.
+
+    ``graphs``: on a CUDA GPU, with the weights in ``dtype`` (no autocast), the UNet's call is
+    captured as a CUDA graph per batch shape and replayed (training.graphs.GraphedUNet)."""
     pipeline = make_pipeline(components, scheduler)
     pipeline = pipeline.to(device) if dtype is None else pipeline.to(device, dtype)
     pipeline.set_progress_bar_config(disable=True)
+    if graphs and dtype is not None and device.type == "cuda":
+        from herdbook.training.graphs import GraphedUNet
+
+        torch.backends.cudnn.benchmark = True
+        pipeline.unet = GraphedUNet(pipeline.unet)
     return pipeline
 
 

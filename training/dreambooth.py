@@ -18,6 +18,7 @@ import torch
 from herdbook.training.components import Components, load_components, make_pipeline, sampling_pipeline
 from herdbook.training.data import image_files, load_images
 from herdbook.training.generate import draw
+from herdbook.training.graphs import CapturedStep
 from herdbook.training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
 from herdbook.training.settings import RoundSettings
 
@@ -71,6 +72,10 @@ def train(
     weights = rating_weights(files, settings.rating_weights)
 
     fast = use_fast_path(settings, accelerator)
+    if fast and device.type == "cuda":
+        # measured on an H100 (bench/gpu_variants.txt): the captured step 50.6 -> 44.7 ms
+        torch.backends.cudnn.benchmark = True
+        parts.unet.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(trainable, settings, device, capturable=fast)
     from diffusers.optimization import get_scheduler
 
@@ -96,6 +101,7 @@ def train(
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
     with mixed_precision(device, weight_dtype):
         probe_before = probe_loss(unet, text_encoder, data, parts, settings.seed)
+    offloaded = data.offload_encoders(settings.train_text_encoder)
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = settings.batch_size * world
 
@@ -149,6 +155,10 @@ def train(
         step_loss = accelerator.reduce(loss, reduction="mean").item()  # waits for the GPU
         step_seconds.append(time.perf_counter() - step_started)
         loss_history.append((step, step_loss))
+        later_checkpoint = settings.checkpoint_every and settings.steps > settings.checkpoint_every
+        if step == first_step and later_checkpoint and accelerator.is_main_process:
+            # the optimizer's moments exist from here on: pin their host copies meanwhile
+            checkpoints.reserve(checkpoint_state(trainable, optimizer, lr_scheduler, step, loss_history))
         if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < settings.steps:
             saving = time.perf_counter()
             save_checkpoint(checkpoints, accelerator, trainable, optimizer, lr_scheduler, step, loss_history)
@@ -158,6 +168,8 @@ def train(
 
     train_seconds = time.perf_counter() - train_started
     checkpoints.wait()
+    for part in offloaded:
+        part.to(device)
     peaks = accelerator.gather(torch.tensor([peak_memory_gb(device)], device=device)).tolist()
     with mixed_precision(device, weight_dtype):
         probe_after = probe_loss(unet, text_encoder, data, parts, settings.seed)
@@ -209,6 +221,7 @@ class TrainingData:
         self.cached = settings.cache_encodings
         self.instance = encode_images(parts, pixels, device) if self.cached else pixels.to(device)
         self.classes = None
+        self.prompt_rows: dict[int, torch.Tensor] = {}
         self.prompt_ids = tokenize(parts.tokenizer, [settings.instance_prompt, settings.class_prompt]).to(device)
         self.embeddings = (
             embed(parts.text_encoder, self.prompt_ids) if self.cached and not settings.train_text_encoder else None
@@ -217,6 +230,17 @@ class TrainingData:
     @property
     def with_prior(self) -> bool:
         return self.classes is not None
+
+    def offload_encoders(self, text_encoder_trains: bool) -> list:
+        """Frozen encoders whose outputs are cached wait in host memory while the steps run
+        (on a GPU: ~0.8 GB less); the caller brings them back."""
+        if not self.cached or self.device.type != "cuda":
+            return []
+        parts = [self.parts.vae] + ([] if text_encoder_trains else [self.parts.text_encoder])
+        for part in parts:
+            part.to("cpu")
+        torch.cuda.empty_cache()
+        return parts
 
     def add_class_images(self, pixels: torch.Tensor) -> None:
         self.classes = encode_images(self.parts, pixels, self.device) if self.cached else pixels.to(self.device)
@@ -257,48 +281,13 @@ class TrainingData:
 
     def hidden_states(self, text_encoder, rows: int) -> torch.Tensor:
         """The prompts' embeddings for a batch of ``rows`` (instance rows, then class rows)."""
-        half = rows // 2 if self.with_prior else rows
-        prompt_index = [0] * half + [1] * (rows - half)
+        if rows not in self.prompt_rows:  # made on the device once, before any graph capture
+            half = rows // 2 if self.with_prior else rows
+            self.prompt_rows[rows] = torch.tensor([0] * half + [1] * (rows - half), device=self.device)
+        index = self.prompt_rows[rows]
         if self.embeddings is not None:
-            return self.embeddings[prompt_index]
-        return text_encoder(self.prompt_ids[prompt_index])[0]
-
-
-class CapturedStep:
-    """A training step run eagerly for a few warm-up steps on a side stream, then captured
-    once as a CUDA graph and replayed: the same kernels on the same memory, launched by the
-    GPU instead of one by one from Python. Inputs are copied into the graph's own tensors.
-
-    Warm-up steps are real steps (they train on their own batches); capture records without
-    running, so the step that is captured is then run by its first replay."""
-
-    WARMUP = 3
-
-    def __init__(self, step) -> None:
-        self.step, self.calls = step, 0
-        self.graph = None
-        self.inputs: tuple[torch.Tensor, ...] = ()
-        self.output: torch.Tensor | None = None
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.graph is None and self.calls <= self.WARMUP:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                output = self.step(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
-            return output
-        if self.graph is None:
-            self.inputs = tuple(x.clone() for x in inputs)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.output = self.step(*self.inputs)
-        else:
-            for static, new in zip(self.inputs, inputs, strict=True):
-                static.copy_(new, non_blocking=True)
-        self.graph.replay()
-        return self.output
+            return self.embeddings.index_select(0, index)
+        return text_encoder(self.prompt_ids.index_select(0, index))[0]
 
 
 def use_fast_path(settings: RoundSettings, accelerator) -> bool:
@@ -402,9 +391,10 @@ def embed(text_encoder, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(parts: Components, pixels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's latent distribution (mean, std), computed once; a fresh sample is drawn every step."""
+    """Each image's latent distribution (mean, std), computed once; a fresh sample is drawn every step.
+    One image at a time: the VAE's activations at full resolution are the round's memory peak."""
     means, stds = [], []
-    for chunk in pixels.split(4):
+    for chunk in pixels.split(1):
         dist = parts.vae.encode(chunk.to(device, dtype=parts.vae.dtype)).latent_dist
         means.append(dist.mean.float())
         stds.append(dist.std.float())
@@ -439,7 +429,7 @@ def probe_loss(unet, text_encoder, data: TrainingData, parts: Components, seed: 
     generator = torch.Generator().manual_seed(seed + 99_991)
     was_training = unet.training
     unet.eval()
-    hidden_one = text_encoder(data.prompt_ids[:1])[0]
+    hidden_one = data.embeddings[:1] if data.embeddings is not None else text_encoder(data.prompt_ids[:1])[0]
     total = 0.0
     for _ in range(draws):
         latents = mean * parts.vae.config.scaling_factor
@@ -519,15 +509,30 @@ class CheckpointWriter:
         self.buffers: list[torch.Tensor] = []
         self.writing: threading.Thread | None = None
 
+    def reserve(self, state: dict) -> None:
+        """Allocate the host copies for states shaped like ``state``, in the background: pinning
+        ~10 GB (a full round's weights and AdamW moments) takes seconds."""
+        self.writing = threading.Thread(target=self._allocate, args=(self._tensors(state),), daemon=True)
+        self.writing.start()
+
+    @staticmethod
+    def _tensors(state: dict) -> list[torch.Tensor]:
+        from torch.utils._pytree import tree_flatten
+
+        return [leaf for leaf in tree_flatten(state)[0] if isinstance(leaf, torch.Tensor)]
+
+    def _allocate(self, tensors: list[torch.Tensor]) -> None:
+        pin = self.background and torch.cuda.is_available()
+        self.buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
+
     def save(self, state: dict) -> None:
         from torch.utils._pytree import tree_flatten, tree_unflatten
 
-        self.wait()  # one write at a time: its buffers are about to be reused
+        self.wait()  # one write (or reservation) at a time: the buffers are about to be reused
         leaves, spec = tree_flatten(state)
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-        if len(self.buffers) != len(tensors):
-            pin = self.background and torch.cuda.is_available()
-            self.buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
+        if [(b.shape, b.dtype) for b in self.buffers] != [(t.shape, t.dtype) for t in tensors]:
+            self._allocate(tensors)
         copies = iter(self.buffers)
         host = [
             next(copies).copy_(leaf, non_blocking=True) if isinstance(leaf, torch.Tensor) else leaf for leaf in leaves
@@ -553,22 +558,24 @@ class CheckpointWriter:
             self.writing = None
 
 
+def checkpoint_state(trainable, optimizer, lr_scheduler, step: int, loss_history) -> dict:
+    """Only what changes: the trained parameters, the optimizer and the step."""
+    optimizer_state = optimizer.state_dict()
+    for group in optimizer_state["param_groups"]:
+        group["lr"] = float(group["lr"])  # a captured step's lr is a GPU tensor
+    return {
+        "step": step,
+        "params": [p.detach() for p in trainable],
+        "optimizer": optimizer_state,
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "loss_history": list(loss_history),
+    }
+
+
 def save_checkpoint(writer: CheckpointWriter, accelerator, trainable, optimizer, lr_scheduler, step, loss_history):
-    """Only what changes: the trained parameters, the optimizer and the step, from the main process."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        optimizer_state = optimizer.state_dict()
-        for group in optimizer_state["param_groups"]:
-            group["lr"] = float(group["lr"])  # a captured step's lr is a GPU tensor
-        writer.save(
-            {
-                "step": step,
-                "params": [p.detach() for p in trainable],
-                "optimizer": optimizer_state,
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "loss_history": list(loss_history),
-            }
-        )
+        writer.save(checkpoint_state(trainable, optimizer, lr_scheduler, step, loss_history))
     accelerator.wait_for_everyone()
 
 
@@ -592,6 +599,7 @@ def save_output(settings: RoundSettings, parts: Components) -> Path:
     """A diffusers pipeline folder (full) or a LoRA adapter plain diffusers can load on the parent."""
     if settings.mode == "full":
         folder = settings.output / "model"
+        parts.unet.to(memory_format=torch.contiguous_format)  # safetensors stores plain layouts
         make_pipeline(parts).save_pretrained(folder, safe_serialization=True)
     else:
         from diffusers import StableDiffusionPipeline

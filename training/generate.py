@@ -19,7 +19,13 @@ class GeneratedImage:
 
 def load_pipeline(settings: GenerationSettings):
     device = best_device()
-    return sampling_pipeline(load_components(settings.model), device, inference_dtype(device), settings.scheduler)
+    return sampling_pipeline(
+        load_components(settings.model),
+        device,
+        inference_dtype(device),
+        settings.scheduler,
+        graphs=settings.fast_path == "auto",
+    )
 
 
 def draw(

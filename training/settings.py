@@ -147,5 +147,7 @@ class GenerationSettings(StrictSettings):
     resolution: Resolution = 512
     batch_size: PositiveInt = 4
     scheduler: str = "DPMSolverMultistepScheduler"
+    # auto: on a CUDA GPU the UNet's call is captured as a CUDA graph and replayed; off: eager
+    fast_path: Literal["auto", "off"] = "auto"
 
     _resolution_ok = field_validator("resolution")(_multiple_of_8)

@@ -185,3 +185,19 @@ def test_checkpoints_are_written_in_the_background_and_atomically(tmp_path):
     saved = torch.load(tmp_path / "checkpoint" / "latest.pt", weights_only=False)
     assert saved["step"] == 3 and torch.equal(saved["params"][0], at_save)
     assert not (tmp_path / "checkpoint" / "latest.part").exists()
+
+
+def test_a_graphed_unet_draws_what_the_plain_one_draws(tiny_model):
+    """On CPUs the wrapper calls the UNet as it is; on a GPU bench/gpu_round.py replays graphs."""
+    import numpy as np
+    from herdbook.training.components import sampling_pipeline
+    from herdbook.training.generate import draw
+    from herdbook.training.graphs import GraphedUNet
+
+    parts = load_components(ModelChain(str(tiny_model)))
+    pipeline = sampling_pipeline(parts, torch.device("cpu"), torch.float32, graphs=True)
+    plain = draw(pipeline, "an ox", [0, 1], 2, 7.5, 32)
+    pipeline.unet = GraphedUNet(pipeline.unet)
+    assert pipeline.unet.config.in_channels == 4  # the pipeline reads the wrapped UNet's config
+    graphed = draw(pipeline, "an ox", [0, 1], 2, 7.5, 32)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, graphed, strict=True))
