@@ -38,7 +38,10 @@ def train(
     settings: RoundSettings, components: Components | None = None, progress: Progress | None = None
 ) -> TrainResult:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # accelerate keeps one precision per process: a worker's next round may ask for another
+    AcceleratorState._reset_state()
     # cpu=True on a machine without CUDA lets several launched processes form a gloo group
     accelerator = Accelerator(
         mixed_precision=resolve_precision(settings.mixed_precision), cpu=not torch.cuda.is_available()

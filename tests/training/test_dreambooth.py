@@ -201,3 +201,10 @@ def test_a_graphed_unet_draws_what_the_plain_one_draws(tiny_model):
     assert pipeline.unet.config.in_channels == 4  # the pipeline reads the wrapped UNet's config
     graphed = draw(pipeline, "an ox", [0, 1], 2, 7.5, 32)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, graphed, strict=True))
+
+
+def test_one_process_trains_rounds_of_different_precision_one_after_another(settings_for):
+    """A worker runs round after round in one process; accelerate keeps state per process."""
+    first = train(settings_for("fp32", steps=1, mixed_precision="no"))
+    second = train(settings_for("bf16", steps=1, mixed_precision="bf16"))
+    assert (first.metrics["mixed_precision"], second.metrics["mixed_precision"]) == ("no", "bf16")
