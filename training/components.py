@@ -138,7 +138,6 @@ def sampling_pipeline(
     if graphs and dtype is not None and device.type == "cuda":
         from herdbook.training.graphs import GraphedUNet
 
-        torch.backends.cudnn.benchmark = True
         pipeline.unet = GraphedUNet(pipeline.unet)
     return pipeline
 

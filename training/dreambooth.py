@@ -504,8 +504,13 @@ def checkpoint_path(settings: RoundSettings) -> Path:
 
 class CheckpointWriter:
     """Writes checkpoints without holding up training: the state is copied into host memory
-    (pinned, so the copy runs at full speed, and reused from one checkpoint to the next), and
-    a background thread writes it to disk, atomically, replacing the previous checkpoint."""
+    (reused from one checkpoint to the next) and a background thread writes it to disk,
+    atomically, replacing the previous checkpoint.
+
+    The host copies are ordinary memory, allocated and touched by a background thread ahead of
+    the first checkpoint. Pinned memory would copy faster, but pinning a full round's ~10 GB
+    took ~38 s on the H100 machine and blocked the training loop's CUDA calls meanwhile
+    (bench/gpu_round.txt)."""
 
     def __init__(self, path: Path, background: bool) -> None:
         self.path, self.background = path, background
@@ -513,8 +518,8 @@ class CheckpointWriter:
         self.writing: threading.Thread | None = None
 
     def reserve(self, state: dict) -> None:
-        """Allocate the host copies for states shaped like ``state``, in the background: pinning
-        ~10 GB (a full round's weights and AdamW moments) takes seconds."""
+        """Allocate the host copies for states shaped like ``state`` in the background: ~10 GB
+        (a full round's weights and AdamW moments) take seconds to fault in."""
         self.writing = threading.Thread(target=self._allocate, args=(self._tensors(state),), daemon=True)
         self.writing.start()
 
@@ -525,8 +530,7 @@ class CheckpointWriter:
         return [leaf for leaf in tree_flatten(state)[0] if isinstance(leaf, torch.Tensor)]
 
     def _allocate(self, tensors: list[torch.Tensor]) -> None:
-        pin = self.background and torch.cuda.is_available()
-        self.buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=pin) for t in tensors]
+        self.buffers = [torch.zeros(t.shape, dtype=t.dtype) for t in tensors]  # zeros: pages faulted in now
 
     def save(self, state: dict) -> None:
         from torch.utils._pytree import tree_flatten, tree_unflatten
