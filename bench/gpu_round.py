@@ -120,6 +120,8 @@ def training_run(name: str, instance: Path, out: Path, steps: int, **options) ->
         "mean_s_per_step": round(m["seconds_per_step"], 4),
         "steps_s": round(m["train_seconds"], 1),
         "checkpoint_s": round(m["checkpoint_seconds"], 2),
+        "first_steps_s": m["first_step_seconds"],
+        "slowest_steps_s": m["slowest_step_seconds"],
         "build_s": round(build_seconds, 1),
         "end_to_end_s": round(build_seconds + m["seconds_to_weights_saved"], 1),
         "peak_gib": round(m["peak_memory_gb"], 2),
@@ -179,6 +181,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp()))
     parser.add_argument("--skip-reference", action="store_true", help="Only herdbook's defaults and generation.")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--ablate", action="store_true", help="Also a full run without its checkpoint.")
     args = parser.parse_args()
     instance = args.instance if args.instance.is_dir() else synthetic_instance(args.out / "instance")
     device = torch.cuda.get_device_name()
@@ -192,6 +195,8 @@ def main() -> None:
             )
         )  # fmt: skip
     runs.append(training_run("herdbook-full", instance, args.out, args.steps, mode="full"))
+    if args.ablate:  # the same without its checkpoint, to see what writing one costs the loop
+        runs.append(training_run("herdbook-full-no-checkpoint", instance, args.out, args.steps, checkpoint_every=0))
     runs.append(training_run("herdbook-lora", instance, args.out, args.steps, mode="lora", learning_rate=1e-4))
     torch.cuda.reset_peak_memory_stats()
     runs.append(generation_run())

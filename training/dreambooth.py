@@ -77,7 +77,6 @@ def train(
     fast = use_fast_path(settings, accelerator)
     if fast and device.type == "cuda":
         # measured on an H100 (bench/gpu_variants.txt): the captured step 50.6 -> 44.7 ms
-        torch.backends.cudnn.benchmark = True
         parts.unet.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(trainable, settings, device, capturable=fast)
     from diffusers.optimization import get_scheduler
@@ -191,6 +190,8 @@ def train(
             "seconds_per_step": sum(step_seconds) / max(1, steps_run),
             "median_step_seconds": timed[len(timed) // 2] if timed else None,
             "checkpoint_seconds": checkpoint_seconds,
+            "first_step_seconds": [round(x, 3) for x in step_seconds[:5]],  # warm-up and capture
+            "slowest_step_seconds": sorted(round(x, 3) for x in step_seconds)[-5:],
             "train_seconds": train_seconds,
             "seconds_to_weights_saved": weights_saved,
             "total_seconds": time.perf_counter() - started,
