@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import random
+import re
 import shutil
 import socket
 import statistics
@@ -151,7 +152,7 @@ def measure(url: str, presses: int, warmup: int = 10, pause: float = 0.3) -> lis
         )
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(url)
-        page.get_by_text("#1 · ").wait_for(timeout=60_000)
+        page.get_by_text(re.compile(r"#\d+ ·")).wait_for(timeout=60_000)  # the first card, whichever it is
         page.wait_for_timeout(1000)  # Streamlit binds shortcuts just after the first render
         page.evaluate(LISTEN)
         for i in range(warmup + presses):
@@ -176,7 +177,7 @@ def main() -> None:
         "--baseline", type=Path, default=ROOT / "bench" / "bare_fragment_app.py", help="The app to compare with."
     )
     args = parser.parse_args()
-    from herdbook.serve import app_command
+    from herdbook.serve import APP, app_command
 
     with tempfile.TemporaryDirectory() as scratch:
         os.environ.setdefault("OXEN_CONFIG_DIR", str(Path(scratch) / "oxen-config"))
@@ -190,13 +191,14 @@ def main() -> None:
         app = start(app_command(port, "127.0.0.1"), {"HERDBOOK_HOME": str(home)}, port)
         try:
             results["herdbook Rate page"] = measure(f"http://127.0.0.1:{port}/?rater=bench", args.presses)
+            print(summary("herdbook Rate page", results["herdbook Rate page"]), flush=True)
         finally:
             app.terminate()
             app.wait()
         for label, gc_after_runs in [("bare fragment, same flags", False), ("bare fragment, Streamlit defaults", True)]:
             port = free_port()
             bare = app_command(port, "127.0.0.1")
-            bare[bare.index(str(ROOT / "streamlit_app.py"))] = str(args.baseline)
+            bare[bare.index(str(APP))] = str(args.baseline)
             if gc_after_runs:  # Streamlit's default: a full garbage collection after every run
                 flag = bare.index("--runner.postScriptGC")
                 del bare[flag : flag + 2]

@@ -88,10 +88,59 @@ def votes_text(image: ImageVotes) -> str:
     return f"{_plural(image.accepts, 'accept')}, {_plural(image.rejects, 'reject')}"
 
 
-def posterior(images: Sequence[ImageVotes]) -> tuple[np.ndarray, np.ndarray, float]:
-    """Posterior mean and standard deviation of each image's accept rate, and the cut."""
-    accepts = np.fromiter((i.accepts for i in images), dtype=float, count=len(images))
-    rejects = np.fromiter((i.rejects for i in images), dtype=float, count=len(images))
+@dataclass(frozen=True)
+class Votes:
+    """Every image's counts as arrays (what a 50,000-image project can rank in milliseconds)."""
+
+    ids: np.ndarray
+    accepts: np.ndarray
+    rejects: np.ndarray
+
+    @classmethod
+    def of(cls, images: Sequence[ImageVotes]) -> Votes:
+        n = len(images)
+        return cls(
+            np.fromiter((i.id for i in images), dtype=np.int64, count=n),
+            np.fromiter((i.accepts for i in images), dtype=float, count=n),
+            np.fromiter((i.rejects for i in images), dtype=float, count=n),
+        )
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The shared order of the open images and what each reason needs."""
+
+    votes: Votes
+    order: np.ndarray  # indices into votes, most useful vote first
+    uncertainty: np.ndarray
+    mean: np.ndarray
+    cut: float
+    short: np.ndarray  # bool: in the top K by posterior but short of min_votes
+    top_k: int
+    min_votes: int
+
+    def entry(self, index: int) -> QueueEntry:
+        v = self.votes
+        accepts, rejects = int(v.accepts[index]), int(v.rejects[index])
+        decisive = accepts + rejects
+        image = ImageVotes(int(v.ids[index]), accepts, rejects)
+        if self.short[index]:
+            return QueueEntry(image.id, f"in the top {self.top_k} with {_plural(decisive, 'vote')} of {self.min_votes}")
+        above = self.mean[index] >= self.cut
+        if decisive == 0:
+            reason = (
+                f"unrated: the top {self.top_k} is not full yet"
+                if above
+                else f"unrated: the unrated may hold better than the top {self.top_k}"
+            )
+        else:
+            reason = f"near the cut, {'in' if above else 'out'}: {votes_text(image)}"
+        return QueueEntry(image.id, reason, round(float(self.uncertainty[index]), 3))
+
+
+def posterior(votes: Votes) -> tuple[np.ndarray, np.ndarray, float]:
+    """Posterior mean and standard deviation of each image's accept rate, and the prior's mean."""
+    accepts, rejects = votes.accepts, votes.rejects
     decisive = accepts.sum() + rejects.sum()
     share = accepts.sum() / decisive if decisive else 0.5
     share = min(max(share, 0.02), 0.98)
@@ -110,24 +159,72 @@ def _cut(mean: np.ndarray, top_k: int) -> float:
     return float(kth + next_) / 2
 
 
-def _other_side(mean: np.ndarray, std: np.ndarray, cut: float) -> np.ndarray:
-    """The posterior mass on the other side of the cut from the posterior mean."""
-    z = np.abs(mean - cut) / np.maximum(std, 1e-9)
-    return 0.5 * np.vectorize(math.erfc)(z / math.sqrt(2)) if len(z) else z
+_erfc = np.vectorize(math.erfc, otypes=[float])
 
 
-def _open(images: Sequence[ImageVotes], mean: np.ndarray, std: np.ndarray, cut: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's uncertainty, and whether it is still open. A rated image is open while its
-    uncertainty is at least SETTLED; the unrated, all alike, while together they are expected
-    to hold at least one image above the cut."""
-    uncertain = _other_side(mean, std, cut)
+def _tail(z: np.ndarray) -> np.ndarray:
+    """P(Z > z) for a standard normal."""
+    return 0.5 * _erfc(z / math.sqrt(2)) if len(z) else z
+
+
+def _open(votes: Votes, mean: np.ndarray, std: np.ndarray, cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's uncertainty (its posterior mass across the cut), and whether it is still
+    open. A rated image is open while its uncertainty is at least SETTLED; the unrated, all
+    alike, while together they are expected to hold at least one image above the cut."""
+    uncertain = _tail(np.abs(mean - cut) / np.maximum(std, 1e-9))
     is_open = uncertain >= SETTLED
-    unrated = np.fromiter((i.accepts + i.rejects == 0 for i in images), dtype=bool, count=len(images))
+    unrated = (votes.accepts + votes.rejects) == 0
     if unrated.any():
+        first = int(np.argmax(unrated))
         # above the cut (a young project, fewer images than K) every unrated image is worth a look
-        below = mean[unrated][0] < cut
-        is_open[unrated] = not below or float(uncertain[unrated][0]) * unrated.sum() >= 1
+        below = mean[first] < cut
+        is_open[unrated] = not below or float(uncertain[first]) * unrated.sum() >= 1
     return uncertain, is_open
+
+
+def rank(votes: Votes, policy: SelectionPolicy) -> Ranking:
+    """The open images in the order their next vote is most useful: first those in the top K
+    (by posterior mean) with votes but short of ``min_votes``, then the most uncertain; fewer
+    votes, then older, break ties. Settled images are left out."""
+    mean, std, _ = posterior(votes)
+    cut = _cut(mean, policy.top_k)
+    uncertain, is_open = _open(votes, mean, std, cut)
+    decisive = votes.accepts + votes.rejects
+    short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes)
+    candidates = np.flatnonzero(is_open | short)
+    # np.lexsort sorts by its last key first
+    keys = (votes.ids[candidates], decisive[candidates], -uncertain[candidates], ~short[candidates])
+    order = candidates[np.lexsort(keys)]
+    return Ranking(votes, order, uncertain, mean, cut, short, policy.top_k, policy.min_votes)
+
+
+def spread_indices(order: np.ndarray, slot: int, raters: int) -> np.ndarray:
+    """This rater's view of a shared order: every ``raters``-th entry from ``slot`` first, then
+    the rest, so active raters start on different images and none is left unseen."""
+    if raters <= 1:
+        return order
+    positions = np.arange(len(order)) % raters == slot % raters
+    return np.concatenate([order[positions], order[~positions]])
+
+
+def uncertainty_order(images: Sequence[ImageVotes], policy: SelectionPolicy) -> list[QueueEntry]:
+    """Every unsettled image, the most useful vote first (before spreading raters apart).
+    ``images`` is every image the project has: the cut is computed over all of them."""
+    ranking = rank(Votes.of(images), policy)
+    return [ranking.entry(int(i)) for i in ranking.order]
+
+
+def spread(order: Sequence[QueueEntry], slot: int, raters: int) -> list[QueueEntry]:
+    """``spread_indices`` over a list of entries."""
+    return [order[int(i)] for i in spread_indices(np.arange(len(order)), slot, raters)]
+
+
+def next_for(ranking: Ranking, allowed: np.ndarray, slot: int, raters: int, limit: int) -> tuple[list[QueueEntry], int]:
+    """A rater's next ``limit`` entries among the ``allowed`` images (bool per image), and how
+    many open images their queue holds in all."""
+    mine = spread_indices(ranking.order, slot, raters)
+    mine = mine[allowed[mine]]
+    return [ranking.entry(int(i)) for i in mine[:limit]], len(mine)
 
 
 def current_selection(images: Sequence[ImageVotes], policy: SelectionPolicy) -> set[int]:
@@ -137,67 +234,18 @@ def current_selection(images: Sequence[ImageVotes], policy: SelectionPolicy) -> 
     return {d.image.id for d in select_instance_images(rated, policy) if d.selected}
 
 
-def uncertainty_order(
-    images: Sequence[ImageVotes],
-    policy: SelectionPolicy,
-    selected: set[int] | None = None,
-) -> list[QueueEntry]:
-    """Every unsettled image, the most useful vote first (before spreading raters apart).
-
-    ``images`` is every image the project has (the cut is computed over all of them);
-    ``selected`` the current selection (computed when None)."""
-    selected = current_selection(images, policy) if selected is None else selected
-    mean, std, _ = posterior(images)
-    cut = _cut(mean, policy.top_k)
-    uncertain, is_open = _open(images, mean, std, cut)
-    short: list[QueueEntry] = []
-    open_: list[tuple[float, int, int, QueueEntry]] = []
-    for index, image in enumerate(images):
-        decisive = image.accepts + image.rejects
-        if image.id in selected and decisive < policy.min_votes:
-            short.append(
-                QueueEntry(image.id, f"in the selection with {_plural(decisive, 'vote')} of {policy.min_votes}")
-            )
-            continue
-        if not is_open[index]:
-            continue
-        u = float(uncertain[index])
-        if decisive == 0 and mean[index] >= cut:
-            reason = f"unrated: the top {policy.top_k} is not full yet"
-        elif decisive == 0:
-            reason = f"unrated: the unrated may hold better than the top {policy.top_k}"
-        elif mean[index] >= cut:
-            reason = f"near the cut, in: {votes_text(image)}"
-        else:
-            reason = f"near the cut, out: {votes_text(image)}"
-        open_.append((-u, decisive, image.id, QueueEntry(image.id, reason, round(u, 3))))
-    open_.sort(key=lambda entry: entry[:3])
-    return short + [entry for *_, entry in open_]
-
-
-def spread(order: Sequence[QueueEntry], slot: int, raters: int) -> list[QueueEntry]:
-    """This rater's view of a shared order: every ``raters``-th entry from ``slot`` first, then
-    the rest, so active raters start on different images and none is left unseen."""
-    if raters <= 1:
-        return list(order)
-    slot %= raters
-    mine = [e for n, e in enumerate(order) if n % raters == slot]
-    others = [e for n, e in enumerate(order) if n % raters != slot]
-    return mine + others
-
-
-def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy, selected: set[int] | None = None) -> Settledness:
-    selected = current_selection(images, policy) if selected is None else selected
+def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy) -> Settledness:
     if not images:
         return Settledness(0, 0.0, 0, 0, 0)
-    mean, std, _ = posterior(images)
+    selected = current_selection(images, policy)
+    votes = Votes.of(images)
+    mean, std, _ = posterior(votes)
     cut = _cut(mean, policy.top_k)
-    _, open_ = _open(images, mean, std, cut)
-    voted = np.fromiter((i.accepts + i.rejects > 0 for i in images), dtype=bool, count=len(images))
-    chosen = np.fromiter((i.id in selected for i in images), dtype=bool, count=len(images))
-    # a selected image stays if its accept rate lies above the cut: its posterior mass there
-    z = (mean - cut) / np.maximum(std, 1e-9)
-    stays = 0.5 * np.vectorize(math.erfc)(-z / math.sqrt(2))
+    _, open_ = _open(votes, mean, std, cut)
+    voted = (votes.accepts + votes.rejects) > 0
+    chosen = np.isin(votes.ids, list(selected))
+    # a selected image stays while its accept rate lies above the cut: its posterior mass there
+    stays = _tail((cut - mean) / np.maximum(std, 1e-9))
     return Settledness(
         selected=int(chosen.sum()),
         expected_survivors=float(stays[chosen].mean()) if chosen.any() else 0.0,

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 from herdbook.db.errors import HerdbookError, NotFound
 from herdbook.db.models import Candidate, Rater, Vote, VoteValue, utcnow
-from herdbook.feedback.queueing import DEFAULT_POLICY, POLICIES, ImageVotes, QueueEntry, spread, uncertainty_order
+from herdbook.feedback.queueing import DEFAULT_POLICY, POLICIES, ImageVotes, QueueEntry, Votes, next_for, rank
 from herdbook.feedback.selection import SelectionPolicy
 from sqlalchemy import case, exists, func, select, update
 from sqlalchemy.orm import Session
 
 ACTIVE_RATER_WINDOW = timedelta(minutes=15)  # raters who voted this recently share out the queue
+RECENT_VOTES = 5_000  # ...looked for among this many newest votes (the primary key's index, not a scan)
 
 MAX_RATER_NAME = 64
 
@@ -107,34 +110,97 @@ def _filtered(session: Session, query, rater_name: str, filters: QueueFilter):
     return query
 
 
-def image_votes(session: Session) -> list[ImageVotes]:
-    """Every candidate with its current accept and reject counts, oldest first."""
+def _counts_query():
     accepts = func.coalesce(func.sum(case((Vote.value == VoteValue.accept, 1), else_=0)), 0)
     rejects = func.coalesce(func.sum(case((Vote.value == VoteValue.reject, 1), else_=0)), 0)
-    query = (
-        select(Candidate.id, accepts, rejects, Candidate.round_id, Candidate.prompt)
+    return (
+        select(Candidate.id, accepts, rejects)
         .outerjoin(Vote, (Vote.candidate_id == Candidate.id) & Vote.is_current)
         .group_by(Candidate.id)
         .order_by(Candidate.id)
     )
-    return [ImageVotes(*row) for row in session.execute(query)]
+
+
+def image_votes(session: Session) -> list[ImageVotes]:
+    """Every candidate with its current accept and reject counts, oldest first."""
+    return [ImageVotes(cid, a, r) for cid, a, r in session.execute(_counts_query())]
+
+
+def vote_counts(session: Session) -> Votes:
+    """The same counts as arrays, for ranking a whole project at once (50,000 images and
+    200,000 votes in ~0.1 s: the votes are summed alone, then placed by candidate id)."""
+    ids = np.fromiter(session.scalars(select(Candidate.id).order_by(Candidate.id)), dtype=np.int64)
+    accepts, rejects = np.zeros(len(ids)), np.zeros(len(ids))
+    summed = session.execute(
+        select(
+            Vote.candidate_id,
+            func.sum(case((Vote.value == VoteValue.accept, 1), else_=0)),
+            func.sum(case((Vote.value == VoteValue.reject, 1), else_=0)),
+        )
+        .where(Vote.is_current)
+        .group_by(Vote.candidate_id)
+    ).all()
+    if summed:
+        rows = np.fromiter(itertools.chain.from_iterable(summed), dtype=np.int64).reshape(-1, 3)
+        at = np.searchsorted(ids, rows[:, 0])
+        accepts[at], rejects[at] = rows[:, 1], rows[:, 2]
+    return Votes(ids, accepts, rejects)
 
 
 def selection_settledness(session: Session, selection: SelectionPolicy | None = None):
     """How firm the current selection is (see feedback.queueing.Settledness)."""
     from herdbook.feedback.queueing import settledness
 
-    return settledness(image_votes(session), selection or SelectionPolicy())
+    images = [
+        ImageVotes(cid, a, r, None, prompt)
+        for (cid, a, r), prompt in zip(
+            session.execute(_counts_query()),
+            session.scalars(select(Candidate.prompt).order_by(Candidate.id)),
+            strict=True,
+        )
+    ]
+    return settledness(images, selection or SelectionPolicy())
 
 
 def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
-    """This rater's place among the raters active now, and how many there are."""
+    """This rater's place among the raters active now (a vote among the last few thousand,
+    cast in the last 15 minutes), and how many there are."""
     since = utcnow() - ACTIVE_RATER_WINDOW
+    recent = (select(func.max(Vote.id)).scalar_subquery() - RECENT_VOTES).label("recent")
     active = set(
-        session.scalars(select(Rater.name).join(Vote, Vote.rater_id == Rater.id).where(Vote.created_at >= since))
+        session.scalars(
+            select(Rater.name).join(Vote, Vote.rater_id == Rater.id).where(Vote.id > recent, Vote.created_at >= since)
+        )
     )
     names = sorted(active | {clean_rater_name(rater_name)}, key=str.casefold)
     return names.index(clean_rater_name(rater_name)), len(names)
+
+
+def queue_view(
+    session: Session,
+    rater_name: str,
+    filters: QueueFilter = QueueFilter(),
+    limit: int = 50,
+    selection: SelectionPolicy | None = None,
+) -> tuple[list[QueueEntry], int]:
+    """The next candidates for this rater, in the filter's order, each with why it is shown,
+    and how many the queue holds (in uncertainty order, settled images are not counted).
+
+    The app's Rate page, `herdbook queue` and the queue simulation all rank through this."""
+    if filters.order not in POLICIES:
+        raise HerdbookError(f"unknown queue order {filters.order!r}; choose one of {', '.join(POLICIES)}")
+    eligible = _filtered(session, select(Candidate.id), rater_name, filters)
+    if filters.order in ("oldest", "newest-round"):
+        size = session.scalar(_filtered(session, select(func.count(Candidate.id)), rater_name, filters)) or 0
+        if filters.order == "oldest":
+            ids = session.scalars(eligible.order_by(Candidate.id).limit(limit))
+            return [QueueEntry(i, "oldest first") for i in ids], size
+        newest = eligible.order_by(Candidate.round_id.is_(None), Candidate.round_id.desc(), Candidate.id)
+        return [QueueEntry(i, "newest round first") for i in session.scalars(newest.limit(limit))], size
+    votes = vote_counts(session)
+    allowed = np.isin(votes.ids, np.fromiter(session.scalars(eligible), dtype=np.int64))
+    slot, raters = rater_slot(session, rater_name)
+    return next_for(rank(votes, selection or SelectionPolicy()), allowed, slot, raters, limit)
 
 
 def next_entries(
@@ -144,22 +210,7 @@ def next_entries(
     limit: int = 50,
     selection: SelectionPolicy | None = None,
 ) -> list[QueueEntry]:
-    """The next candidates for this rater, in the filter's order, each with why it is shown.
-
-    The app's Rate page, `herdbook queue` and the queue simulation all call this."""
-    if filters.order not in POLICIES:
-        raise HerdbookError(f"unknown queue order {filters.order!r}; choose one of {', '.join(POLICIES)}")
-    eligible = _filtered(session, select(Candidate.id), rater_name, filters)
-    if filters.order == "oldest":
-        return [QueueEntry(i, "oldest first") for i in session.scalars(eligible.order_by(Candidate.id).limit(limit))]
-    if filters.order == "newest-round":
-        newest = eligible.order_by(Candidate.round_id.is_(None), Candidate.round_id.desc(), Candidate.id)
-        return [QueueEntry(i, "newest round first") for i in session.scalars(newest.limit(limit))]
-    allowed = set(session.scalars(eligible))
-    slot, raters = rater_slot(session, rater_name)
-    # spread the shared order first, then filter: active raters keep disjoint slots of it
-    order = spread(uncertainty_order(image_votes(session), selection or SelectionPolicy()), slot, raters)
-    return [e for e in order if e.id in allowed][:limit]
+    return queue_view(session, rater_name, filters, limit, selection)[0]
 
 
 def rating_queue(
@@ -177,10 +228,7 @@ def queue_size(
     session: Session, rater_name: str, filters: QueueFilter = QueueFilter(), selection: SelectionPolicy | None = None
 ) -> int:
     """How many images this rater's queue holds; in uncertainty order, settled images are not counted."""
-    if filters.order == "uncertainty":
-        return len(next_entries(session, rater_name, filters, limit=10**9, selection=selection))
-    query = _filtered(session, select(func.count(Candidate.id)), rater_name, filters)
-    return session.scalar(query) or 0
+    return queue_view(session, rater_name, filters, 0, selection)[1]
 
 
 def rater_vote_count(session: Session, rater_name: str) -> int:

@@ -18,7 +18,7 @@ from herdbook.feedback.votes import (
     cast_vote,
     next_entries,
     prompt_group,
-    queue_size,
+    queue_view,
     rater_vote_count,
     undo_last_vote,
 )
@@ -46,12 +46,12 @@ class Queue:
 
 def load_queue(store, rater: str, filters: QueueFilter, selection) -> Queue:
     with action(store) as session:
-        entries = next_entries(session, rater, filters, limit=BATCH, selection=selection)
+        entries, size = queue_view(session, rater, filters, limit=BATCH, selection=selection)
         return Queue(
             rater,
             filters,
             cards(session, [e.id for e in entries]),
-            queue_size(session, rater, filters, selection),
+            size,
             rater_vote_count(session, rater),
             reasons={e.id: e.reason for e in entries},
             selection=selection,

@@ -40,12 +40,12 @@ def test_unrated_images_are_explored_until_the_top_k_is_confidently_full():
     assert not any(e.reason.startswith("unrated") for e in uncertainty_order(settled, POLICY))
 
 
-def test_selected_images_short_of_min_votes_come_first():
+def test_images_in_the_top_k_short_of_min_votes_come_first():
     policy = SelectionPolicy(top_k=2, min_votes=3)
-    images = project((2, 0), (1, 0), (5, 5), unrated=4)
-    order = uncertainty_order(images, policy, selected={1, 2})
+    images = project((2, 0), (1, 0), (5, 5), *[(0, 3)] * 20, unrated=4)
+    order = uncertainty_order(images, policy)
     assert ids(order)[:2] == [1, 2]
-    assert order[0].reason == "in the selection with 2 votes of 3"
+    assert order[0].reason == "in the top 2 with 2 votes of 3"
 
 
 def test_two_raters_are_not_handed_the_same_unsettled_image_at_once():
