@@ -65,9 +65,14 @@ def page() -> None:
     st.subheader("Current selection")
     if firm.selected:
         left, middle, right = st.columns(3)
-        left.metric("Expected to stay in the top K", f"{firm.expected_survivors:.0%}", help=firm.describe())
-        middle.metric("Rated images still undecided", firm.undecided)
-        right.metric("Unrated images still open", firm.unrated_open)
+        left.metric(
+            "Expected to stay",
+            f"{firm.expected_survivors:.0%}",
+            help=f"The share of the top {home.config.selection.top_k} that more votes are expected to keep. "
+            + firm.describe(),
+        )
+        middle.metric("Rated, undecided", firm.undecided, help="Rated images more votes could still move in or out")
+        right.metric("Unrated, open", firm.unrated_open, help="Unrated images that could still belong in the top K")
         if firm.expected_survivors >= 0.95 and not firm.undecided:
             st.success("The selection is settled: more votes are unlikely to change it. A round is worth starting.")
     p = home.config.selection

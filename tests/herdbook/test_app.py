@@ -148,7 +148,7 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     assert "No version yet" in at.info[0].value
     at.button[0].click().run()
     assert "Dataset version 1 committed" in at.success[0].value
-    assert at.metric[0].label == "Expected to stay in the top K" and at.metric[0].value.endswith("%")
+    assert at.metric[0].label == "Expected to stay" and at.metric[0].value.endswith("%")
     frames = at.dataframe
     selection = frames[-1].value
     assert list(selection["id"]) == [1, 2]
