@@ -13,7 +13,7 @@ from pathlib import Path
 
 from herdbook.db.errors import StoreError
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -87,8 +87,43 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(url: str, *, upgrade: bool = True) -> Store:
+KNOWN_REVISIONS = ("0001", "0002")  # oldest first; the last is SCHEMA_REVISION
+
+
+def open_store(url: str, *, create: bool = False, upgrade: bool = True) -> Store:
+    """The database at ``url``, migrated to the newest schema.
+
+    Only ``create`` makes a new one: opening a home whose SQLite file is missing must never
+    quietly start an empty database (a sync would then commit an empty dataset over the
+    curated one). A damaged file or one from a newer herdbook is refused, named."""
     engine = make_engine(url)
-    if upgrade and current_revision(engine) != SCHEMA_REVISION:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:" and not create and not Path(database).exists():
+        engine.dispose()
+        raise StoreError(
+            f"no database at {database}: the home's herdbook.db is missing. Restore it from a backup "
+            "(nothing else holds the votes); `herdbook init` makes a new, empty home elsewhere"
+        )
+    try:
+        revision = current_revision(engine)
+    except DBAPIError as error:
+        engine.dispose()
+        reason = str(error.orig).splitlines()[0] if error.orig else type(error).__name__
+        raise StoreError(f"cannot read the database at {database or url}: {reason}; restore it from a backup") from None
+    if revision is not None and revision not in KNOWN_REVISIONS:
+        engine.dispose()
+        raise StoreError(
+            f"the database is at schema {revision}, which this herdbook does not know: it was made by a newer "
+            "herdbook; upgrade herdbook (pip install -U herdbook) before opening it"
+        )
+    if upgrade and revision != SCHEMA_REVISION:
+        if revision is None and not create and _has_tables(engine):
+            engine.dispose()
+            raise StoreError(f"{database or url} holds tables but no herdbook schema version: not a herdbook database")
         migrate(engine)
     return Store(engine, sessionmaker(engine, expire_on_commit=False))
+
+
+def _has_tables(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(inspect(connection).get_table_names())

@@ -74,10 +74,11 @@ class Home:
             training=c.training,
         )
 
-    def open_store(self):
+    def open_store(self, create: bool = False):
+        """The home's database; only `herdbook init` creates one."""
         from herdbook.db.store import open_store
 
-        return open_store(self.database_url)
+        return open_store(self.database_url, create=create)
 
     @property
     def dataset_repo(self):
@@ -115,6 +116,6 @@ def init_home(path: str | os.PathLike | None = None, config: ProjectConfig | Non
         folder.mkdir(parents=True, exist_ok=True)
     init_repository(home.dataset_dir)
     use_user_config(home.dataset_repo)
-    home.open_store().close()
+    home.open_store(create=True).close()
     home.config.save(home.config_path)  # last: a home counts as made once its config exists
     return home

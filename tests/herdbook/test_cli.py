@@ -197,3 +197,16 @@ def test_queue_shows_what_a_rater_sees_next_and_why(tmp_path):
     assert "selection" in status and "expected to stay" in status
     firm = json.loads(run("status", "--json", "--home", home).output)["selection"]
     assert firm["selected"] == 1 and 0 < firm["expected_survivors"] < 1
+
+
+def test_a_home_whose_database_is_missing_is_refused_by_every_command(tmp_path):
+    home = tmp_path / "home"
+    run("demo", "--home", home)
+    run("vote", 1, "accept", "--rater", "ann", "--home", home)
+    assert "Dataset version 1" in run("sync", "--home", home).output
+    (home / "herdbook.db").unlink()
+    for command in (["status"], ["sync"], ["candidates"], ["select"], ["vote", "1", "accept", "--rater", "ann"]):
+        result = run(*command, "--home", home, ok=False)
+        assert result.exit_code == 1 and "Traceback" not in result.output, command
+        assert "herdbook.db is missing. Restore it from a backup" in result.output, command
+        assert not (home / "herdbook.db").exists(), f"{command} made a new database"
