@@ -30,15 +30,30 @@ def clean_rater_name(name: str) -> str:
 
 
 def rater_by_name(session: Session, name: str, create: bool = True) -> Rater:
+    """The rater of that name; made on first use, race-free: two tabs casting a new rater's
+    first votes at once both get the one row (insert-or-ignore, then read), on SQLite and
+    Postgres alike."""
     name = clean_rater_name(name)
     rater = session.scalars(select(Rater).where(Rater.name == name)).one_or_none()
     if rater is None:
         if not create:
             raise NotFound(f"no rater named {name!r}")
-        rater = Rater(name=name)
-        session.add(rater)
-        session.flush()
+        session.execute(_insert_or_ignore(session, Rater, name=name, created_at=utcnow()))
+        rater = session.scalars(select(Rater).where(Rater.name == name)).one()
     return rater
+
+
+def _insert_or_ignore(session: Session, table, **values):
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # any other database: a plain insert, which a concurrent twin may still collide with
+        from sqlalchemy import insert
+
+        return insert(table).values(**values)
+    return insert(table).values(**values).on_conflict_do_nothing()
 
 
 def cast_vote(session: Session, candidate_id: int, rater_name: str, value: VoteValue | str) -> Vote:

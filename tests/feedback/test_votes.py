@@ -64,3 +64,36 @@ def test_votes_need_a_real_candidate_and_a_named_rater(store, imported):
             cast_vote(session, imported[0], "   ", "accept")
         with pytest.raises(ValueError):
             cast_vote(session, imported[0], "ann", "love")
+
+
+def test_a_new_raters_first_votes_from_many_tabs_at_once_are_all_kept(home, imported):
+    """Two tabs (or devices) of a new rater voting at the same moment used to fail with
+    UNIQUE constraint failed: raters.name."""
+    import threading
+
+    from herdbook.db.models import Rater, Vote
+    from sqlalchemy import func, select
+
+    stores = [home.open_store() for _ in imported]
+    start = threading.Barrier(len(imported))
+    failures = []
+
+    def first_vote(store, candidate_id):
+        start.wait()
+        try:
+            with store.transaction() as session:
+                cast_vote(session, candidate_id, "zed", "accept")
+        except Exception as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=first_vote, args=pair) for pair in zip(stores, imported, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    with stores[0].transaction() as session:
+        assert session.scalar(select(func.count(Rater.id)).where(Rater.name == "zed")) == 1
+        assert session.scalar(select(func.count(Vote.id))) == len(imported)
+    for store in stores:
+        store.close()
