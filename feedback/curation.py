@@ -18,7 +18,6 @@ from herdbook.db.errors import NotFound
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Vote, VoteValue
 from herdbook.feedback import versioning
 from herdbook.feedback.catalog import tallies
-from herdbook.feedback.errors import PushError
 from herdbook.feedback.scoring import verdict
 from herdbook.feedback.selection import Decision, RatedImage, SelectionPolicy, select_instance_images
 from herdbook.feedback.tables import (
@@ -59,7 +58,6 @@ class SyncResult:
     version: DatasetVersion | None  # None: nothing new to commit
     diff: TableDiff
     recovered: DatasetVersion | None = None  # a commit an interrupted sync made but never recorded
-    push_error: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -188,11 +186,10 @@ def recover_unrecorded_head(session: Session, repo: Path, branch: str) -> Datase
     return _record(session, head, branch, train_rows, n_votes)
 
 
-def sync(
-    session: Session, dataset: versioning.DatasetRepo, files_root: Path, policy: SelectionPolicy, push: bool = False
-) -> SyncResult:
+def sync(session: Session, dataset: versioning.DatasetRepo, files_root: Path, policy: SelectionPolicy) -> SyncResult:
     """Commit the current curated dataset (candidate paths relative to ``files_root``) to the
-    Oxen repository and record it."""
+    Oxen repository and record it. Pushing is separate (``push_versions``): it must not run
+    inside the caller's transaction."""
     repo = dataset.path
     oxen_settings = dataset.settings
     versioning.use_user_config(dataset)
@@ -207,15 +204,22 @@ def sync(
     result = SyncResult(None, diff, recovered)
     if commit is not None:
         result.version = _record(session, commit, oxen_settings.branch, snap.train_rows, snap.n_votes)
-    if push:
-        try:
-            versioning.push(repo, oxen_settings)
-        except PushError as error:
-            result.push_error = str(error)
-        else:
-            for version in session.scalars(select(DatasetVersion).where(DatasetVersion.pushed.is_(False))):
-                version.pushed = True
     return result
+
+
+def push_versions(dataset: versioning.DatasetRepo) -> None:
+    """Push the dataset's branch (raises PushError). Takes no session: while a remote answers,
+    or never does, no database lock may be held, or every vote would wait on it."""
+    versioning.use_user_config(dataset)
+    versioning.push(dataset.path, dataset.settings)
+
+
+def mark_pushed(session: Session) -> int:
+    """Record that every version so far reached the remote; how many were newly pushed."""
+    newly = list(session.scalars(select(DatasetVersion).where(DatasetVersion.pushed.is_(False))))
+    for version in newly:
+        version.pushed = True
+    return len(newly)
 
 
 def latest_version(session: Session) -> DatasetVersion | None:

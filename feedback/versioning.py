@@ -10,12 +10,15 @@ import contextlib
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from herdbook.db.errors import StrictSettings
 from herdbook.feedback.errors import PushError, VersioningError
+from pydantic import Field
 
 
 class OxenSettings(StrictSettings):
@@ -26,6 +29,7 @@ class OxenSettings(StrictSettings):
     branch: str = "main"
     user_name: str = "herdbook"
     user_email: str = "herdbook@localhost"
+    push_timeout_seconds: float = Field(120, gt=0)  # a remote that never answers fails the push after this
 
 
 @dataclass(frozen=True)
@@ -156,20 +160,52 @@ def copy_out(path: Path, commit_id: str, relpaths: Iterable[str], dest: Path) ->
     return written
 
 
+def redact(url: str) -> str:
+    """A remote URL fit to print: any user name, password or token in it replaced by ***."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def push(path: Path, settings: OxenSettings) -> None:
-    """Push the branch to the configured remote. The local commit stays whatever happens."""
+    """Push the branch to the configured remote, giving up after ``push_timeout_seconds``.
+    The local commit stays whatever happens, and no message carries the remote's credentials.
+
+    Call it outside any database transaction: a remote can take minutes to answer."""
     if not settings.remote:
         raise PushError(
             'no Oxen remote is configured: set [oxen] remote = "https://hub.oxen.ai/NAMESPACE/REPO" '
             "in herdbook.toml, and log in once with `oxen config --auth hub.oxen.ai TOKEN`"
         )
+    shown = redact(settings.remote)
+    secret = urlsplit(settings.remote).netloc.rsplit("@", 1)[0] if "@" in urlsplit(settings.remote).netloc else None
     repo = _repo(path)
-    try:
-        with _quiet():
+    failure: list[BaseException] = []
+
+    def send() -> None:
+        try:
             repo.set_remote(settings.remote_name, settings.remote)
             repo.push(settings.remote_name, settings.branch)
-    except Exception as error:  # oxen raises plain ValueError/OSError for network and auth failures
+        except Exception as error:  # oxen raises plain ValueError/OSError for network and auth failures
+            failure.append(error)
+
+    # the push runs in a thread so that a remote that never answers cannot hold herdbook forever;
+    # the thread is abandoned (a daemon) if it outlives the timeout
+    sender = threading.Thread(target=send, daemon=True)
+    with _quiet():
+        sender.start()
+        sender.join(settings.push_timeout_seconds)
+    if sender.is_alive():
         raise PushError(
-            f"push to {settings.remote} failed: {error}. The dataset is committed locally; "
+            f"push to {shown} got no answer in {settings.push_timeout_seconds:g} s. The dataset is committed "
+            "locally; check the remote, then run `herdbook sync --push` again"
+        )
+    if failure:
+        reason = str(failure[0]).splitlines()[0] if str(failure[0]) else type(failure[0]).__name__
+        if secret:
+            reason = reason.replace(secret, "***")
+        raise PushError(
+            f"push to {shown} failed: {reason}. The dataset is committed locally; "
             "check the remote URL and your Oxen credentials, then run `herdbook sync --push` again"
-        ) from error
+        )

@@ -366,8 +366,9 @@ def sync(home_path, push):
     from herdbook.home import load_home
 
     home = load_home(home_path)
-    with store_of(home).transaction() as session:
-        result = sync_dataset(session, home.dataset_repo, home.root, home.config.selection, push=push)
+    store = store_of(home)
+    with store.transaction() as session:
+        result = sync_dataset(session, home.dataset_repo, home.root, home.config.selection)
     if result.recovered:
         click.echo(f"Recorded commit {result.recovered.commit_id[:10]}, left unrecorded by an interrupted sync")
     if result.version is None:
@@ -376,11 +377,14 @@ def sync(home_path, push):
         v = result.version
         click.echo(f"Dataset version {v.id}: commit {v.commit_id[:10]} ({v.n_selected} selected of {v.n_images} rated)")
         click.echo(f"  {result.diff.summary()}")
-    if result.push_error:
-        click.secho(f"error: {result.push_error}", fg="red", err=True)
-        sys.exit(1)
     if push:
-        click.echo(f"Pushed to {home.config.oxen.remote}")
+        from herdbook.feedback.curation import mark_pushed, push_versions
+        from herdbook.feedback.versioning import redact
+
+        push_versions(home.dataset_repo)  # outside any transaction: votes go on meanwhile
+        with store.transaction() as session:
+            mark_pushed(session)
+        click.echo(f"Pushed to {redact(home.config.oxen.remote)}")
 
 
 @main.group(invoke_without_command=True)

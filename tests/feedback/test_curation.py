@@ -120,22 +120,71 @@ def test_a_sync_killed_before_the_commit_is_completed_by_the_next(home, store, i
 
 def test_push_without_a_remote_says_what_to_set_and_keeps_the_commit(home, store, imported):
     vote_all(store, imported, "ann", ["accept"])
-    result = do_sync(store, home, push=True)
+    result = do_sync(store, home)
     assert result.version is not None
-    assert "no Oxen remote is configured" in result.push_error
+    with pytest.raises(PushError, match="no Oxen remote is configured"):
+        curation.push_versions(home.dataset_repo)
     assert len(versioning.history(home.dataset_dir)) == 1
 
 
-def test_a_failed_push_keeps_the_local_commit(home, store, imported):
-    home.config.oxen.remote = "http://127.0.0.1:9/team/ox"  # nothing listens on port 9
+def test_a_failed_push_keeps_the_local_commit_and_never_shows_credentials(home, store, imported):
+    home.config.oxen.remote = "http://ann:s3cret-token@127.0.0.1:9/team/ox"  # nothing listens on port 9
     vote_all(store, imported, "ann", ["accept"])
-    result = do_sync(store, home, push=True)
-    assert result.version is not None
-    assert "is committed locally" in result.push_error
+    result = do_sync(store, home)
+    with pytest.raises(PushError, match="is committed locally") as failed:
+        curation.push_versions(home.dataset_repo)
+    assert "s3cret" not in str(failed.value) and "ann:" not in str(failed.value)
+    assert "http://***@127.0.0.1:9/team/ox" in str(failed.value)
     with store.transaction() as session:
         assert session.get(DatasetVersion, result.version.id).pushed is False
-    with pytest.raises(PushError):
-        versioning.push(home.dataset_dir, home.config.oxen)
+
+
+def test_a_remote_that_never_answers_times_out_and_holds_no_database_lock(home, store, imported, monkeypatch):
+    """Before, sync --push held its transaction through a push that hung for minutes, and every
+    vote meanwhile failed with 'database is locked'."""
+    import threading
+    import time
+
+    from click.testing import CliRunner
+
+    from herdbook.cli import main
+
+    release = threading.Event()
+
+    class SilentRemote:  # the real Oxen repository, except that its push never returns
+        def __init__(self, repo):
+            self.repo = repo
+
+        def __getattr__(self, name):
+            return getattr(self.repo, name)
+
+        def set_remote(self, name, url):
+            pass
+
+        def push(self, remote, branch):
+            release.wait(60)
+
+    real_repo = versioning._repo
+    monkeypatch.setattr(versioning, "_repo", lambda path: SilentRemote(real_repo(path)))
+    config = home.config_path.read_text().replace('remote = ""', 'remote = "https://hub.example/team/ox"')
+    home.config_path.write_text(config.replace("push_timeout_seconds = 120", "push_timeout_seconds = 3"))
+    vote_all(store, imported[:1], "ann", ["accept"])
+    outcome = {}
+    cli = threading.Thread(
+        target=lambda: outcome.update(result=CliRunner().invoke(main, ["sync", "--push", "--home", str(home.root)]))
+    )
+    cli.start()
+    time.sleep(1.0)  # the sync has committed and the push hangs
+    started = time.monotonic()
+    vote_all(store, imported[1:2], "bob", ["accept"])  # must not wait on any lock
+    assert time.monotonic() - started < 1.0
+    cli.join(30)
+    release.set()
+    result = outcome["result"]
+    assert result.exit_code == 1
+    assert "got no answer in 3 s" in result.output and "committed locally" in result.output
+    with store.transaction() as session:
+        assert session.scalars(select(DatasetVersion)).one().pushed is False
 
 
 def test_the_dataset_layout_imports_back_with_its_ratings(home, store, imported, tmp_path):
