@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from herdbook.db.errors import NotFound
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Vote, VoteValue
 from herdbook.feedback import versioning
 from herdbook.feedback.catalog import tallies
-from herdbook.feedback.scoring import verdict
+from herdbook.feedback.scoring import Tally, verdict
 from herdbook.feedback.selection import Decision, RatedImage, SelectionPolicy, select_instance_images
 from herdbook.feedback.tables import (
     IMAGES_FOLDER,
@@ -34,7 +35,7 @@ from herdbook.feedback.tables import (
     rating_word,
     to_csv,
 )
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 
@@ -57,20 +58,46 @@ class Snapshot:
 class SyncResult:
     version: DatasetVersion | None  # None: nothing new to commit
     diff: TableDiff
-    recovered: DatasetVersion | None = None  # a commit an interrupted sync made but never recorded
+    recovered: list[DatasetVersion] = field(default_factory=list)  # commits interrupted syncs never recorded
     notes: list[str] = field(default_factory=list)
 
 
-def decide(session: Session, policy: SelectionPolicy) -> tuple[list[Decision], dict[int, Candidate]]:
-    """The current selection over every image with at least one accept or reject vote."""
-    counts = {cid: t for cid, t in tallies(session).items() if t.decisive}
+def decide(
+    session: Session, policy: SelectionPolicy, counts: dict[int, Tally] | None = None
+) -> tuple[list[Decision], dict[int, Candidate]]:
+    """The current selection over every image with at least one accept or reject vote (from
+    ``counts`` when given, else the database's current counts)."""
+    counts = {cid: t for cid, t in (tallies(session) if counts is None else counts).items() if t.decisive}
     candidates = {c.id: c for c in session.scalars(select(Candidate).where(Candidate.id.in_(counts)))}
     rated = [RatedImage(c.id, c.prompt, counts[c.id], c.phash, c.source_name) for c in candidates.values()]
     return select_instance_images(rated, policy), candidates
 
 
+def _current_votes(session: Session) -> list[tuple[int, str, VoteValue, object, int | None]]:
+    """Every current vote, read in one statement: the version's counts and its votes.csv are
+    both made from these rows, so they agree even while votes arrive (SQLite gives each
+    statement, not each transaction, its own view)."""
+    return list(
+        session.execute(
+            select(Vote.candidate_id, Rater.name, Vote.value, Vote.created_at, Candidate.round_id)
+            .join(Rater, Rater.id == Vote.rater_id)
+            .join(Candidate, Candidate.id == Vote.candidate_id)
+            .where(Vote.is_current)
+            .order_by(Vote.candidate_id, Rater.name)
+        )
+    )
+
+
+def _tallies_of(votes) -> dict[int, Tally]:
+    counts: dict[int, Counter] = {}
+    for cid, _rater, value, _time, _round in votes:
+        counts.setdefault(cid, Counter())[value] += 1
+    return {cid: Tally(c[VoteValue.accept], c[VoteValue.reject], c[VoteValue.skip]) for cid, c in counts.items()}
+
+
 def snapshot(session: Session, home_root: Path, policy: SelectionPolicy) -> Snapshot:
-    decisions, candidates = decide(session, policy)
+    votes = _current_votes(session)
+    decisions, candidates = decide(session, policy, _tallies_of(votes))
     images: dict[str, Path] = {}
     train_rows, instance_rows = [], []
     for decision in sorted(decisions, key=lambda d: d.image.id):
@@ -95,13 +122,7 @@ def snapshot(session: Session, home_root: Path, policy: SelectionPolicy) -> Snap
         if decision.selected:
             instance_rows.append(row)
     instance_rows.sort(key=lambda row: -row["score"])
-    votes = session.execute(
-        select(Vote.candidate_id, Rater.name, Vote.value, Vote.created_at, Candidate.round_id)
-        .join(Rater, Rater.id == Vote.rater_id)
-        .join(Candidate, Candidate.id == Vote.candidate_id)
-        .where(and_(Vote.is_current, Vote.value != VoteValue.skip, Vote.candidate_id.in_(candidates)))
-        .order_by(Vote.candidate_id, Rater.name)
-    ).all()
+    votes = [v for v in votes if v[2] != VoteValue.skip and v[0] in candidates]
     vote_rows = [
         {
             "candidate_id": cid,
@@ -173,17 +194,21 @@ def _record(
     return version
 
 
-def recover_unrecorded_head(session: Session, repo: Path, branch: str) -> DatasetVersion | None:
-    """Record the newest commit if an interrupted sync committed it but never wrote it down."""
-    commits = versioning.history(repo)
-    if not commits:
-        return None
-    head = commits[0]
-    if session.scalar(select(DatasetVersion.id).where(DatasetVersion.commit_id == head.id)) is not None:
-        return None
-    train_rows = read_table(repo, head.id, TRAIN_TABLE)
-    n_votes = len(read_table(repo, head.id, VOTES_TABLE))
-    return _record(session, head, branch, train_rows, n_votes)
+def recover_unrecorded_commits(session: Session, repo: Path, branch: str) -> list[DatasetVersion]:
+    """Record the commits that interrupted syncs made but never wrote down, oldest first. Two
+    syncs killed in a row can leave two: each is recorded, not just the newest."""
+    recorded = set(session.scalars(select(DatasetVersion.commit_id)))
+    missing = []
+    for commit in versioning.history(repo):  # newest first
+        if commit.id in recorded:
+            break
+        missing.append(commit)
+    versions = []
+    for commit in reversed(missing):
+        train_rows = read_table(repo, commit.id, TRAIN_TABLE)
+        n_votes = len(read_table(repo, commit.id, VOTES_TABLE))
+        versions.append(_record(session, commit, branch, train_rows, n_votes))
+    return versions
 
 
 def sync(session: Session, dataset: versioning.DatasetRepo, files_root: Path, policy: SelectionPolicy) -> SyncResult:
@@ -193,7 +218,7 @@ def sync(session: Session, dataset: versioning.DatasetRepo, files_root: Path, po
     repo = dataset.path
     oxen_settings = dataset.settings
     versioning.use_user_config(dataset)
-    recovered = recover_unrecorded_head(session, repo, oxen_settings.branch)
+    recovered = recover_unrecorded_commits(session, repo, oxen_settings.branch)
     previous = latest_version(session)
     old_rows = read_table(repo, previous.commit_id, TRAIN_TABLE) if previous else []
     snap = snapshot(session, files_root, policy)

@@ -369,8 +369,8 @@ def sync(home_path, push):
     store = store_of(home)
     with store.transaction() as session:
         result = sync_dataset(session, home.dataset_repo, home.root, home.config.selection)
-    if result.recovered:
-        click.echo(f"Recorded commit {result.recovered.commit_id[:10]}, left unrecorded by an interrupted sync")
+    for recovered in result.recovered:
+        click.echo(f"Recorded commit {recovered.commit_id[:10]}, left unrecorded by an interrupted sync")
     if result.version is None:
         click.echo("Nothing new to commit")
     else:

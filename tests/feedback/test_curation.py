@@ -104,9 +104,9 @@ def test_a_sync_killed_after_the_commit_is_recorded_by_the_next(home, store, imp
     sync_killed_in(curation, "_record", store, home, monkeypatch)
     assert versions(store) == 0 and len(versioning.history(home.dataset_dir)) == 1
     result = do_sync(store, home)
-    assert result.recovered is not None and result.version is None
-    assert result.recovered.commit_id == versioning.history(home.dataset_dir)[0].id
-    assert result.recovered.n_selected == 1
+    assert len(result.recovered) == 1 and result.version is None
+    assert result.recovered[0].commit_id == versioning.history(home.dataset_dir)[0].id
+    assert result.recovered[0].n_selected == 1
 
 
 def test_a_sync_killed_before_the_commit_is_completed_by_the_next(home, store, imported, monkeypatch):
@@ -225,3 +225,54 @@ def test_what_sync_writes_imports_back_ties_included(home, store, imported, tmp_
     assert report.ok, report.problems
     assert len(report.added) == 4 and report.votes == 3  # the tied image comes in with no vote
     other_store.close()
+
+
+def test_two_syncs_killed_in_a_row_leave_no_commit_unrecorded(home, store, imported, monkeypatch):
+    vote_all(store, imported, "ann", ["accept"])
+    sync_killed_in(curation, "_record", store, home, monkeypatch)  # commit 1 made, not recorded
+    vote_all(store, imported[1:], "ann", ["accept"])
+    # the second sync records commit 1, makes commit 2, and is killed recording it: its
+    # transaction rolls back, so neither is recorded
+    real_record, calls = curation._record, []
+
+    def killed_on_second_record(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(curation, "_record", killed_on_second_record)
+    with pytest.raises(KeyboardInterrupt):
+        do_sync(store, home)
+    monkeypatch.undo()
+    commits = versioning.history(home.dataset_dir)
+    assert len(commits) == 2 and versions(store) == 0
+    result = do_sync(store, home)
+    assert [v.commit_id for v in result.recovered] == [c.id for c in reversed(commits)]  # oldest first
+    assert result.version is None  # nothing new since commit 2
+    assert versions(store) == 2
+
+
+def test_a_version_is_one_snapshot_even_while_votes_arrive(home, store, imported, monkeypatch):
+    """A vote landing between the sync's reads used to make train.csv and votes.csv disagree."""
+    from herdbook.feedback import selection
+
+    vote_all(store, imported[:2], "ann", ["accept", "accept"])
+    other = home.open_store()
+    real_select = selection.select_instance_images
+
+    def select_while_a_vote_arrives(*args, **kwargs):
+        with other.transaction() as session:  # another rater's vote, committed mid-sync
+            cast_vote(session, imported[0], "bob", "reject")
+        return real_select(*args, **kwargs)
+
+    monkeypatch.setattr(curation, "select_instance_images", select_while_a_vote_arrives)
+    do_sync(store, home)
+    monkeypatch.undo()
+    other.close()
+    train = {row["candidate_id"]: row for row in csv.DictReader((home.dataset_dir / "train.csv").open())}
+    votes = list(csv.DictReader((home.dataset_dir / "votes.csv").open()))
+    for cid, row in train.items():
+        mine = [v for v in votes if v["candidate_id"] == cid]
+        assert int(row["accepts"]) == sum(v["vote"] == "accept" for v in mine)
+        assert int(row["rejects"]) == sum(v["vote"] == "reject" for v in mine)
