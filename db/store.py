@@ -127,3 +127,26 @@ def open_store(url: str, *, create: bool = False, upgrade: bool = True) -> Store
 def _has_tables(engine: Engine) -> bool:
     with engine.connect() as connection:
         return bool(inspect(connection).get_table_names())
+
+
+def copy_database(store: Store, dest: Path) -> None:
+    """A consistent copy of a SQLite database while others read and write it (``VACUUM INTO``:
+    one snapshot, every committed transaction up to its start and nothing after). A plain file
+    copy during voting can lose acknowledged votes or tear an index."""
+    if store.engine.dialect.name != "sqlite":
+        raise StoreError(
+            f"herdbook backs up SQLite databases; for {store.engine.dialect.name} use its own tool (e.g. pg_dump)"
+        )
+    if dest.exists():
+        raise StoreError(f"{dest} exists already; a backup never overwrites")
+    with store.engine.connect() as connection:
+        connection.exec_driver_sql("VACUUM INTO ?", (str(dest),))
+
+
+def integrity_problems(store: Store) -> list[str]:
+    """SQLite's own check of the file: empty when the database is sound."""
+    if store.engine.dialect.name != "sqlite":
+        return []
+    with store.engine.connect() as connection:
+        rows = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check")]
+    return [] if rows == ["ok"] else rows

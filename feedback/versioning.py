@@ -209,3 +209,8 @@ def push(path: Path, settings: OxenSettings) -> None:
             f"push to {shown} failed: {reason}. The dataset is committed locally; "
             "check the remote URL and your Oxen credentials, then run `herdbook sync --push` again"
         )
+
+
+def copy_repository(path: Path, dest: Path) -> None:
+    """A copy of the repository's files (working tree and .oxen) for a backup."""
+    shutil.copytree(path, dest, symlinks=True)

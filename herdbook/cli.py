@@ -226,6 +226,30 @@ def queue(home_path, rater, count, order, as_json):
 
 @main.command()
 @home_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+def backup(home_path, dest):
+    """Copy the project into DEST while the app runs: a consistent database snapshot, the
+    config, the candidate images and the Oxen repository. DEST must be new or empty."""
+    from herdbook.backup import backup as take_backup
+    from herdbook.home import load_home
+
+    manifest = take_backup(load_home(home_path), dest)
+    click.echo(f"Backed up {manifest['candidates']} candidates and {manifest['votes']} votes to {dest}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--home", "home_path", required=True, type=click.Path(file_okay=False), help="The new home to make.")
+def restore(source, home_path):
+    """Make a new project home from the backup in SOURCE (never over an existing one)."""
+    from herdbook.backup import restore as restore_backup
+
+    home = restore_backup(source, home_path)
+    click.echo(f"Restored {source} into {home.root}")
+
+
+@main.command()
+@home_option
 @json_option("object")
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
