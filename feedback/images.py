@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from herdbook.feedback.errors import ImportProblem
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".svg", ".tif", ".tiff"}
-ACCEPTED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+# MPO: the multi-picture JPEGs of many cameras; browsers and training both use the first picture
+ACCEPTED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
+PLAIN_MODES = {"RGB", "L"}
 MAX_PIXELS = 40_000_000  # 6,300 px square; Dreambooth works at 512-1024 px
 
 
@@ -71,6 +73,11 @@ def check_image_data(data: bytes, suffix: str = "", max_pixels: int = MAX_PIXELS
                     raise ImportProblem(f"{image.format} images are not supported (use PNG, JPEG or WebP)")
                 suffix = ACCEPTED_FORMATS[image.format]
                 image.load()  # decodes every pixel: catches truncated and corrupt files
+                upright = normalised(image)
+                if upright is not None:  # stored as the pixels raters and training will both see
+                    buffer = io.BytesIO()
+                    upright.save(buffer, format="PNG")
+                    data, suffix, (width, height), image = buffer.getvalue(), ".png", upright.size, upright
                 phash = perceptual_hash(image)
     except ImportProblem:
         raise
@@ -81,6 +88,36 @@ def check_image_data(data: bytes, suffix: str = "", max_pixels: int = MAX_PIXELS
     except (OSError, SyntaxError, ValueError) as error:
         raise ImportProblem(f"the image data is truncated or corrupt ({error})") from error
     return CheckedImage(data, hashlib.sha256(data).hexdigest(), suffix, width, height, phash)
+
+
+def normalised(image: Image.Image) -> Image.Image | None:
+    """The image as plain 8-bit RGB (or grey) pixels the right way up, or None when it is so
+    already. Browsers honour EXIF orientation and training used not to; a 16-bit grey PNG read
+    as 8 bits is almost pure white. Normalising once, at import, makes what raters see and
+    what training reads the same pixels."""
+    orientation = image.getexif().get(0x0112, 1)
+    animated = getattr(image, "is_animated", False) and image.format != "MPO"  # MPO: browsers show its first
+    if orientation == 1 and image.mode in PLAIN_MODES and not animated:
+        return None
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        pixels = np.asarray(image, dtype=np.uint32)
+        peak = 65535 if image.mode.startswith("I;16") or pixels.max() > 255 else 255
+        image = Image.fromarray((pixels * 255 // peak).astype(np.uint8), mode="L")
+    elif image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))  # transparent areas show white, as in the app
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        image = flat
+    elif image.mode not in PLAIN_MODES:
+        image = image.convert("RGB")
+    else:
+        image = image.copy()
+    image.info.pop("exif", None)
+    return image
 
 
 @functools.lru_cache(maxsize=4096)
