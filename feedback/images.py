@@ -6,6 +6,7 @@ import base64
 import functools
 import hashlib
 import io
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".svg", ".ti
 ACCEPTED_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp"}
 PLAIN_MODES = {"RGB", "L"}
 MAX_PIXELS = 40_000_000  # 6,300 px square; Dreambooth works at 512-1024 px
+MAX_FILE_BYTES = 200 * 2**20  # read before decoding: a 2 GiB file named .png is not read whole
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,13 @@ def hash_distance(a: str, b: str) -> int:
 def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> CheckedImage:
     """Read and fully decode ``path``; raise ImportProblem saying why it is not usable."""
     try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+            raise ImportProblem("not a regular file (a pipe, socket or device)")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImportProblem(f"{info.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for one image")
         data = path.read_bytes()
     except FileNotFoundError as error:
         raise ImportProblem("no such file") from error

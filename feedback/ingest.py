@@ -44,6 +44,7 @@ class ImportRow:
     prompt: str = ""
     negative_prompt: str = ""
     seed: int | None = None
+    seed_text: str = ""  # as written, when it is no seed a generator takes (checked at import)
     rating: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +53,7 @@ class ImportRow:
 class ImportReport:
     added: list[str] = field(default_factory=list)
     already_present: list[str] = field(default_factory=list)
+    prompts_corrected: list[str] = field(default_factory=list)
     votes: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
 
@@ -94,7 +96,8 @@ def rows_from_csv(csv_path: Path) -> list[ImportRow]:
                 name=line[file_column].strip(),
                 prompt=line.get("prompt", "").strip(),
                 negative_prompt=line.get("negative_prompt", "").strip(),
-                seed=int(seed_text) if seed_text.lstrip("-").isdigit() else None,
+                seed=int(seed_text) if seed_text.isdigit() and int(seed_text) < 2**63 else None,
+                seed_text="" if not seed_text or (seed_text.isdigit() and int(seed_text) < 2**63) else seed_text,
                 rating=line.get("rating", ""),
                 extra={k: v for k, v in line.items() if k and k not in KNOWN_COLUMNS},
             )
@@ -137,6 +140,8 @@ def import_images(
     for index, row in enumerate(rows):
         progress(index, len(rows))
         try:
+            if row.seed_text:
+                raise ImportProblem(f"seed {row.seed_text[:30]!r} is not a whole number from 0 to 2^63-1")
             checked = check_image(_inside(folder, row.name), max_pixels)
             vote = parse_rating(row.rating)
         except ImportProblem as problem:
@@ -167,6 +172,9 @@ def import_images(
             report.added.append(row.name)
         else:
             report.already_present.append(row.name)
+            if row.prompt and row.prompt != candidate.prompt:  # a later table corrects the prompt
+                candidate.prompt = row.prompt
+                report.prompts_corrected.append(row.name)
         if vote is not None and rater is not None:
             ratings_seen[checked.sha256] = nth = ratings_seen.get(checked.sha256, 0) + 1
             cast_vote(session, candidate.id, rater if nth == 1 else f"{rater}-{nth}", vote)

@@ -57,6 +57,12 @@ def progress_bar(total: int, unit: str, label: str):
     return tqdm(total=total, unit=unit, desc=label, file=sys.stderr, disable=None)
 
 
+def printable(text: str) -> str:
+    """A file name fit for a terminal: control characters (newlines, escape sequences) shown
+    escaped, so no name can forge or recolour a line of herdbook's output."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def emit_json(value) -> None:
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
@@ -142,7 +148,9 @@ def import_(home_path, folder, prompts_csv, rater):
             progress=lambda done, total: bar.update(done - bar.n),
         )
     for name, reason in report.problems:
-        click.secho(f"skipped {name}: {reason}", fg="yellow", err=True)
+        click.secho(f"skipped {printable(name)}: {reason}", fg="yellow", err=True)
+    for name in report.prompts_corrected:
+        click.echo(f"prompt of {printable(name)} corrected")
     click.echo(
         f"Imported {len(report.added)} new image(s); {len(report.already_present)} already present; "
         f"{report.votes} vote(s) recorded; {len(report.problems)} skipped."

@@ -210,3 +210,53 @@ def test_a_home_whose_database_is_missing_is_refused_by_every_command(tmp_path):
         assert result.exit_code == 1 and "Traceback" not in result.output, command
         assert "herdbook.db is missing. Restore it from a backup" in result.output, command
         assert not (home / "herdbook.db").exists(), f"{command} made a new database"
+
+
+def test_hostile_tables_and_files_are_refused_by_name_and_the_rest_imports(tmp_path):
+    import os
+
+    home = tmp_path / "home"
+    run("init", "--home", home)
+    folder = tmp_path / "drop"
+    for i in range(3):
+        make_image(folder / f"{i}.png", seed=i)
+    os.mkfifo(folder / "pipe.png")  # would block a reader forever
+    with (folder / "huge.png").open("wb") as handle:  # 2 GiB, sparse: costs no disk
+        handle.truncate(2 * 2**30)
+    forged = "evil\nImported 999 new image(s)\x1b[2J.png"
+    (folder / forged).write_text("not a picture")  # skipped, so its name is printed
+    write_csv(
+        folder / "p.csv",
+        [
+            {"file": "0.png", "prompt": "an ox", "seed": str(10**20)},
+            {"file": "1.png", "prompt": "an ox", "seed": "7"},
+            {"file": "2.png", "prompt": "an ox", "seed": ""},
+            {"file": "pipe.png", "prompt": "an ox", "seed": ""},
+            {"file": "huge.png", "prompt": "an ox", "seed": ""},
+            {"file": forged, "prompt": "an ox", "seed": ""},
+        ],
+    )
+    result = run("import", folder, "--prompts", folder / "p.csv", "--home", home, ok=False)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    out = result.output
+    assert "skipped 0.png: seed '100000000000000000000' is not a whole number" in out
+    assert "skipped pipe.png: not a regular file" in out
+    assert "skipped huge.png: 2,147,483,648 bytes, over the limit" in out
+    assert "Imported 2 new image(s)" in out and out.count("\nImported") == 1  # the forged name cannot fake a line
+    assert "\x1b[2J" not in out and "skipped evil\\nImported 999 new image(s)\\x1b[2J.png: not an image" in out
+    listed = json.loads(run("candidates", "--json", "--home", home).output)
+    assert sorted(c["source_name"] for c in listed)[:2] == ["1.png", "2.png"]
+    assert [c["seed"] for c in listed if c["source_name"] == "1.png"] == [7]
+
+
+def test_a_second_table_corrects_prompts(tmp_path):
+    home = tmp_path / "home"
+    run("init", "--home", home)
+    folder = tmp_path / "imgs"
+    make_image(folder / "a.png", seed=1)
+    write_csv(folder / "first.csv", [{"file": "a.png", "prompt": "an oxx"}])
+    write_csv(folder / "fixed.csv", [{"file": "a.png", "prompt": "an ox"}])
+    run("import", folder, "--prompts", folder / "first.csv", "--home", home)
+    out = run("import", folder, "--prompts", folder / "fixed.csv", "--home", home).output
+    assert "prompt of a.png corrected" in out
+    assert json.loads(run("candidates", "--json", "--home", home).output)[0]["prompt"] == "an ox"
