@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Round, Vote, VoteValue
 from herdbook.feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict
@@ -161,3 +162,9 @@ def rater_agreement(session: Session) -> dict:
             prompt: plain(result) for prompt, result in agreement_by_prompt(by_prompt).items() if result.items
         },
     }
+
+
+def missing_files(session: Session, root: Path) -> list[tuple[int, str, str]]:
+    """Candidates whose image file is gone from the home: (id, source name, path)."""
+    rows = session.execute(select(Candidate.id, Candidate.source_name, Candidate.path).order_by(Candidate.id))
+    return [(cid, name, path) for cid, name, path in rows if not (root / path).is_file()]

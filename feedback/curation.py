@@ -48,6 +48,7 @@ class Snapshot:
     tables: dict[str, str]  # repo path -> CSV text
     train_rows: list[dict]
     n_votes: int
+    notes: list[str] = field(default_factory=list)
 
     @property
     def selected_ids(self) -> list[int]:
@@ -95,9 +96,19 @@ def _tallies_of(votes) -> dict[int, Tally]:
     return {cid: Tally(c[VoteValue.accept], c[VoteValue.reject], c[VoteValue.skip]) for cid, c in counts.items()}
 
 
-def snapshot(session: Session, home_root: Path, policy: SelectionPolicy) -> Snapshot:
+def snapshot(session: Session, home_root: Path, policy: SelectionPolicy, repo: Path | None = None) -> Snapshot:
+    """What the next version holds. A candidate whose file is gone from the home (and from the
+    repository's images) is left out, named in ``notes``: one lost file must not block syncs."""
     votes = _current_votes(session)
-    decisions, candidates = decide(session, policy, _tallies_of(votes))
+    counts = _tallies_of(votes)
+    paths = dict(session.execute(select(Candidate.id, Candidate.path).where(Candidate.id.in_(counts))).all())
+    notes = []
+    for cid, path in paths.items():
+        in_repo = repo is not None and (repo / IMAGES_FOLDER / Path(path).name).is_file()
+        if not (home_root / path).is_file() and not in_repo:
+            del counts[cid]
+            notes.append(f"candidate {cid}: its file {path} is missing; left out (restore it from a backup)")
+    decisions, candidates = decide(session, policy, counts)
     images: dict[str, Path] = {}
     train_rows, instance_rows = [], []
     for decision in sorted(decisions, key=lambda d: d.image.id):
@@ -140,7 +151,7 @@ def snapshot(session: Session, home_root: Path, policy: SelectionPolicy) -> Snap
         INSTANCE_TABLE: to_csv(INSTANCE_COLUMNS, instance_rows),
     }
     as_read = from_csv(tables[TRAIN_TABLE])
-    return Snapshot(decisions, images, tables, as_read, len(vote_rows))
+    return Snapshot(decisions, images, tables, as_read, len(vote_rows), notes)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
@@ -221,12 +232,12 @@ def sync(session: Session, dataset: versioning.DatasetRepo, files_root: Path, po
     recovered = recover_unrecorded_commits(session, repo, oxen_settings.branch)
     previous = latest_version(session)
     old_rows = read_table(repo, previous.commit_id, TRAIN_TABLE) if previous else []
-    snap = snapshot(session, files_root, policy)
+    snap = snapshot(session, files_root, policy, repo)
     diff = diff_train_tables(old_rows, snap.train_rows)
     write_snapshot(repo, snap)
     message = f"herdbook sync: {diff.summary()}; {len(snap.selected_ids)} selected of {len(snap.train_rows)} rated"
     commit = versioning.commit(repo, [IMAGES_FOLDER, TRAIN_TABLE, VOTES_TABLE, INSTANCE_TABLE], message)
-    result = SyncResult(None, diff, recovered)
+    result = SyncResult(None, diff, recovered, notes=snap.notes)
     if commit is not None:
         result.version = _record(session, commit, oxen_settings.branch, snap.train_rows, snap.n_votes)
     return result

@@ -87,7 +87,10 @@ def _repo(path: Path):
     from oxen import Repo
 
     if not (path / ".oxen").is_dir():
-        raise VersioningError(f"{path} is not an Oxen repository (run `herdbook init` first)")
+        raise VersioningError(
+            f"{path} holds no Oxen repository (its .oxen folder is missing): restore the dataset folder from a "
+            "backup (`herdbook restore`); `herdbook doctor` lists what else is wrong"
+        )
     return Repo(str(path))
 
 

@@ -234,6 +234,28 @@ def queue(home_path, rater, count, order, as_json):
 
 @main.command()
 @home_option
+@json_option()
+def doctor(home_path, as_json):
+    """Check a home: config, database integrity, candidate files, the Oxen repository and the
+    versions recorded. Says what to do about each problem; exit status 1 when there is one."""
+    from dataclasses import asdict
+
+    from herdbook.doctor import examine
+
+    findings = examine(home_path)
+    if as_json:
+        emit_json([asdict(f) for f in findings])
+    else:
+        for f in findings:
+            click.secho(f"{'ok ' if f.ok else 'NO '} {f.what}", fg=None if f.ok else "red")
+            if f.fix:
+                click.echo(f"    -> {f.fix}")
+    if not all(f.ok for f in findings):
+        sys.exit(1)
+
+
+@main.command()
+@home_option
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 def backup(home_path, dest):
     """Copy the project into DEST while the app runs: a consistent database snapshot, the
@@ -401,6 +423,8 @@ def sync(home_path, push):
     store = store_of(home)
     with store.transaction() as session:
         result = sync_dataset(session, home.dataset_repo, home.root, home.config.selection)
+    for note in result.notes:
+        click.secho(f"note: {note}", fg="yellow", err=True)
     for recovered in result.recovered:
         click.echo(f"Recorded commit {recovered.commit_id[:10]}, left unrecorded by an interrupted sync")
     if result.version is None:
