@@ -126,6 +126,8 @@ class Round(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # beaten every few seconds while the round trains; a running round whose beat stops was killed
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     parent: Mapped[Round | None] = relationship(remote_side=[id], foreign_keys=[parent_id])
     dataset_version: Mapped[DatasetVersion | None] = relationship()

@@ -649,7 +649,7 @@ def train(
 ):
     """Run a Dreambooth round on a dataset version's instance images."""
     from herdbook.home import load_home
-    from herdbook.training.rounds import plan_round, run_round
+    from herdbook.training.rounds import plan_round
 
     home = load_home(home_path)
     store = store_of(home)
@@ -677,33 +677,49 @@ def train(
     if queued:
         click.echo(f"Round {round_id} queued as job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
-    quiet_libraries()
     click.echo(
         f"Round {round_id} ({record.mode}) from {'base' if parent is None else f'round {parent}'} on dataset version {record.dataset_version_id}"
     )
+    train_here(store, home, round_id, total, gpus)
+
+
+def train_here(store, home, round_id: int, total: int, processes: int = 1) -> None:
+    """Run a recorded round in this process with a progress bar (new, or resumed from its checkpoint)."""
+    quiet_libraries()
+    from herdbook.training.rounds import run_round
+
     with progress_bar(total, "step", f"Round {round_id}") as bar:
 
         def on_step(step, _total, loss):
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        finished = run_round(store, home.project, round_id, progress=on_step, processes=gpus)
+        finished = run_round(store, home.project, round_id, progress=on_step, processes=processes)
     m = finished.metrics
     click.echo(f"Round {round_id} finished: {finished.output_path}")
     click.echo(
-        f"  {m['seconds_per_step']:.3f} s/step; probe loss {m['probe_loss_before']:.4f} -> {m['probe_loss_after']:.4f}"
+        f"  {m['seconds_per_step']:.3f} s/step from step {m['first_step']}; "
+        f"probe loss {m['probe_loss_before']:.4f} -> {m['probe_loss_after']:.4f}"
     )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @home_option
 @json_option()
-def rounds(home_path, as_json):
-    """List rounds with their parent, dataset version, mode, status and output, as a tree."""
+@click.pass_context
+def rounds(ctx, home_path, as_json):
+    """List rounds with their parent, dataset version, mode, status and output, as a tree;
+    `rounds resume ROUND` and `rounds cancel ROUND` below. A round whose process died (no
+    heartbeat for [jobs] stale_after_seconds) shows as interrupted."""
+    ctx.ensure_object(dict)["home_path"] = home_path
+    if ctx.invoked_subcommand is not None:
+        return
     from herdbook.home import load_home
-    from herdbook.training.rounds import lineage, list_rounds
+    from herdbook.training.rounds import lineage, list_rounds, mark_interrupted_rounds
 
-    with store_of(load_home(home_path)).transaction() as session:
+    home = load_home(home_path)
+    with store_of(home).transaction() as session:
+        mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
         rows, tree = list_rounds(session), lineage(session)
     if as_json:
         emit_json(rows)
@@ -713,8 +729,51 @@ def rounds(home_path, as_json):
     for r in rows:
         timing = f"{r['seconds_per_step']:.3f} s/step" if r["seconds_per_step"] else ""
         click.echo(
-            f"round {r['id']}: {r['status']}, {r['mode']}, {r['steps']} steps, dataset v{r['dataset_version']} {timing} {r['output'] or r['error'] or ''}"
+            f"round {r['id']}: {r['status']}, {r['mode']}, step {r['step']} of {r['steps']}, dataset v{r['dataset_version']} {timing} {r['output'] or r['error'] or ''}"
         )
+
+
+@rounds.command("resume")
+@click.argument("round_id", type=int)
+@home_option
+@click.option("--queue", "queued", is_flag=True, help="Queue it for `herdbook worker` instead of training here.")
+@click.pass_context
+def rounds_resume(ctx, round_id, home_path, queued):
+    """Carry an interrupted, failed or pending round on from its last checkpoint."""
+    from herdbook.home import load_home
+    from herdbook.training.rounds import mark_interrupted_rounds, resumable
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    store = store_of(home)
+    with store.transaction() as session:
+        mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
+        record = resumable(session, round_id, home.config.jobs.stale_after_seconds)
+        total = record.settings["steps"]
+        if queued:
+            from herdbook.jobs import submit
+
+            job = submit(session, home, "train", {"round_id": round_id})
+    if queued:
+        click.echo(f"Round {round_id} queued to resume as job {job.id}")
+        return
+    click.echo(f"Resuming round {round_id} from step {record.step}")
+    train_here(store, home, round_id, total)
+
+
+@rounds.command("cancel")
+@click.argument("round_id", type=int)
+@home_option
+@click.pass_context
+def rounds_cancel(ctx, round_id, home_path):
+    """Mark a pending, interrupted or failed round as cancelled: it will not run."""
+    from herdbook.home import load_home
+    from herdbook.training.rounds import cancel_round, mark_interrupted_rounds
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    with store_of(home).transaction() as session:
+        mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
+        cancel_round(session, round_id, home.config.jobs.stale_after_seconds)
+    click.echo(f"Round {round_id} cancelled")
 
 
 @main.command()
@@ -760,7 +819,7 @@ def worker(home_path, workers):
     quiet_libraries()
     home = load_home(home_path)
     click.echo(f"herdbook worker for {home.root} ({home.config.jobs.queue} queue); Ctrl-C stops it")
-    run_worker(home, workers)
+    run_worker(home, workers, announce=click.echo)
 
 
 @main.command()

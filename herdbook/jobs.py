@@ -228,8 +228,37 @@ def get_job(session: Session, job_id: int) -> Job:
     return job
 
 
-def run_worker(home: Home, workers: int = 1) -> None:
-    """Run the consumer in this process until interrupted (Ctrl-C)."""
+def resume_interrupted_rounds(session: Session, home: Home) -> list[int]:
+    """Queue a resume for every round whose process died with no job left to carry it on
+    (its job was lost with the worker, or it ran in a killed `herdbook train`)."""
+    from herdbook.db.models import Round
+    from herdbook.training.rounds import mark_interrupted_rounds
+
+    stale = home.config.jobs.stale_after_seconds
+    mark_lost_jobs(session, stale)
+    mark_interrupted_rounds(session, stale)
+    waiting = {
+        job.params.get("round_id")
+        for job in session.scalars(select(Job).where(Job.kind == "train", Job.status.in_(("queued", "running"))))
+    }
+    queued = []
+    for record in session.scalars(select(Round).where(Round.status == "interrupted").order_by(Round.id)):
+        if record.id not in waiting:
+            submit(session, home, "train", {"round_id": record.id})
+            queued.append(record.id)
+    return queued
+
+
+def run_worker(home: Home, workers: int = 1, announce=print) -> None:
+    """Run the consumer in this process until interrupted (Ctrl-C); first queue a resume for
+    every interrupted round, saying so through ``announce``."""
+    store = home.open_store()
+    try:
+        with store.transaction() as session:
+            for round_id in resume_interrupted_rounds(session, home):
+                announce(f"round {round_id} was interrupted: queued to resume from its checkpoint")
+    finally:
+        store.close()
     consumer = make_queue(home).huey.create_consumer(workers=workers, worker_type="thread", periodic=False)
     consumer.run()
 

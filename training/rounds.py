@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 from herdbook.db.errors import HerdbookError, NotFound
@@ -208,13 +210,74 @@ def settings_of(record: Round) -> RoundSettings:
     return RoundSettings.from_dict(record.settings)
 
 
-def start_round(session: Session, project: Project, round_id: int) -> RoundSettings:
-    """Mark the round running and put its instance images in place."""
+HEARTBEAT_SECONDS = 5.0  # a training round's record is touched this often while it runs
+
+
+def _aware(moment):
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def is_alive(record: Round, stale_after_seconds: float, now=None) -> bool:
+    """A running round whose process still beats."""
+    beat = _aware(record.heartbeat_at or record.started_at)
+    now = now or utcnow()
+    return record.status == "running" and beat is not None and (now - beat).total_seconds() <= stale_after_seconds
+
+
+def mark_interrupted_rounds(session: Session, stale_after_seconds: float) -> list[int]:
+    """Running rounds whose process stopped beating (killed, machine lost) become interrupted:
+    their checkpoint is kept and `herdbook rounds resume` carries on from it."""
+    now = utcnow()
+    stopped = []
+    for record in session.scalars(select(Round).where(Round.status == "running")):
+        if not is_alive(record, stale_after_seconds, now):
+            record.status = "interrupted"
+            record.error = (
+                f"its process stopped at step {record.step}; resume it (`herdbook rounds resume {record.id}`)"
+            )
+            stopped.append(record.id)
+    return stopped
+
+
+def cancel_round(session: Session, round_id: int, stale_after_seconds: float) -> Round:
+    """A round that will not run (again): pending, interrupted or failed ones."""
+    record = _round(session, round_id)
+    if record.status == "finished":
+        raise HerdbookError(f"round {round_id} has finished; nothing to cancel")
+    if is_alive(record, stale_after_seconds):
+        raise HerdbookError(f"round {round_id} is training in another process; stop that process first")
+    record.status, record.finished_at = "cancelled", utcnow()
+    record.error = record.error or "cancelled"
+    return record
+
+
+def resumable(session: Session, round_id: int, stale_after_seconds: float) -> Round:
+    """The round, if it can start or carry on (what `start_round` will accept)."""
+    record = _round(session, round_id)
+    if record.status in ("finished", "cancelled"):
+        raise HerdbookError(f"round {round_id} is {record.status}; nothing to resume")
+    if is_alive(record, stale_after_seconds):
+        raise HerdbookError(f"round {round_id} is training in another process")
+    return record
+
+
+def _round(session: Session, round_id: int) -> Round:
     record = session.get(Round, round_id)
     if record is None:
-        raise NotFound(f"no round {round_id}")
+        raise NotFound(f"no round {round_id} (see `herdbook rounds`)")
+    return record
+
+
+def start_round(session: Session, project: Project, round_id: int, stale_after_seconds: float = 120) -> RoundSettings:
+    """Mark the round running and put its instance images in place. A pending, interrupted or
+    failed round starts (or resumes from its checkpoint); a finished, cancelled or live one is refused."""
+    record = _round(session, round_id)
     if record.status == "finished":
         raise HerdbookError(f"round {round_id} has already finished")
+    if record.status == "cancelled":
+        raise HerdbookError(f"round {round_id} was cancelled; plan a new round instead")
+    if is_alive(record, stale_after_seconds):
+        raise HerdbookError(f"round {round_id} is already training in another process")
     settings = settings_of(record)
     instance = Path(settings.instance_dir)
     if instance.exists():
@@ -229,6 +292,7 @@ def start_round(session: Session, project: Project, round_id: int) -> RoundSetti
             }
         record.settings = settings.model_dump(mode="json")  # the weights it trained with, for reproducing it
     record.status, record.started_at, record.error = "running", record.started_at or utcnow(), None
+    record.heartbeat_at = utcnow()
     return settings
 
 
@@ -250,6 +314,8 @@ def run_round(
     with store.transaction() as session:
         settings = start_round(session, project, round_id)
     last_report = [0.0]
+    beating = threading.Event()
+    threading.Thread(target=_heartbeat, args=(store, round_id, beating), daemon=True).start()
 
     def on_step(step: int, total: int, loss: float) -> None:
         now = time.monotonic()
@@ -265,10 +331,12 @@ def run_round(
     try:
         result = train(settings, components, progress=on_step) if processes == 1 else launched(settings, processes)
     except BaseException as error:
+        beating.set()
         with store.transaction() as session:
             record = session.get(Round, round_id)
             record.status, record.error = "failed", f"{type(error).__name__}: {error}"
         raise
+    beating.set()
     with store.transaction() as session:
         record = session.get(Round, round_id)
         record.status = "finished"
@@ -278,6 +346,15 @@ def run_round(
         record.metrics = {**result.metrics, "validation": result.validation}
         record.finished_at = utcnow()
         return record
+
+
+def _heartbeat(store, round_id: int, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        with store.transaction() as session:
+            record = session.get(Round, round_id)
+            if record is None or record.status != "running":
+                return
+            record.heartbeat_at = utcnow()
 
 
 def launched(settings: RoundSettings, processes: int):

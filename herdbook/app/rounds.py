@@ -15,7 +15,9 @@ from herdbook.training.rounds import (
     lineage,
     list_rounds,
     loss_histories,
+    mark_interrupted_rounds,
     plan_round,
+    resumable,
     training_available,
 )
 
@@ -114,10 +116,24 @@ def page() -> None:
     st.subheader("Training jobs")
     jobs_panel(home, store, "train")
     with action(store) as session:
+        mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
         rows, tree = list_rounds(session), lineage(session)
     if rows:
         st.subheader("Rounds")
         st.code("\n".join(tree), language=None)
+        for row in rows:
+            if row["status"] == "interrupted":
+                left, right = st.columns([4, 1], vertical_alignment="center")
+                left.warning(f"Round {row['id']} was interrupted at step {row['step']} of {row['steps']}.")
+                if right.button("Resume", key=f"resume-{row['id']}", type="primary", width="stretch"):
+                    with action(store) as session:
+                        job = submit(
+                            session,
+                            home,
+                            "train",
+                            {"round_id": resumable(session, row["id"], home.config.jobs.stale_after_seconds).id},
+                        )
+                    st.success(f"Round {row['id']} queued to resume as job {job.id}.")
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     loss_chart(store)
     comparison(home, store)
