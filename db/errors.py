@@ -22,6 +22,10 @@ class StoreError(HerdbookError):
     """The database cannot be opened: no driver, a bad URL, a missing or damaged file."""
 
 
+class StoreBusy(StoreError):
+    """A write met the database's lock on every try; what the user did is to be kept and retried."""
+
+
 class SettingsError(HerdbookError):
     """A config file or a run's settings hold a value that is not allowed (one line per problem)."""
 

@@ -6,20 +6,24 @@ each app action wrap their work in ``with store.transaction() as session``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from herdbook.db.errors import StoreError
+from herdbook.db.errors import StoreBusy, StoreError
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's id. Checking it with one query spares every command the ~0.4 s
 # Alembic takes to load its scripts; tests/db/test_migrations.py keeps it equal to the head.
 SCHEMA_REVISION = "0003"
+T = TypeVar("T")
+BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another writer before it counts as locked
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -28,7 +32,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 
@@ -83,8 +87,31 @@ class Store:
         with self.sessions.begin() as session:
             yield session
 
+    def write(self, work: Callable[[Session], T], attempts: int = 3, pause: float = 0.5) -> T:
+        """``work`` in its own transaction, tried again when the database is locked (SQLite
+        allows one writer; its busy timeout already waited). Raises StoreBusy when every try
+        met the lock, so the caller can keep what the user did and retry it later."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as session:
+                    return work(session)
+            except OperationalError as error:
+                if not _is_lock(error) or attempt == attempts:
+                    if _is_lock(error):
+                        raise StoreBusy(
+                            "the database is busy (another process is writing to it); nothing was lost: try again"
+                        ) from None
+                    raise
+                time.sleep(pause * attempt)
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _is_lock(error: OperationalError) -> bool:
+    text = str(error.orig).lower()
+    return "locked" in text or "busy" in text
 
 
 KNOWN_REVISIONS = ("0001", "0002", "0003")  # oldest first; the last is SCHEMA_REVISION

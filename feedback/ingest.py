@@ -121,6 +121,8 @@ def import_images(
     rater: str | None = None,
     max_pixels: int = MAX_PIXELS,
     progress=lambda done, total: None,
+    checkpoint=lambda: None,
+    batch: int = 200,
 ) -> ImportReport:
     """Check every row, store the good images and record them (and their votes) in ``session``.
 
@@ -130,7 +132,11 @@ def import_images(
 
     An image the table lists again with a rating is another vote: Oxen's feedback app saves
     an image anew each time it is voted on, without saying by whom, so the n-th rating of an
-    image counts as rater ``NAME-n``."""
+    image counts as rater ``NAME-n``.
+
+    ``checkpoint`` is called every ``batch`` rows; a caller that commits there keeps the write
+    lock for a batch at a time, so votes go on during a big import (a killed import keeps its
+    committed batches, and running it again adds the rest)."""
     rows = list(rows)
     report = ImportReport()
     if rater is None and any(row.rating.strip() for row in rows):
@@ -139,6 +145,8 @@ def import_images(
     ratings_seen: dict[str, int] = {}
     for index, row in enumerate(rows):
         progress(index, len(rows))
+        if index and index % batch == 0:
+            checkpoint()  # the caller commits what is done: no lock held for a whole big import
         try:
             if row.seed_text:
                 raise ImportProblem(f"seed {row.seed_text[:30]!r} is not a whole number from 0 to 2^63-1")

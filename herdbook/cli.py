@@ -137,7 +137,7 @@ def import_(home_path, folder, prompts_csv, rater):
     home = load_home(home_path)
     rows = rows_from_csv(prompts_csv) if prompts_csv else rows_from_folder(folder)
     store = store_of(home)
-    with progress_bar(len(rows), "image", "Importing") as bar, store.transaction() as session:
+    with progress_bar(len(rows), "image", "Importing") as bar, store.sessions() as session:
         report = import_images(
             session,
             folder,
@@ -146,7 +146,9 @@ def import_(home_path, folder, prompts_csv, rater):
             rows,
             rater=rater,
             progress=lambda done, total: bar.update(done - bar.n),
+            checkpoint=session.commit,  # a batch at a time: votes are not locked out meanwhile
         )
+        session.commit()
     for name, reason in report.problems:
         click.secho(f"skipped {printable(name)}: {reason}", fg="yellow", err=True)
     for name in report.prompts_corrected:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from herdbook.app.context import action, ask_rater, project, round_label
+from herdbook.db.errors import StoreBusy
 from herdbook.feedback.catalog import Card, cards, filter_choices
 from herdbook.feedback.votes import (
     QueueFilter,
@@ -41,6 +42,7 @@ class Queue:
     votes: int = 0
     last_message: str = ""
     reasons: dict[int, str] = field(default_factory=dict)  # why each image is shown
+    unsaved: list[tuple[int, str]] = field(default_factory=list)  # votes the database was too busy to take
     selection: object = None  # the project's SelectionPolicy, which the default order firms up
 
 
@@ -68,17 +70,42 @@ def refill(store, queue: Queue) -> None:
             queue.cards += cards(session, [e.id for e in more])
 
 
+def save_unsaved(store, queue: Queue) -> bool:
+    """Store the votes this page holds, oldest first; False while the database stays busy (they
+    are kept, shown, and tried again with the next key)."""
+    while queue.unsaved:
+        candidate_id, value = queue.unsaved[0]
+        try:
+            store.write(lambda session, cid=candidate_id, v=value: cast_vote(session, cid, queue.rater, v))
+        except StoreBusy:
+            return False
+        queue.unsaved.pop(0)
+    return True
+
+
 def vote(store, queue: Queue, candidate_id: int, value: str) -> None:
-    with action(store) as session:
-        cast_vote(session, candidate_id, queue.rater, value)
+    queue.unsaved.append((candidate_id, value))  # kept here until the database has it
+    saved = save_unsaved(store, queue)
     queue.cards = [c for c in queue.cards if c.id != candidate_id]
     queue.left = max(0, queue.left - 1) if queue.filters.unrated_only else queue.left
     queue.votes += value != "skip"
-    queue.last_message = f"{value} #{candidate_id}"
+    queue.last_message = (
+        f"{value} #{candidate_id}"
+        if saved
+        else f"{len(queue.unsaved)} vote(s) not stored yet: the database is busy. They are kept and sent with your next key"
+    )
     refill(store, queue)
 
 
 def undo(store, queue: Queue) -> None:
+    if queue.unsaved:  # the newest vote never reached the database: take it back here
+        candidate_id, value = queue.unsaved.pop()
+        with action(store) as session:
+            queue.cards = [*cards(session, [candidate_id]), *[c for c in queue.cards if c.id != candidate_id]]
+        queue.votes -= value != "skip"
+        queue.left += queue.filters.unrated_only
+        queue.last_message = f"undid your vote on #{candidate_id}"
+        return
     with action(store) as session:
         undone = undo_last_vote(session, queue.rater)
         card = cards(session, [undone])[0] if undone is not None else None

@@ -81,3 +81,31 @@ def test_a_damaged_or_foreign_or_newer_database_is_refused_by_name(tmp_path):
         connection.execute(text("CREATE TABLE notes (x TEXT)"))
     with pytest.raises(StoreError, match="not a herdbook database"):
         open_store(foreign)
+
+
+def test_a_write_that_meets_a_held_lock_is_retried_then_reported_busy(tmp_path, monkeypatch):
+    import sqlite3
+    import threading
+
+    from herdbook.db import store as store_module
+    from herdbook.db.errors import StoreBusy
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "x.db"
+    store = open_store(f"sqlite:///{path}", create=True)
+
+    def add_rater(name):
+        return lambda session: session.execute(
+            text("INSERT INTO raters (name, created_at) VALUES (:n, CURRENT_TIMESTAMP)"), {"n": name}
+        )
+
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    with pytest.raises(StoreBusy, match="nothing was lost"):
+        store.write(add_rater("ann"), attempts=2, pause=0.05)
+    threading.Timer(0.2, lambda: holder.execute("COMMIT")).start()  # ...and lets go meanwhile
+    store.write(add_rater("bob"), attempts=5, pause=0.1)
+    with store.transaction() as session:
+        assert session.execute(text("SELECT name FROM raters")).scalars().all() == ["bob"]
+    holder.close()
+    store.close()

@@ -174,3 +174,22 @@ def test_an_image_listed_again_with_a_rating_adds_a_vote(home, store, tmp_path):
 
         counts = sorted((t.accepts, t.rejects) for t in tallies(session).values())
     assert counts == [(0, 1), (2, 1)]
+
+
+def test_a_big_import_commits_a_batch_at_a_time(home, store, tmp_path):
+    folder = tmp_path / "many"
+    for i in range(7):
+        make_image(folder / f"{i}.png", seed=100 + i)
+    commits = []
+    with store.sessions() as session:
+        report = import_images(
+            session,
+            folder,
+            home.candidates_dir,
+            home.root,
+            rows_from_folder(folder),
+            checkpoint=lambda: commits.append(1),
+            batch=3,
+        )
+        session.commit()
+    assert len(report.added) == 7 and len(commits) == 2  # after rows 3 and 6

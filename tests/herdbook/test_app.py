@@ -177,3 +177,25 @@ def test_rounds_page_needs_a_dataset_then_queues_a_round(demo_home):
             "pending",
         )
         assert session.scalars(select(Job)).one().params == {"round_id": record.id}
+
+
+def test_a_vote_the_database_is_too_busy_for_is_kept_shown_and_sent_with_the_next_key(demo_home, monkeypatch):
+    import sqlite3
+
+    from herdbook.db import store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_MS", 50)
+    at = app("ann")
+    first = shown_caption(at).split(" ")[0]
+    holder = sqlite3.connect(demo_home.root / "herdbook.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a long import or sync holds the write lock
+    at.button(key="accept").click().run()
+    assert "1 vote(s) not stored yet: the database is busy" in shown_caption(at)
+    assert first not in shown_caption(at).split(" · ")[0]  # the rater moves on all the same
+    holder.execute("COMMIT")
+    holder.close()
+    at.button(key="reject").click().run()
+    assert "not stored yet" not in shown_caption(at)
+    with demo_home.open_store().transaction() as session:
+        votes = [current_vote(session, i, "ann") for i in range(1, 37)]
+    assert sorted(v for v in votes if v) == ["accept", "reject"]
