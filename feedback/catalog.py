@@ -60,7 +60,9 @@ def list_candidates(
         .order_by(Candidate.id)
     )
     if unrated_by is not None:
-        voted = select(Vote.candidate_id).join(Rater).where(Rater.name == unrated_by, Vote.is_current).scalar_subquery()
+        from herdbook.feedback.votes import named
+
+        voted = select(Vote.candidate_id).join(Rater).where(named(unrated_by), Vote.is_current).scalar_subquery()
         query = query.where(Candidate.id.not_in(voted))
     if ids is not None:
         query = query.where(Candidate.id.in_(ids))

@@ -29,17 +29,23 @@ def clean_rater_name(name: str) -> str:
     return cleaned
 
 
+def named(rater_name: str):
+    """The condition that picks a rater by name, whatever its case: "Alice" and "alice" are
+    one rater (the name keeps the case it was first written in)."""
+    return func.lower(Rater.name) == clean_rater_name(rater_name).lower()
+
+
 def rater_by_name(session: Session, name: str, create: bool = True) -> Rater:
     """The rater of that name; made on first use, race-free: two tabs casting a new rater's
     first votes at once both get the one row (insert-or-ignore, then read), on SQLite and
     Postgres alike."""
     name = clean_rater_name(name)
-    rater = session.scalars(select(Rater).where(Rater.name == name)).one_or_none()
+    rater = session.scalars(select(Rater).where(named(name)).order_by(Rater.id).limit(1)).one_or_none()
     if rater is None:
         if not create:
             raise NotFound(f"no rater named {name!r}")
         session.execute(_insert_or_ignore(session, Rater, name=name, created_at=utcnow()))
-        rater = session.scalars(select(Rater).where(Rater.name == name)).one()
+        rater = session.scalars(select(Rater).where(named(name)).order_by(Rater.id).limit(1)).one()
     return rater
 
 
@@ -112,7 +118,7 @@ class QueueFilter:
 
 
 def _filtered(session: Session, query, rater_name: str, filters: QueueFilter):
-    rater = session.scalars(select(Rater).where(Rater.name == clean_rater_name(rater_name))).one_or_none()
+    rater = session.scalars(select(Rater).where(named(rater_name)).order_by(Rater.id).limit(1)).one_or_none()
     if filters.unrated_only and rater is not None:
         voted = exists().where(Vote.candidate_id == Candidate.id, Vote.rater_id == rater.id, Vote.is_current)
         query = query.where(~voted)
@@ -187,8 +193,8 @@ def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
             select(Rater.name).join(Vote, Vote.rater_id == Rater.id).where(Vote.id > recent, Vote.created_at >= since)
         )
     )
-    names = sorted(active | {clean_rater_name(rater_name)}, key=str.casefold)
-    return names.index(clean_rater_name(rater_name)), len(names)
+    names = sorted({name.lower() for name in active} | {clean_rater_name(rater_name).lower()})
+    return names.index(clean_rater_name(rater_name).lower()), len(names)
 
 
 def queue_view(
@@ -247,17 +253,18 @@ def queue_size(
 
 
 def rater_vote_count(session: Session, rater_name: str) -> int:
-    rater = session.scalars(select(Rater).where(Rater.name == clean_rater_name(rater_name))).one_or_none()
+    """A rater's votes as the app shows them: current accepts and rejects. A skip is no vote
+    (it says "no opinion"), here as in scores and `herdbook status`."""
+    rater = session.scalars(select(Rater).where(named(rater_name)).order_by(Rater.id).limit(1)).one_or_none()
     if rater is None:
         return 0
-    return session.scalar(select(func.count()).where(Vote.rater_id == rater.id, Vote.is_current)) or 0
+    decisive = (Vote.rater_id == rater.id, Vote.is_current, Vote.value != VoteValue.skip)
+    return session.scalar(select(func.count()).where(*decisive)) or 0
 
 
 def current_vote(session: Session, candidate_id: int, rater_name: str) -> VoteValue | None:
     return session.scalar(
-        select(Vote.value)
-        .join(Rater)
-        .where(Vote.candidate_id == candidate_id, Rater.name == clean_rater_name(rater_name), Vote.is_current)
+        select(Vote.value).join(Rater).where(Vote.candidate_id == candidate_id, named(rater_name), Vote.is_current)
     )
 
 

@@ -97,3 +97,18 @@ def test_a_new_raters_first_votes_from_many_tabs_at_once_are_all_kept(home, impo
         assert session.scalar(select(func.count(Vote.id))) == len(imported)
     for store in stores:
         store.close()
+
+
+def test_rater_names_that_differ_only_by_case_are_one_rater(store, imported):
+    from herdbook.db.models import Rater
+    from herdbook.feedback.votes import rater_vote_count
+    from sqlalchemy import func, select
+
+    with store.transaction() as session:
+        cast_vote(session, imported[0], "Alice", "accept")
+        cast_vote(session, imported[1], "alice", "reject")
+        cast_vote(session, imported[0], "ALICE", "reject")  # replaces her first vote
+        assert session.scalar(select(func.count(Rater.id))) == 1
+        assert session.scalars(select(Rater.name)).one() == "Alice"
+        assert rater_vote_count(session, "aLiCe") == 2
+        assert current_vote(session, imported[0], "alice") == "reject"

@@ -199,3 +199,16 @@ def test_a_vote_the_database_is_too_busy_for_is_kept_shown_and_sent_with_the_nex
     with demo_home.open_store().transaction() as session:
         votes = [current_vote(session, i, "ann") for i in range(1, 37)]
     assert sorted(v for v in votes if v) == ["accept", "reject"]
+
+
+def test_the_vote_counter_means_the_same_while_voting_after_undo_and_after_reload(demo_home):
+    """skip, skip, accept showed '1 vote'; then undo showed '2 votes' (skips counted)."""
+    at = app("ann")
+    for key in ("skip", "skip", "accept"):
+        at.button(key=key).click().run()
+    assert "1 vote by ann" in shown_caption(at)
+    at.button(key="undo").click().run()
+    assert "0 votes by ann" in shown_caption(at)
+    at.button(key="accept").click().run()
+    assert "1 vote by ann" in shown_caption(at)
+    assert "1 vote by ann" in shown_caption(app("ann"))  # a reload counts the same way
