@@ -297,7 +297,8 @@ def export_version(session: Session, repo: Path, ref: str | int, dest: Path) -> 
     version = resolve_version(session, ref)
     rows = read_table(repo, version.commit_id, INSTANCE_TABLE)
     written = versioning.copy_out(repo, version.commit_id, [row["path"] for row in rows], dest)
-    (dest / INSTANCE_TABLE).write_text(to_csv(INSTANCE_COLUMNS, rows), encoding="utf-8")
+    exported = [{**row, "path": Path(row["path"]).name} for row in rows]  # as written: beside the table
+    (dest / INSTANCE_TABLE).write_text(to_csv(INSTANCE_COLUMNS, exported), encoding="utf-8")
     return written
 
 

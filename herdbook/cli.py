@@ -500,27 +500,45 @@ def datasets_diff(ctx, old, new, home_path):
     with store_of(home).transaction() as session:
         diff = diff_versions(session, home.dataset_dir, old, new)
     click.echo(diff.summary())
+
+    def image(row) -> str:  # a person knows an image by its number and name, not its hash path
+        return f"#{row.get('candidate_id', '?')} {printable(row.get('source_name') or row['path'])}"
+
     for row in diff.added:
-        click.echo(f"  + {row['path']}  {row['rating']}  {row['prompt']!r}")
+        click.echo(
+            f"  + added     {image(row)}  {row['rating']} ({row['accepts']}/{row['rejects']})  {row['prompt']!r}"
+        )
     for row in diff.removed:
-        click.echo(f"  - {row['path']}  {row['prompt']!r}")
+        click.echo(f"  - removed   {image(row)}  {row['prompt']!r}")
     for before, after in diff.rating_changed:
         click.echo(
-            f"  ~ {after['path']}  {before['rating']} ({before['accepts']}/{before['rejects']})"
+            f"  ~ rating    {image(after)}  {before['rating']} ({before['accepts']}/{before['rejects']})"
             f" -> {after['rating']} ({after['accepts']}/{after['rejects']})"
         )
+    for row in diff.selected_added:
+        click.echo(f"  > selected  {image(row)}  score {row['score']}")
+    for row in diff.selected_removed:
+        click.echo(f"  < dropped   {image(row)}  {row.get('reason', '')}")
 
 
 @datasets.command("export")
 @click.argument("version")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @home_option
+@click.option("--clear", is_flag=True, help="Empty DEST first when it holds files (else a non-empty DEST is refused).")
 @click.pass_context
-def datasets_export(ctx, version, dest, home_path):
-    """Check VERSION's instance images out of Oxen into DEST (what training reads)."""
+def datasets_export(ctx, version, dest, home_path, clear):
+    """Check VERSION's instance images out of Oxen into DEST (what training reads), with an
+    instance.csv whose paths name the exported files."""
+    import shutil
+
     from herdbook.feedback.curation import export_version
     from herdbook.home import load_home
 
+    if dest.exists() and any(dest.iterdir()):
+        if not clear:
+            raise HerdbookError(f"{dest} is not empty: choose a new folder, or --clear to empty it first")
+        shutil.rmtree(dest)
     home = load_home(home_path or ctx.obj.get("home_path"))
     with store_of(home).transaction() as session:
         written = export_version(session, home.dataset_dir, version, dest)

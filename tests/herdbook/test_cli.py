@@ -129,9 +129,19 @@ def test_select_sync_and_datasets_from_the_command_line(tmp_path):
     run("sync", "--home", home)
     listed = json.loads(run("datasets", "--json", "--home", home).output)
     assert [v["id"] for v in listed] == [1, 2] and listed[0]["selected"] == 1
-    assert "1 ratings changed" in run("datasets", "diff", "1", "2", "--home", home).output
+    diff = run("datasets", "diff", "1", "2", "--home", home).output
+    assert "1 ratings changed" in diff
+    assert "~ rating    #3 " in diff and "images/" not in diff  # images by number and name, not hash paths
+    assert "> selected  #3 " in diff
     out = run("datasets", "export", "latest", tmp_path / "instance", "--home", home).output
     assert "Exported 1 instance image(s)" in out
+    import csv as csv_module
+
+    table = list(csv_module.DictReader((tmp_path / "instance" / "instance.csv").open()))
+    assert all((tmp_path / "instance" / row["path"]).is_file() for row in table)  # paths name the files
+    again = run("datasets", "export", "1", tmp_path / "instance", "--home", home, ok=False)
+    assert again.exit_code == 1 and "is not empty" in again.output
+    assert "Exported" in run("datasets", "export", "1", tmp_path / "instance", "--clear", "--home", home).output
     failed = run("sync", "--push", "--home", home, ok=False)
     assert failed.exit_code == 1 and "no Oxen remote is configured" in failed.output
 
