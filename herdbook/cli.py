@@ -587,12 +587,18 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
         "negative_prompt": negative_prompt,
         "guidance_scale": guidance_scale,
     }
+    from herdbook.training.rounds import model_ready
+
+    with store.transaction() as session:
+        problem = model_ready(session, home.project, round_ref)  # fail now, not in the worker
+    if problem:
+        raise HerdbookError(problem)
     if queued:
         from herdbook.jobs import submit
         from herdbook.training.rounds import resolve_round
 
         with store.transaction() as session:
-            resolve_round(session, round_ref)  # fail now, not in the worker
+            resolve_round(session, round_ref)
             job = submit(
                 session,
                 home,
@@ -669,7 +675,8 @@ def train(
 ):
     """Run a Dreambooth round on a dataset version's instance images."""
     from herdbook.home import load_home
-    from herdbook.training.rounds import plan_round
+    from herdbook.training.rounds import chain_problem, plan_round
+    from herdbook.training.settings import ModelChain
 
     home = load_home(home_path)
     store = store_of(home)
@@ -689,6 +696,9 @@ def train(
             lr_warmup_steps=lr_warmup_steps,
             train_text_encoder=train_text_encoder,
         )
+        problem = chain_problem(ModelChain.model_validate(record.settings["model"]))
+        if problem:  # refused before the round is recorded (the transaction rolls back)
+            raise HerdbookError(problem)
         round_id, parent, total = record.id, record.parent_id, record.settings["steps"]
         if queued:
             from herdbook.jobs import submit

@@ -16,6 +16,7 @@ SHARED_DEMO = Path(__file__).resolve().parents[1].parent / "shared" / "oxen-demo
 def isolated_environment(tmp_path_factory, monkeypatch):
     """Keep Oxen's user config and herdbook's home away from the real ones."""
     monkeypatch.setenv("OXEN_CONFIG_DIR", str(tmp_path_factory.mktemp("oxen-config")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test reaches for the model hub
     monkeypatch.delenv("HERDBOOK_HOME", raising=False)
 
 

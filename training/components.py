@@ -92,6 +92,45 @@ def _from_pretrained(loader, name: str, **kwargs):
         ) from error
 
 
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (its endpoint, or HF_ENDPOINT)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def model_problem(chain: ModelChain, reachable=hub_reachable) -> str | None:
+    """Why ``chain`` cannot be loaded, found cheaply before any job is queued (a folder that is
+    not there, a hub id neither cached nor downloadable, a missing adapter); None when it can
+    be tried. The cause is the real one: "the hub is unreachable" is not "config.json missing"."""
+    name = chain.pipeline
+    folder = Path(name).expanduser()
+    for adapter in chain.adapters:
+        if not Path(adapter).exists():
+            return f"the LoRA adapter {adapter} is missing (was its round's output moved?)"
+    if folder.is_dir():
+        if not (folder / "model_index.json").exists() and not (folder / "unet" / "config.json").exists():
+            return f"{folder} is not a diffusers model folder (no model_index.json)"
+        return None
+    if not _is_hub_id(name):
+        return f"there is no model folder at {folder}"
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "model_index.json"), str):
+        return None  # in the local cache
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"
+    if not reachable():
+        return f"the Hugging Face hub is unreachable from this machine and {name} is not in its cache"
+    return None
+
+
 def load_components(chain: ModelChain, device: torch.device | None = None) -> Components:
     import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel

@@ -192,6 +192,27 @@ def model_choices(session: Session) -> list[str]:
     return ["base", *[str(i) for i in finished]]
 
 
+def model_ready(session: Session, project: Project, ref: str | int | None = "base", reachable=None) -> str | None:
+    """None when the model of ``ref`` (base, latest, a round) can be loaded; else why not and
+    where to set it. A cheap check, made before anything is queued."""
+    chain, _ = model_for(session, project, ref)
+    return chain_problem(chain, reachable)
+
+
+def chain_problem(chain: ModelChain, reachable=None) -> str | None:
+    """``model_problem`` with where to set the base model."""
+    from herdbook.training.components import hub_reachable, model_problem
+
+    problem = model_problem(chain, reachable or hub_reachable)
+    if problem is None:
+        return None
+    return (
+        f"{problem}. The base model is set by base_model in herdbook.toml (a hub id such as "
+        "stable-diffusion-v1-5/stable-diffusion-v1-5 or a local diffusers folder); on a machine without the hub, "
+        "point it at a local folder"
+    )
+
+
 def training_available() -> str | None:
     """None when torch and diffusers can be imported; otherwise what to install."""
     import importlib.util

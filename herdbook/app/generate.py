@@ -7,7 +7,20 @@ import streamlit as st
 from herdbook.app.context import action, project
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.jobs import submit
-from herdbook.training.rounds import model_choices, training_available
+from herdbook.training.rounds import chain_problem, model_choices, model_for, training_available
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _chain_status(pipeline: str, adapters: tuple[str, ...]) -> str | None:
+    from herdbook.training.settings import ModelChain
+
+    return chain_problem(ModelChain(pipeline, adapters))
+
+
+def model_status(session, home, ref) -> str | None:
+    """Why the model of ``ref`` cannot be loaded, checked at most every 30 s (it may probe the hub)."""
+    chain, _ = model_for(session, home.project, ref)
+    return _chain_status(chain.pipeline, chain.adapters)
 
 
 def page() -> None:
@@ -18,6 +31,9 @@ def page() -> None:
         st.error(f"Generation needs the training extras on the worker's machine: {missing}.")
     with action(store) as session:
         models = model_choices(session)
+        unusable = model_status(session, home, "base")
+    if unusable:
+        st.error(f"Generation cannot start: {unusable}.")
     with st.form("generate"):
         prompt = st.text_input("Prompt", value=home.config.instance_prompt)
         negative = st.text_input("Negative prompt", value="")
@@ -28,7 +44,7 @@ def page() -> None:
         model = st.selectbox(
             "Model", models, index=len(models) - 1, format_func=lambda m: "base model" if m == "base" else f"round {m}"
         )
-        submitted = st.form_submit_button("Generate", type="primary", disabled=bool(missing))
+        submitted = st.form_submit_button("Generate", type="primary", disabled=bool(missing or unusable))
     if submitted:
         if not prompt.strip():
             st.error("Write a prompt first.")

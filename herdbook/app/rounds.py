@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from herdbook.app.context import action, project, reload_home
+from herdbook.app.generate import model_status
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.feedback.catalog import acceptance_by_round
 from herdbook.feedback.curation import list_versions
@@ -112,6 +113,10 @@ def page() -> None:
     missing = training_available()
     if missing:
         st.error(f"Training needs the training extras: {missing}.")
+    with action(store) as session:
+        unusable = model_status(session, home, "base")
+    if unusable:
+        st.error(f"A round cannot start from the base model: {unusable}.")
     start_form(home, store)
     st.subheader("Training jobs")
     jobs_panel(home, store, "train")

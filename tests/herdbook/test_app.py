@@ -124,8 +124,22 @@ def test_prompts_are_text_never_html(tmp_path, monkeypatch):
     assert all("onerror" not in m.value for m in at.markdown)
 
 
-def test_generate_queues_a_job(demo_home):
+def test_a_base_model_that_cannot_load_is_said_at_once_and_nothing_is_queued(demo_home):
+    at = page("generate").run()  # the demo's hub id, not in the cache, and the hub is off
+    assert "Generation cannot start: stable-diffusion" in at.error[0].value or "CompVis" in at.error[0].value
+    assert "HF_HUB_OFFLINE=1" in at.error[0].value and "base_model in herdbook.toml" in at.error[0].value
+    assert at.button[0].disabled
+    at = page("rounds").run()
+    assert any("A round cannot start from the base model" in e.value for e in at.error)
+
+
+def test_generate_queues_a_job(demo_home, tiny_model):
+    config = demo_home.config_path.read_text()
+    demo_home.config_path.write_text(
+        config.replace('base_model = "CompVis/stable-diffusion-v1-4"', f'base_model = "{tiny_model}"')
+    )
     at = page("generate").run()
+    assert not at.error
     at.text_input[0].input("an ox on the moon")
     at.number_input[0].set_value(2)
     at.button[0].click().run()
