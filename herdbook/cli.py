@@ -328,7 +328,7 @@ def demo(home_path, serve, port):
         home = load_home(root)
         click.echo(f"Using the existing project in {home.root}")
     else:
-        home = init_home(root)
+        home = init_home(root, demo_config(root))
         with tempfile.TemporaryDirectory() as scratch:
             table = write_demo_images(Path(scratch))
             with store_of(home).transaction() as session:
@@ -340,6 +340,28 @@ def demo(home_path, serve, port):
         sys.exit(run_app(home, port=port))
     else:
         click.echo(f"Rate them: herdbook serve --home {home.root}")
+
+
+def demo_config(root: Path):
+    """A demo home's config: with the training extras installed, a tiny random-weight Stable
+    Diffusion built here (no download) as its base model, so the whole loop runs on a CPU in
+    seconds (its images are noise); without them, the usual hub id and rating only."""
+    from herdbook.config import ProjectConfig
+    from herdbook.demo import DEMO_MODEL
+    from herdbook.training.rounds import training_available
+
+    config = ProjectConfig()
+    if training_available():
+        return config
+    from herdbook.training.tiny import RESOLUTION, save_tiny_pipeline
+
+    model = save_tiny_pipeline(root / "models" / DEMO_MODEL)
+    click.echo(f"Built a tiny random-weight demo model in {model} (its images are noise)")
+    return config.with_changes(
+        base_model=str(model),
+        resolution=RESOLUTION,
+        training=config.training.with_changes(steps=20, checkpoint_every=10),
+    )
 
 
 def policy_options(command):

@@ -16,6 +16,11 @@ BACKGROUNDS = {
     "snow": ((200, 215, 235), (250, 250, 252)),
 }
 HORNS = ("curved", "short", "long")
+DEMO_MODEL = "demo-random-weights"  # the folder name of the demo's tiny random-weight model
+
+
+def is_demo_model(base_model: str) -> bool:
+    return Path(base_model).name == DEMO_MODEL
 
 
 @dataclass(frozen=True)

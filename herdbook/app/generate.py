@@ -6,6 +6,7 @@ import streamlit as st
 
 from herdbook.app.context import action, project
 from herdbook.app.jobs_panel import jobs_panel
+from herdbook.demo import is_demo_model
 from herdbook.jobs import submit
 from herdbook.training.rounds import chain_problem, model_choices, model_for, training_available
 
@@ -26,6 +27,9 @@ def model_status(session, home, ref) -> str | None:
 def page() -> None:
     home, store = project()
     st.header("Generate candidates")
+    if is_demo_model(home.config.base_model):
+        st.info("Demo model: a tiny Stable Diffusion with random weights, built on this machine. It trains and "
+                "generates in seconds, and its images are noise.", icon=":material/science:")  # fmt: skip
     missing = training_available()
     if missing:
         st.error(f"Generation needs the training extras on the worker's machine: {missing}.")

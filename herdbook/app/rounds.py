@@ -8,6 +8,7 @@ import streamlit as st
 from herdbook.app.context import action, project, reload_home
 from herdbook.app.generate import model_status
 from herdbook.app.jobs_panel import jobs_panel
+from herdbook.demo import is_demo_model
 from herdbook.feedback.catalog import acceptance_by_round
 from herdbook.feedback.curation import list_versions
 from herdbook.jobs import submit
@@ -110,6 +111,9 @@ def page() -> None:
     _, store = project()
     home = reload_home()
     st.header("Dreambooth rounds")
+    if is_demo_model(home.config.base_model):
+        st.info("Demo model: a tiny Stable Diffusion with random weights, built on this machine. It trains and "
+                "generates in seconds, and its images are noise.", icon=":material/science:")  # fmt: skip
     missing = training_available()
     if missing:
         st.error(f"Training needs the training extras: {missing}.")

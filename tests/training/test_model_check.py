@@ -1,4 +1,4 @@
-"""The cheap check that a model can load, made before anything is queued."""
+"""The cheap check that a model can load before anything is queued, and the demo that trains."""
 
 import json
 
@@ -26,6 +26,12 @@ def test_generate_and_train_refuse_an_unusable_model_before_queueing_anything(tm
     run("demo", "--home", home)
     run("vote", 1, "accept", "--rater", "ann", "--home", home)
     run("sync", "--home", home)
+    config = home / "herdbook.toml"
+    lines = [
+        'base_model = "CompVis/stable-diffusion-v1-4"' if line.startswith("base_model =") else line
+        for line in config.read_text().splitlines()
+    ]
+    config.write_text("\n".join(lines) + "\n")  # a hub id, not cached, with the hub off
     for command in (["generate", "--prompt", "an ox", "--queue"], ["train", "--queue"], ["train"]):
         result = run(*command, "--home", home, ok=False)
         assert result.exit_code == 1 and "Traceback" not in result.output, command
@@ -34,3 +40,23 @@ def test_generate_and_train_refuse_an_unusable_model_before_queueing_anything(tm
         )
     assert json.loads(run("jobs", "--json", "--home", home).output) == []
     assert json.loads(run("rounds", "--json", "--home", home).output) == []
+
+
+def test_the_demo_runs_the_whole_loop_on_a_tiny_model_built_here(tmp_path):
+    """Rate, sync, train, generate from the new round, see the new images queued: no download."""
+    import pytest
+
+    pytest.importorskip("diffusers")
+    home = tmp_path / "demo"
+    assert "tiny random-weight demo model" in run("demo", "--home", home).output
+    for cid in (1, 2, 3):
+        run("vote", cid, "accept", "--rater", "ann", "--home", home)
+    run("sync", "--home", home)
+    trained = run("train", "--mode", "lora", "--steps", "3", "--home", home).output
+    assert "Round 1 finished" in trained
+    made = run("generate", "--prompt", "the oxenai ox", "-n", "2", "--round", "latest", "--steps", "2", "--home", home)
+    assert "Added 2 candidate(s) from latest" in made.output
+    queue = json.loads(run("queue", "--rater", "bob", "-n", "100", "--json", "--home", home).output)
+    assert {37, 38} <= {e["id"] for e in queue}  # the new round's images join the queue
+    listed = json.loads(run("candidates", "--json", "--home", home).output)
+    assert {c["round"] for c in listed if c["id"] in (37, 38)} == {1}

@@ -1,0 +1,69 @@
+"""Tiny random-weight Stable Diffusion parts built from config, as diffusers' own tests do: for
+the tests and for `herdbook demo`, whose project trains and generates in seconds on a CPU (its
+images are noise: the weights are random).
+
+Nothing is downloaded: the tokenizer is the committed tiny one beside this module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TOKENIZER = Path(__file__).resolve().parent / "tiny_tokenizer"
+RESOLUTION = 32  # pixels; the tiny VAE halves it once
+
+
+def tiny_components(seed: int = 0):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from herdbook.training.components import Components, sd_inference_scheduler, sd_training_scheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        sample_size=RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=4,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=32,
+            intermediate_size=64,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            pad_token_id=1,
+            vocab_size=520,
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = sd_training_scheduler()
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    return Components(unet, vae, text_encoder, tokenizer, scheduler, sd_inference_scheduler())
+
+
+def save_tiny_pipeline(folder: Path, seed: int = 0) -> Path:
+    """A diffusers pipeline folder of tiny parts: what `from_pretrained` on a local folder reads."""
+    from herdbook.training.components import make_pipeline
+
+    make_pipeline(tiny_components(seed)).save_pretrained(folder)
+    return folder
