@@ -229,14 +229,15 @@ def sync(session: Session, dataset: versioning.DatasetRepo, files_root: Path, po
     repo = dataset.path
     oxen_settings = dataset.settings
     versioning.use_user_config(dataset)
-    recovered = recover_unrecorded_commits(session, repo, oxen_settings.branch)
-    previous = latest_version(session)
-    old_rows = read_table(repo, previous.commit_id, TRAIN_TABLE) if previous else []
-    snap = snapshot(session, files_root, policy, repo)
-    diff = diff_train_tables(old_rows, snap.train_rows)
-    write_snapshot(repo, snap)
-    message = f"herdbook sync: {diff.summary()}; {len(snap.selected_ids)} selected of {len(snap.train_rows)} rated"
-    commit = versioning.commit(repo, [IMAGES_FOLDER, TRAIN_TABLE, VOTES_TABLE, INSTANCE_TABLE], message)
+    with versioning.working_tree_lock(repo):  # one process at a time in the working tree
+        recovered = recover_unrecorded_commits(session, repo, oxen_settings.branch)
+        previous = latest_version(session)
+        old_rows = read_table(repo, previous.commit_id, TRAIN_TABLE) if previous else []
+        snap = snapshot(session, files_root, policy, repo)
+        diff = diff_train_tables(old_rows, snap.train_rows)
+        write_snapshot(repo, snap)
+        message = f"herdbook sync: {diff.summary()}; {len(snap.selected_ids)} selected of {len(snap.train_rows)} rated"
+        commit = versioning.commit(repo, [IMAGES_FOLDER, TRAIN_TABLE, VOTES_TABLE, INSTANCE_TABLE], message)
     result = SyncResult(None, diff, recovered, notes=snap.notes)
     if commit is not None:
         result.version = _record(session, commit, oxen_settings.branch, snap.train_rows, snap.n_votes)
@@ -286,17 +287,18 @@ def resolve_version(session: Session, ref: str | int) -> DatasetVersion:
 
 def diff_versions(session: Session, repo: Path, a: str | int, b: str | int) -> TableDiff:
     old, new = resolve_version(session, a), resolve_version(session, b)
-    return diff_train_tables(
-        read_table(repo, old.commit_id, TRAIN_TABLE),
-        read_table(repo, new.commit_id, TRAIN_TABLE),
-    )
+    with versioning.working_tree_lock(repo):  # reading a commit restores its files for a moment
+        return diff_train_tables(
+            read_table(repo, old.commit_id, TRAIN_TABLE), read_table(repo, new.commit_id, TRAIN_TABLE)
+        )
 
 
 def export_version(session: Session, repo: Path, ref: str | int, dest: Path) -> list[Path]:
     """Check a version's instance images out of Oxen into ``dest``, with its instance.csv."""
     version = resolve_version(session, ref)
-    rows = read_table(repo, version.commit_id, INSTANCE_TABLE)
-    written = versioning.copy_out(repo, version.commit_id, [row["path"] for row in rows], dest)
+    with versioning.working_tree_lock(repo):  # reading a commit restores its files for a moment
+        rows = read_table(repo, version.commit_id, INSTANCE_TABLE)
+        written = versioning.copy_out(repo, version.commit_id, [row["path"] for row in rows], dest)
     exported = [{**row, "path": Path(row["path"]).name} for row in rows]  # as written: beside the table
     (dest / INSTANCE_TABLE).write_text(to_csv(INSTANCE_COLUMNS, exported), encoding="utf-8")
     return written

@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +93,103 @@ def _repo(path: Path):
     return Repo(str(path))
 
 
+# --- every Oxen operation runs in a short-lived child process ----------------------------
+#
+# Oxen's Python binding keeps a repository's refs database open, and locked, for the life of
+# the process that opened it: after one "Sync now" in the app, every `herdbook sync` failed
+# with RefsDbOpenFailed until the app stopped. A child process per operation releases the lock
+# when it exits, and can be killed when a remote never answers. A file lock keeps two
+# processes from working on the working tree at once (a sync writing it while an export
+# restores an old file into it).
+
+
 def init_repository(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / ".oxen").is_dir():
+        _in_child("init_repository", path)
+
+
+def has_changes(path: Path) -> bool:
+    return _in_child("has_changes", path)
+
+
+def commit(path: Path, paths: Iterable[str], message: str) -> Commit | None:
+    """Stage ``paths`` (files or folders, relative to the repo) as they are in the working
+    tree, deletions included, and commit them. Returns None when nothing changed."""
+    made = _in_child("commit", path, list(paths), message)
+    return None if made is None else Commit(**made)
+
+
+def history(path: Path) -> list[Commit]:
+    """Commits, newest first."""
+    return [Commit(**c) for c in _in_child("history", path)]
+
+
+def copy_out(path: Path, commit_id: str, relpaths: Iterable[str], dest: Path) -> list[Path]:
+    """Copy files as they were at ``commit_id`` into ``dest`` and leave the working tree as it was."""
+    return [Path(p) for p in _in_child("copy_out", path, commit_id, list(relpaths), dest)]
+
+
+def working_tree_lock(path: Path):
+    """Held while a process writes the working tree and commits it, or restores old files into it."""
+    from filelock import FileLock
+
+    if not (path / ".oxen").is_dir():
+        _repo(path)  # raises the VersioningError that says what to do
+    return FileLock(str(path.with_name(f".{path.name}.lock")))  # beside the repository, not in it
+
+
+def _in_child(operation: str, path: Path, *args, timeout: float | None = None):
+    import json
+    import subprocess
+
+    if not (Path(path) / ".oxen").is_dir() and operation != "init_repository":
+        _repo(Path(path))  # raises the VersioningError that says what to do
+    request = json.dumps([operation, str(path), [str(a) if isinstance(a, Path) else a for a in args]])
+    command = [sys.executable, "-m", "herdbook.feedback.versioning"]
+    try:
+        done = subprocess.run(command, input=request, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(operation) from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 and not lines:
+        raise VersioningError(f"Oxen's {operation} failed: {done.stderr.strip().splitlines()[-1:] or 'no output'}")
+    reply = json.loads(lines[-1])
+    if "error" in reply:
+        kind = {"PushError": PushError}.get(reply["error"], VersioningError)
+        raise kind(reply["message"])
+    return reply["result"]
+
+
+def _serve_one_request() -> None:
+    """The child's side: read one request from standard input, answer with one JSON line."""
+    import json
+    from dataclasses import asdict
+
+    operation, path, args = json.loads(sys.stdin.read())
+    work = {
+        "init_repository": _init_repository,
+        "has_changes": _has_changes,
+        "commit": _commit,
+        "history": _history,
+        "copy_out": _copy_out,
+        "push": _push,
+    }[operation]
+    try:
+        if operation == "copy_out":
+            args = [args[0], args[1], Path(args[2])]
+        result = work(Path(path), *args)
+    except (VersioningError, PushError) as error:
+        print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+        return
+    if isinstance(result, Commit):
+        result = asdict(result)
+    elif isinstance(result, list):
+        result = [asdict(r) if isinstance(r, Commit) else str(r) for r in result]
+    print(json.dumps({"result": result}))
+
+
+def _init_repository(path: Path) -> None:
     from oxen import Repo
 
     path.mkdir(parents=True, exist_ok=True)
@@ -104,12 +199,12 @@ def init_repository(path: Path) -> None:
         Repo(str(path)).init()
 
 
-def has_changes(path: Path) -> bool:
+def _has_changes(path: Path) -> bool:
     with _quiet():
         return _repo(path).status().is_dirty()
 
 
-def commit(path: Path, paths: Iterable[str], message: str) -> Commit | None:
+def _commit(path: Path, paths: Iterable[str], message: str) -> Commit | None:
     """Stage ``paths`` (files or folders, relative to the repo) as they are in the working
     tree, deletions included, and commit them. Returns None when nothing changed."""
     repo = _repo(path)
@@ -126,7 +221,7 @@ def commit(path: Path, paths: Iterable[str], message: str) -> Commit | None:
     return Commit(made.id, made.message, str(made.timestamp))
 
 
-def history(path: Path) -> list[Commit]:
+def _history(path: Path) -> list[Commit]:
     """Commits, newest first."""
     with _quiet():
         try:
@@ -136,7 +231,7 @@ def history(path: Path) -> list[Commit]:
     return [Commit(c.id, c.message, str(c.timestamp)) for c in entries]
 
 
-def copy_out(path: Path, commit_id: str, relpaths: Iterable[str], dest: Path) -> list[Path]:
+def _copy_out(path: Path, commit_id: str, relpaths: Iterable[str], dest: Path) -> list[Path]:
     """Copy files as they were at ``commit_id`` into ``dest`` and leave the working tree as it was.
 
     Oxen's Python API checks out branches, not commits, so each file is restored from the
@@ -172,48 +267,47 @@ def redact(url: str) -> str:
 
 
 def push(path: Path, settings: OxenSettings) -> None:
-    """Push the branch to the configured remote, giving up after ``push_timeout_seconds``.
-    The local commit stays whatever happens, and no message carries the remote's credentials.
-
-    Call it outside any database transaction: a remote can take minutes to answer."""
+    """Push the branch to the configured remote, giving up (and stopping the push) after
+    ``push_timeout_seconds``. The local commit stays whatever happens, and no message carries
+    the remote's credentials. Call it outside any database transaction."""
     if not settings.remote:
         raise PushError(
             'no Oxen remote is configured: set [oxen] remote = "https://hub.oxen.ai/NAMESPACE/REPO" '
             "in herdbook.toml, and log in once with `oxen config --auth hub.oxen.ai TOKEN`"
         )
     shown = redact(settings.remote)
-    secret = urlsplit(settings.remote).netloc.rsplit("@", 1)[0] if "@" in urlsplit(settings.remote).netloc else None
-    repo = _repo(path)
-    failure: list[BaseException] = []
-
-    def send() -> None:
-        try:
-            repo.set_remote(settings.remote_name, settings.remote)
-            repo.push(settings.remote_name, settings.branch)
-        except Exception as error:  # oxen raises plain ValueError/OSError for network and auth failures
-            failure.append(error)
-
-    # the push runs in a thread so that a remote that never answers cannot hold herdbook forever;
-    # the thread is abandoned (a daemon) if it outlives the timeout
-    sender = threading.Thread(target=send, daemon=True)
-    with _quiet():
-        sender.start()
-        sender.join(settings.push_timeout_seconds)
-    if sender.is_alive():
+    netloc = urlsplit(settings.remote).netloc
+    secret = netloc.rsplit("@", 1)[0] if "@" in netloc else None
+    try:
+        _in_child("push", path, settings.remote_name, settings.remote, settings.branch,
+                  timeout=settings.push_timeout_seconds)  # fmt: skip
+    except TimeoutError:
         raise PushError(
             f"push to {shown} got no answer in {settings.push_timeout_seconds:g} s. The dataset is committed "
             "locally; check the remote, then run `herdbook sync --push` again"
-        )
-    if failure:
-        reason = str(failure[0]).splitlines()[0] if str(failure[0]) else type(failure[0]).__name__
-        if secret:
-            reason = reason.replace(secret, "***")
+        ) from None
+    except PushError as error:
+        reason = str(error).replace(secret, "***") if secret else str(error)
         raise PushError(
             f"push to {shown} failed: {reason}. The dataset is committed locally; "
             "check the remote URL and your Oxen credentials, then run `herdbook sync --push` again"
-        )
+        ) from None
+
+
+def _push(path: Path, remote_name: str, remote: str, branch: str) -> None:
+    repo = _repo(path)
+    try:
+        with _quiet():
+            repo.set_remote(remote_name, remote)
+            repo.push(remote_name, branch)
+    except Exception as error:  # oxen raises plain ValueError/OSError for network and auth failures
+        raise PushError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
 
 
 def copy_repository(path: Path, dest: Path) -> None:
     """A copy of the repository's files (working tree and .oxen) for a backup."""
     shutil.copytree(path, dest, symlinks=True)
+
+
+if __name__ == "__main__":  # one Oxen operation, asked for by _in_child
+    _serve_one_request()

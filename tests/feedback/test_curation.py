@@ -139,9 +139,10 @@ def test_a_failed_push_keeps_the_local_commit_and_never_shows_credentials(home, 
         assert session.get(DatasetVersion, result.version.id).pushed is False
 
 
-def test_a_remote_that_never_answers_times_out_and_holds_no_database_lock(home, store, imported, monkeypatch):
+def test_a_remote_that_never_answers_times_out_and_holds_no_database_lock(home, store, imported):
     """Before, sync --push held its transaction through a push that hung for minutes, and every
     vote meanwhile failed with 'database is locked'."""
+    import socket
     import threading
     import time
 
@@ -149,40 +150,30 @@ def test_a_remote_that_never_answers_times_out_and_holds_no_database_lock(home, 
 
     from herdbook.cli import main
 
-    release = threading.Event()
-
-    class SilentRemote:  # the real Oxen repository, except that its push never returns
-        def __init__(self, repo):
-            self.repo = repo
-
-        def __getattr__(self, name):
-            return getattr(self.repo, name)
-
-        def set_remote(self, name, url):
-            pass
-
-        def push(self, remote, branch):
-            release.wait(60)
-
-    real_repo = versioning._repo
-    monkeypatch.setattr(versioning, "_repo", lambda path: SilentRemote(real_repo(path)))
-    config = home.config_path.read_text().replace('remote = ""', 'remote = "https://hub.example/team/ox"')
-    home.config_path.write_text(config.replace("push_timeout_seconds = 120", "push_timeout_seconds = 3"))
+    silent = socket.socket()  # a remote on this machine that takes connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    config = home.config_path.read_text().replace('remote = ""', f'remote = "http://127.0.0.1:{port}/team/ox"')
+    home.config_path.write_text(config.replace("push_timeout_seconds = 120", "push_timeout_seconds = 4"))
     vote_all(store, imported[:1], "ann", ["accept"])
     outcome = {}
     cli = threading.Thread(
         target=lambda: outcome.update(result=CliRunner().invoke(main, ["sync", "--push", "--home", str(home.root)]))
     )
     cli.start()
-    time.sleep(1.0)  # the sync has committed and the push hangs
+    deadline = time.monotonic() + 30
+    while versions(store) == 0:  # the sync has committed and recorded its version; the push hangs
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     started = time.monotonic()
     vote_all(store, imported[1:2], "bob", ["accept"])  # must not wait on any lock
     assert time.monotonic() - started < 1.0
     cli.join(30)
-    release.set()
+    silent.close()
     result = outcome["result"]
     assert result.exit_code == 1
-    assert "got no answer in 3 s" in result.output and "committed locally" in result.output
+    assert "got no answer in 4 s" in result.output and "committed locally" in result.output
     with store.transaction() as session:
         assert session.scalars(select(DatasetVersion)).one().pushed is False
 
@@ -276,3 +267,22 @@ def test_a_version_is_one_snapshot_even_while_votes_arrive(home, store, imported
         mine = [v for v in votes if v["candidate_id"] == cid]
         assert int(row["accepts"]) == sum(v["vote"] == "accept" for v in mine)
         assert int(row["rejects"]) == sum(v["vote"] == "reject" for v in mine)
+
+
+def test_another_process_can_sync_after_this_one_used_the_repository(home, store, imported):
+    """Oxen keeps a repository's refs locked for the life of the process that opened it: after
+    "Sync now" in the app, `herdbook sync` failed with RefsDbOpenFailed until the app stopped."""
+    import subprocess
+    import sys
+
+    vote_all(store, imported[:2], "ann", ["accept", "accept"])
+    do_sync(store, home)
+    with store.transaction() as session:
+        curation.diff_versions(session, home.dataset_dir, "latest", "latest")  # reads a commit here too
+    vote_all(store, imported[2:3], "ann", ["accept"])
+    other = subprocess.run(
+        [sys.executable, "-m", "herdbook.cli", "sync", "--home", str(home.root)], capture_output=True, text=True
+    )
+    assert other.returncode == 0, other.stderr
+    assert "Dataset version 2" in other.stdout
+    assert versions(store) == 2
