@@ -42,11 +42,11 @@ class Home:
 
     @property
     def candidates_dir(self) -> Path:
-        return self.root / "candidates"
+        return self.project.candidates_dir  # the training layer's Project owns the folder layout
 
     @property
     def rounds_dir(self) -> Path:
-        return self.root / "rounds"
+        return self.project.rounds_dir
 
     @property
     def oxen_config_dir(self) -> Path:
