@@ -177,3 +177,16 @@ def integrity_problems(store: Store) -> list[str]:
     with store.engine.connect() as connection:
         rows = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check")]
     return [] if rows == ["ok"] else rows
+
+
+def beat_while_running(store: Store, model, record_id: int, stop, every: float = 5.0) -> None:
+    """Touch a running record's ``heartbeat_at`` every ``every`` seconds until ``stop`` is set
+    or the record stops running (a job or a round: a silent heartbeat means its process died)."""
+    from herdbook.db.models import utcnow
+
+    while not stop.wait(every):
+        with store.transaction() as session:
+            record = session.get(model, record_id)
+            if record is None or record.status != "running":
+                return
+            record.heartbeat_at = utcnow()

@@ -142,11 +142,6 @@ def _counts_query():
     )
 
 
-def image_votes(session: Session) -> list[ImageVotes]:
-    """Every candidate with its current accept and reject counts, oldest first."""
-    return [ImageVotes(cid, a, r) for cid, a, r in session.execute(_counts_query())]
-
-
 def vote_counts(session: Session) -> Votes:
     """The same counts as arrays, for ranking a whole project at once (50,000 images and
     200,000 votes in ~0.1 s: the votes are summed alone, then placed by candidate id)."""

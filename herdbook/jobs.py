@@ -18,6 +18,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from herdbook.db.models import Job, utcnow
+from herdbook.db.store import beat_while_running
 from herdbook.errors import JobError, NotFound
 from herdbook.home import Home
 
@@ -89,7 +90,7 @@ def _run_job(store, home: Home, job_id: int) -> None:
         job.heartbeat_at, job.message = utcnow(), "starting"
         kind, params = job.kind, dict(job.params)
     beating = threading.Event()
-    heart = threading.Thread(target=_heartbeat, args=(store, job_id, beating), daemon=True)
+    heart = threading.Thread(target=beat_while_running, args=(store, Job, job_id, beating), daemon=True)
     heart.start()
     reporter = JobReporter(store, job_id)
     try:
@@ -110,15 +111,6 @@ def _run_job(store, home: Home, job_id: int) -> None:
         job.status, job.finished_at, job.progress = "finished", utcnow(), 1.0
         job.result, job.message = result, "done"
         job.log = _clip(job.log + reporter.flush_text())
-
-
-def _heartbeat(store, job_id: int, stop: threading.Event, every: float = 5.0) -> None:
-    while not stop.wait(every):
-        with store.transaction() as session:
-            job = session.get(Job, job_id)
-            if job is None or job.status != "running":
-                return
-            job.heartbeat_at = utcnow()
 
 
 def _clip(text: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from herdbook.db.errors import HerdbookError, NotFound
 from herdbook.db.models import Candidate, Round, utcnow
+from herdbook.db.store import beat_while_running
 from herdbook.feedback.curation import export_version, resolve_version
 from herdbook.feedback.images import check_image_data, store_image
 from herdbook.training.lineage import RoundNode, chain_for, tree_lines
@@ -336,7 +337,9 @@ def run_round(
         settings = start_round(session, project, round_id)
     last_report = [0.0]
     beating = threading.Event()
-    threading.Thread(target=_heartbeat, args=(store, round_id, beating), daemon=True).start()
+    heart = threading.Thread(target=beat_while_running, args=(store, Round, round_id, beating, HEARTBEAT_SECONDS))
+    heart.daemon = True
+    heart.start()
 
     def on_step(step: int, total: int, loss: float) -> None:
         now = time.monotonic()
@@ -367,15 +370,6 @@ def run_round(
         record.metrics = {**result.metrics, "validation": result.validation}
         record.finished_at = utcnow()
         return record
-
-
-def _heartbeat(store, round_id: int, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_SECONDS):
-        with store.transaction() as session:
-            record = session.get(Round, round_id)
-            if record is None or record.status != "running":
-                return
-            record.heartbeat_at = utcnow()
 
 
 def launched(settings: RoundSettings, processes: int):

@@ -14,8 +14,6 @@ from typing import Any, Literal
 from herdbook.db.errors import StrictSettings, checked
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 
-Resolution = int
-
 
 def _multiple_of_8(value: int) -> int:
     if value < 8 or value % 8:
@@ -91,7 +89,7 @@ class RoundSettings(TrainingOptions):
     model: ModelChain
     instance_prompt: str = "an image of the oxenai ox"
     class_prompt: str = "an image of an ox"
-    resolution: Resolution = 512
+    resolution: int = 512
     class_dir: str = ""  # cached class images; generated from the parent model when missing
     rating_weights: dict[str, float] = Field(default_factory=dict)  # file name -> weight; empty: uniform
     use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit where installed: less memory, no fast path
@@ -144,7 +142,7 @@ class GenerationSettings(StrictSettings):
     seed: int = Field(0, ge=0, lt=2**63)
     steps: PositiveInt = 30
     guidance_scale: NonNegativeFloat = 7.5
-    resolution: Resolution = 512
+    resolution: int = 512
     batch_size: PositiveInt = 4
     scheduler: str = "DPMSolverMultistepScheduler"
     # auto: on a CUDA GPU the UNet's call is captured as a CUDA graph and replayed; off: eager

@@ -75,3 +75,19 @@ def ask_rater() -> str | None:
 
 def round_label(round_id: int | None) -> str:
     return "imported / base" if round_id is None else f"round {round_id}"
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _chain_status(pipeline: str, adapters: tuple[str, ...]) -> str | None:
+    from herdbook.training.rounds import chain_problem
+    from herdbook.training.settings import ModelChain
+
+    return chain_problem(ModelChain(pipeline, adapters))
+
+
+def model_status(session, home, ref) -> str | None:
+    """Why the model of ``ref`` cannot be loaded, checked at most every 30 s (it may probe the hub)."""
+    from herdbook.training.rounds import model_for
+
+    chain, _ = model_for(session, home.project, ref)
+    return _chain_status(chain.pipeline, chain.adapters)

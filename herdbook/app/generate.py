@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from herdbook.app.context import action, project
+from herdbook.app.context import action, model_status, project
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.demo import is_demo_model
 from herdbook.jobs import submit
-from herdbook.training.rounds import chain_problem, model_choices, model_for, training_available
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def _chain_status(pipeline: str, adapters: tuple[str, ...]) -> str | None:
-    from herdbook.training.settings import ModelChain
-
-    return chain_problem(ModelChain(pipeline, adapters))
-
-
-def model_status(session, home, ref) -> str | None:
-    """Why the model of ``ref`` cannot be loaded, checked at most every 30 s (it may probe the hub)."""
-    chain, _ = model_for(session, home.project, ref)
-    return _chain_status(chain.pipeline, chain.adapters)
+from herdbook.training.rounds import model_choices, training_available
 
 
 def page() -> None:

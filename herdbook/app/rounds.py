@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from herdbook.app.context import action, project, reload_home
-from herdbook.app.generate import model_status
+from herdbook.app.context import action, model_status, project, reload_home
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.demo import is_demo_model
 from herdbook.feedback.catalog import acceptance_by_round
