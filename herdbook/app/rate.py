@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from herdbook.app.context import action, ask_rater, project, round_label
+from herdbook.app.keys import keep_rating_keys
 from herdbook.db.errors import StoreBusy
 from herdbook.feedback.catalog import Card, cards, filter_choices
 from herdbook.feedback.votes import (
@@ -133,30 +134,35 @@ def sidebar_filters(store) -> QueueFilter:
     return QueueFilter(None if prompt == "(any)" else prompt, round_id, unrated, order)
 
 
+KEYED_VOTES = [("Accept", "1", "accept"), ("Reject", "2", "reject"), ("Skip", "3", "skip")]
+
+
 @st.fragment
 def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
     # Every element here is sent again on each key press, one websocket message each, and the
     # browser starts loading the image only when its message arrives. So: few elements, and the
-    # image's message early; the buttons go into the row above it afterwards (bench/rate_latency.py).
+    # image's message early; the buttons and caption go into the rows above it afterwards
+    # (bench/rate_latency.py). The caption sits above the image so it stays in view at 1024x700.
     queue: Queue | None = st.session_state.get("queue")
     if queue is None or queue.rater != rater or queue.filters != filters:
         queue = st.session_state["queue"] = load_queue(store, rater, filters, home.config.selection)
     current = queue.cards[0] if queue.cards else None
-    controls = st.container(horizontal=True, width=512)
+    controls = st.container(horizontal=True, width=640)
+    caption = st.empty()
     if current is None:
         st.success("Nothing left to rate here. Generate more, or change the filters.")
     else:
-        st.image(str(home.root / current.path), width=512)
+        with st.container(key="rate-image"):
+            st.image(str(home.root / current.path), width=512)
         st.text(current.prompt or "(no prompt)")
-    last = f" · last: {queue.last_message}" if queue.last_message else ""
-    votes = f"{queue.votes} vote{'' if queue.votes == 1 else 's'}"
     why = queue.reasons.get(current.id) if current else None
     where = f"#{current.id} · {current.source_name} · {round_label(current.round)} · " if current else ""
     where += f"{why} · " if why and queue.filters.order == "uncertainty" else ""
-    st.caption(f"{where}{queue.left} left in this queue · {votes} by {rater}{last}")
+    last = f" · last: {queue.last_message}" if queue.last_message else ""
+    caption.caption(f"{where}{queue.left} left in this queue · {vote_count(queue.votes)} by {rater}{last}")
     cid = current.id if current else 0
     with controls:
-        for label, key, value in [("Accept", "1", "accept"), ("Reject", "2", "reject"), ("Skip", "3", "skip")]:
+        for label, key, value in KEYED_VOTES:
             st.button(
                 label,
                 key=value,
@@ -170,40 +176,152 @@ def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
         st.button("Undo", key="undo", shortcut="u", on_click=undo, args=(store, queue), width="stretch")
 
 
-@st.fragment
-def grid(home, store, rater: str, filters: QueueFilter) -> None:
-    """Oxen's feedback-example layout: the candidates of one prompt side by side."""
+def vote_count(votes: int) -> str:
+    """Accepts and rejects; a skip says "no opinion" and is no vote, here as everywhere."""
+    return f"{votes} vote{'' if votes == 1 else 's'}"
+
+
+@dataclass
+class Group:
+    """The grid: one prompt's candidates side by side. Voted cards stay in place, marked, until
+    every card has a vote; then the next group comes. Keys act on the highlighted card."""
+
+    rater: str
+    filters: QueueFilter
+    size: int
+    cards: list[Card] = field(default_factory=list)
+    marks: dict[int, str] = field(default_factory=dict)  # card id -> the vote it got here
+    history: list[int] = field(default_factory=list)  # card ids in the order voted, for undo
+    cursor: int = 0
+    votes: int = 0
+    last_message: str = ""
+
+    def next_open(self, start: int) -> int:
+        for step in range(len(self.cards)):
+            index = (start + step) % len(self.cards)
+            if self.cards[index].id not in self.marks:
+                return index
+        return start
+
+
+def load_group(store, rater: str, filters: QueueFilter, size: int, selection) -> Group:
     with action(store) as session:
-        group = cards(session, prompt_group(session, rater, filters, selection=home.config.selection))
-    if not group:
-        st.success("Nothing left to rate here.")
+        ids = prompt_group(session, rater, filters, size=size, selection=selection)
+        return Group(rater, filters, size, cards(session, ids), votes=rater_vote_count(session, rater))
+
+
+def grid_vote(store, group: Group, value: str, index: int | None = None, selection=None) -> None:
+    index = group.cursor if index is None else index
+    if not group.cards:
         return
-    st.text(group[0].prompt or "(no prompt)")
-    for column, card in zip(st.columns(4), group, strict=False):
-        with column:
-            st.image(str(home.root / card.path), width="stretch")
-            st.caption(f"#{card.id} · {round_label(card.round)}")
-            left, right = st.columns(2)
-            if left.button("Accept", key=f"grid-accept-{card.id}", icon=":material/thumb_up:", width="stretch"):
-                with action(store) as session:
-                    cast_vote(session, card.id, rater, "accept")
-                st.rerun(scope="fragment")
-            if right.button("Reject", key=f"grid-reject-{card.id}", icon=":material/thumb_down:", width="stretch"):
-                with action(store) as session:
-                    cast_vote(session, card.id, rater, "reject")
-                st.rerun(scope="fragment")
+    card = group.cards[index]
+    try:
+        store.write(lambda session: cast_vote(session, card.id, group.rater, value))
+    except StoreBusy:
+        group.last_message = f"#{card.id} not stored: the database is busy. Vote again in a moment"
+        return
+    group.votes += (value != "skip") - (group.marks.get(card.id, "skip") != "skip")
+    group.marks[card.id] = value
+    group.history = [*[i for i in group.history if i != card.id], card.id]
+    group.last_message = f"{value} #{card.id}"
+    if len(group.marks) == len(group.cards):
+        next_group(store, group, selection)
+    else:
+        group.cursor = group.next_open(index + 1)
+
+
+def next_group(store, group: Group, selection) -> None:
+    fresh = load_group(store, group.rater, group.filters, group.size, selection)
+    group.cards, group.marks, group.history, group.cursor = fresh.cards, {}, [], 0
+
+
+def grid_undo(store, group: Group) -> None:
+    with action(store) as session:
+        undone = undo_last_vote(session, group.rater)
+        group.votes = rater_vote_count(session, group.rater)
+        card = cards(session, [undone])[0] if undone is not None else None
+    if card is None:
+        group.last_message = "nothing to undo"
+        return
+    group.marks.pop(card.id, None)
+    group.history = [i for i in group.history if i != card.id]
+    if card.id not in [c.id for c in group.cards]:  # voted in an earlier group: bring it back here
+        group.cards.insert(0, card)
+    group.cursor = [c.id for c in group.cards].index(card.id)
+    group.last_message = f"undid your vote on #{card.id}"
+
+
+def move(group: Group, step: int) -> None:
+    if group.cards:
+        group.cursor = (group.cursor + step) % len(group.cards)
+
+
+MARKS = {"accept": "✓ accepted", "reject": "✗ rejected", "skip": "– skipped"}
+
+
+@st.fragment
+def grid(home, store, rater: str, filters: QueueFilter, size: int) -> None:
+    """Oxen's feedback-example layout, keyboard first: ← → choose a card, 1 2 3 vote on it."""
+    selection = home.config.selection
+    group: Group | None = st.session_state.get("group")
+    if group is None or (group.rater, group.filters, group.size) != (rater, filters, size):
+        group = st.session_state["group"] = load_group(store, rater, filters, size, selection)
+    empty = not group.cards
+    with st.container(horizontal=True):
+        st.button("Previous", key="grid-left", shortcut="left", on_click=move, args=(group, -1), disabled=empty)
+        st.button("Next", key="grid-right", shortcut="right", on_click=move, args=(group, 1), disabled=empty)
+        for label, key, value in KEYED_VOTES:
+            st.button(label, key=f"grid-{value}", shortcut=key, type="primary" if value == "accept" else "secondary",
+                      on_click=grid_vote, args=(store, group, value, None, selection), disabled=empty)  # fmt: skip
+        st.button("Undo", key="grid-undo", shortcut="u", on_click=grid_undo, args=(store, group))
+        st.button("New group", key="grid-new", shortcut="n", on_click=next_group, args=(store, group, selection),
+                  help="Leave the cards without a vote for later and show the next group")  # fmt: skip
+    last = f" · last: {group.last_message}" if group.last_message else ""
+    done = f"{len(group.marks)} of {len(group.cards)} voted · " if group.cards else ""
+    st.caption(f"{done}{vote_count(group.votes)} by {rater}{last}")
+    if empty:
+        st.success("Nothing left to rate here. Generate more, or change the filters.")
+        return
+    st.text(group.cards[0].prompt or "(no prompt)")
+    per_row = min(4, len(group.cards))
+    for row_start in range(0, len(group.cards), per_row):
+        for offset, column in enumerate(st.columns(per_row)):
+            index = row_start + offset
+            if index >= len(group.cards):
+                break
+            card = group.cards[index]
+            mark = group.marks.get(card.id)
+            key = (
+                "grid-cursor" if index == group.cursor else f"grid-voted-{card.id}" if mark else f"grid-card-{card.id}"
+            )
+            with column.container(key=key):
+                st.image(str(home.root / card.path), width="stretch")
+                st.caption(f"#{card.id} · {round_label(card.round)}" + (f" · **{MARKS[mark]}**" if mark else ""))
+                left, right = st.columns(2)
+                left.button("Accept", key=f"grid-accept-{card.id}", icon=":material/thumb_up:", width="stretch",
+                            on_click=grid_vote, args=(store, group, "accept", index, selection))  # fmt: skip
+                right.button("Reject", key=f"grid-reject-{card.id}", icon=":material/thumb_down:", width="stretch",
+                             on_click=grid_vote, args=(store, group, "reject", index, selection))  # fmt: skip
 
 
 def page() -> None:
     home, store = project()
+    keep_rating_keys()
+    st.header("Rate", anchor=False)
     rater = ask_rater()
     if rater is None:
         return
     filters = sidebar_filters(store)
     with st.sidebar:
-        st.caption(f"Rating as **{rater}** · keys: 1 accept, 2 reject, 3 skip, u undo")
-        mode = st.radio("Layout", ["One at a time", "Grid of four"], key="layout", horizontal=True)
+        mode = st.radio("Layout", ["One at a time", "Grid"], key="layout", horizontal=True)
+        size = 4
+        if mode == "Grid":
+            size = int(st.number_input("Cards per group", min_value=2, max_value=12, value=4, key="grid_size"))
+            st.caption(f"Rating as **{rater}** · keys: ← → choose a card, 1 accept, 2 reject, 3 skip, u undo, "
+                       "n new group")  # fmt: skip
+        else:
+            st.caption(f"Rating as **{rater}** · keys: 1 accept, 2 reject, 3 skip, u undo")
     if mode == "One at a time":
         one_at_a_time(home, store, rater, filters)
     else:
-        grid(home, store, rater, filters)
+        grid(home, store, rater, filters, size)

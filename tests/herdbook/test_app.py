@@ -97,14 +97,47 @@ def test_an_empty_queue_says_so(demo_home):
     assert at.button(key="accept").disabled
 
 
-def test_grid_mode_shows_four_of_one_prompt_and_takes_votes(demo_home):
+def grid_cards(at) -> list[int]:
+    return sorted(int(b.key.rsplit("-", 1)[1]) for b in at.button if b.key and b.key.startswith("grid-accept-"))
+
+
+def test_grid_mode_shows_one_prompt_and_takes_votes(demo_home):
     at = app("ann")
-    at.radio(key="layout").set_value("Grid of four").run()
-    shown = sorted(int(b.key.rsplit("-", 1)[1]) for b in at.button if b.key and b.key.startswith("grid-accept-"))
-    assert shown == [1, 2, 3, 4]  # the four candidates of the first prompt
+    at.radio(key="layout").set_value("Grid").run()
+    assert grid_cards(at) == [1, 2, 3, 4]  # the four candidates of the first prompt
     at.button(key="grid-reject-2").click().run()
     with demo_home.open_store().transaction() as session:
         assert current_vote(session, 2, "ann") == "reject"
+    assert grid_cards(at) == [1, 2, 3, 4]  # the voted card stays in place, marked
+    assert "✗ rejected" in shown_caption(at)
+
+
+def test_the_grid_shows_as_many_cards_as_asked_when_the_prompt_has_them(demo_home):
+    at = app("ann")
+    at.radio(key="layout").set_value("Grid").run()
+    at.number_input(key="grid_size").set_value(2).run()
+    assert len(grid_cards(at)) == 2
+    at.number_input(key="grid_size").set_value(3).run()
+    assert len(grid_cards(at)) == 3
+    at.number_input(key="grid_size").set_value(6).run()
+    assert len(grid_cards(at)) == 4  # all the demo has of one prompt
+
+
+def test_grid_keys_vote_on_the_highlighted_card_then_the_next_group_comes(demo_home):
+    at = app("ann")
+    at.radio(key="layout").set_value("Grid").run()
+    first = grid_cards(at)
+    at.button(key="grid-right").click().run()  # the cursor moves to the second card
+    at.button(key="grid-accept").click().run()
+    at.button(key="grid-skip").click().run()  # the cursor moved on to the third card
+    at.button(key="grid-undo").click().run()
+    with demo_home.open_store().transaction() as session:
+        assert current_vote(session, first[1], "ann") == "accept"
+        assert current_vote(session, first[2], "ann") is None
+    for _ in range(3):
+        at.button(key="grid-reject").click().run()
+    assert "4 votes by ann" in shown_caption(at)
+    assert set(grid_cards(at)).isdisjoint(first)  # every card voted: the next group
 
 
 def test_prompts_are_text_never_html(tmp_path, monkeypatch):

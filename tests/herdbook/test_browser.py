@@ -143,3 +143,68 @@ def test_the_app_listens_on_localhost_only_by_default():
     command = app_command(8501, "127.0.0.1")
     assert command[command.index("--server.address") + 1] == "127.0.0.1"
     assert sys.executable == command[0]
+
+
+def caption_of(page, rater: str):
+    return page.locator("p", has_text=f"by {rater}").first
+
+
+def test_rating_keys_reach_rating_after_a_sidebar_filter_was_used(running_app, browser):
+    """Pressing 1 after choosing an order typed "1" into the select box and cast no vote."""
+    url, home = running_app
+    page = browser.new_page()
+    opened(page, f"{url}/?rater=kim")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stSelectbox"]', has_text="Order").click()
+    page.get_by_role("option", name="Oldest first").click()
+    showing(page, 1)
+    page.wait_for_timeout(500)
+    page.keyboard.press("1")
+    showing(page, 2)
+    sidebar.get_by_text("Only what I have not rated").click()  # a checkbox keeps focus too
+    showing(page, 1)  # rated images are back in the queue, oldest first
+    page.wait_for_timeout(500)
+    page.keyboard.press("2")
+    showing(page, 2)
+    with home.open_store().transaction() as session:
+        assert current_vote(session, 1, "kim") == "reject"
+
+
+def test_grid_keys_choose_a_card_vote_and_undo(running_app, browser):
+    from playwright.sync_api import expect
+
+    url, home = running_app
+    page = browser.new_page()
+    opened(page, f"{url}/?rater=ida")
+    page.locator('[data-testid="stSidebar"]').get_by_text("Grid", exact=True).click()
+    expect(caption_of(page, "ida")).to_contain_text("0 of 4 voted")
+    page.wait_for_timeout(500)
+    for key, voted in [("ArrowRight", 0), ("1", 1), ("2", 2), ("3", 3), ("u", 2)]:
+        page.keyboard.press(key)
+        expect(caption_of(page, "ida")).to_contain_text(f"{voted} of 4 voted")
+    expect(page.get_by_text("✓ accepted")).to_be_visible()  # voted cards stay in place, marked
+    with home.open_store().transaction() as session:
+        assert [current_vote(session, i, "ida") for i in (1, 2, 3, 4)] == [None, "accept", "reject", None]
+    page.keyboard.press("1")  # the undone card (4) again
+    page.keyboard.press("1")  # then the one left: card 1, and the group is done
+    expect(caption_of(page, "ida")).to_contain_text("0 of 4 voted")
+    with home.open_store().transaction() as session:
+        assert [current_vote(session, i, "ida") for i in (1, 2, 3, 4)] == ["accept", "accept", "reject", "accept"]
+
+
+def test_the_vote_counter_counts_skips_the_same_while_voting_after_undo_and_reload(running_app, browser):
+    from playwright.sync_api import expect
+
+    url, _ = running_app
+    page = browser.new_page()
+    opened(page, f"{url}/?rater=max")
+    for key, next_id in [("3", 2), ("3", 3), ("1", 4)]:
+        page.keyboard.press(key)
+        showing(page, next_id)
+    expect(caption_of(page, "max")).to_contain_text("1 vote by max")
+    page.keyboard.press("u")
+    showing(page, 3)
+    expect(caption_of(page, "max")).to_contain_text("0 votes by max")
+    page.reload()
+    showing(page, 3)
+    expect(caption_of(page, "max")).to_contain_text("0 votes by max")
