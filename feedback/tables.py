@@ -94,6 +94,34 @@ class TableDiff:
         parts.append(f"selection +{len(self.selected_added)}/-{len(self.selected_removed)}")
         return ", ".join(parts)
 
+    def changes(self) -> list[dict]:
+        """One row per change as a person reads it: which candidate, what it was, what it is now."""
+
+        def tally(row: dict) -> str:
+            return f"{row['rating']} ({row['accepts']} accept, {row['rejects']} reject)"
+
+        def change(what: str, row: dict, before: str = "", after: str = "") -> dict:
+            number = str(row.get("candidate_id", ""))
+            return {
+                "change": what,
+                "candidate_id": int(number) if number.isdigit() else None,
+                "source_name": row.get("source_name") or row["path"],
+                "prompt": row.get("prompt", ""),
+                "before": before,
+                "after": after,
+            }
+
+        return [
+            *(change("added", row, after=tally(row)) for row in self.added),
+            *(change("removed", row, before=tally(row)) for row in self.removed),
+            *(change("rating changed", new, tally(old), tally(new)) for old, new in self.rating_changed),
+            *(
+                change("entered the selection", row, after=f"score {row.get('score', '?')}")
+                for row in self.selected_added
+            ),
+            *(change("left the selection", row, after=row.get("reason", "")) for row in self.selected_removed),
+        ]
+
 
 def diff_train_tables(old: list[dict], new: list[dict]) -> TableDiff:
     """What changed between two versions' train.csv rows, keyed by image path."""

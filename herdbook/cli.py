@@ -828,6 +828,22 @@ def rounds_cancel(ctx, round_id, home_path):
     click.echo(f"Round {round_id} cancelled")
 
 
+@rounds.command("delete")
+@click.argument("round_id", type=int)
+@home_option
+@click.pass_context
+def rounds_delete(ctx, round_id, home_path):
+    """Delete a failed or cancelled round: its record and its folder (checkpoints, logs)."""
+    from herdbook.home import load_home
+    from herdbook.training.rounds import delete_round, remove_round_files
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    with store_of(home).transaction() as session:
+        folder = delete_round(session, home.project, round_id)
+    remove_round_files(folder)
+    click.echo(f"Round {round_id} deleted")
+
+
 @main.command()
 @home_option
 @json_option()

@@ -97,6 +97,19 @@ def load_home(path: str | os.PathLike | None = None) -> Home:
     return Home(root, ProjectConfig.load(config_path))
 
 
+def set_base_model(root: Path, base_model: str) -> Home:
+    """Write a new base model into the home's config, re-read first (the CLI may have changed it)."""
+    value = base_model.strip()
+    if not value:
+        raise HomeError(
+            "the base model is empty: give a hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a folder"
+        )
+    home = load_home(root)
+    config = home.config.with_changes(base_model=value)
+    config.save(home.config_path)
+    return Home(home.root, config)
+
+
 def init_home(path: str | os.PathLike | None = None, config: ProjectConfig | None = None) -> Home:
     """Create the home's folders, config, database and Oxen repository.
 

@@ -24,7 +24,7 @@ from herdbook.training.settings import (
     TrainingDefaults,
     class_images_key,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 Progress = Callable[[int, int, float], None]
@@ -271,6 +271,32 @@ def cancel_round(session: Session, round_id: int, stale_after_seconds: float) ->
     record.status, record.finished_at = "cancelled", utcnow()
     record.error = record.error or "cancelled"
     return record
+
+
+def delete_round(session: Session, project: Project, round_id: int) -> Path:
+    """Forget a failed or cancelled round, so it leaves the lineage. Returns its folder, for
+    `remove_round_files` once the caller's transaction has committed (files go last: a crash
+    in between leaves a stray folder, never a record without its files)."""
+    record = _round(session, round_id)
+    if record.status not in ("failed", "cancelled"):
+        raise HerdbookError(
+            f"round {round_id} is {record.status}; only failed or cancelled rounds can be deleted"
+            + (" (cancel it first)" if record.status in ("pending", "interrupted") else "")
+        )
+    children = session.scalars(select(Round.id).where(Round.parent_id == round_id)).all()
+    if children:
+        raise HerdbookError(
+            f"round {round_id} is the parent of round(s) {', '.join(map(str, children))}; delete those first"
+        )
+    if session.scalar(select(func.count()).where(Candidate.round_id == round_id)):
+        raise HerdbookError(f"round {round_id} made candidates; it stays in the lineage")
+    session.delete(record)
+    session.flush()
+    return project.round_dir(round_id)
+
+
+def remove_round_files(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def resumable(session: Session, round_id: int, stale_after_seconds: float) -> Round:

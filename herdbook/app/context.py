@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 
@@ -91,3 +93,25 @@ def model_status(session, home, ref) -> str | None:
 
     chain, _ = model_for(session, home.project, ref)
     return _chain_status(chain.pipeline, chain.adapters)
+
+
+def local_time(moment: datetime | str | None) -> str:
+    """A time as the person reading it keeps time: their browser's time zone, minutes."""
+    if not moment:
+        return ""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    try:
+        zone = ZoneInfo(st.context.timezone) if st.context.timezone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = None  # the server's own zone
+    return moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(zone).strftime("%d %b %Y, %H:%M")
+
+
+def shown(value, digits: int = 2) -> str:
+    """A table cell: blank for nothing, floats rounded."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)

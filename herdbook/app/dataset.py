@@ -2,14 +2,69 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import streamlit as st
 
-from herdbook.app.context import action, project, reload_home
+from herdbook.app.context import action, local_time, project, reload_home
 from herdbook.feedback.catalog import cards, rater_agreement
 from herdbook.feedback.curation import decide, diff_versions, list_versions, sync, version_images
 from herdbook.feedback.images import thumbnail_data_url
 from herdbook.feedback.votes import selection_settledness
+
+THUMBNAIL = st.column_config.ImageColumn("Image", width="small")
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail(path: str, size: int = 96) -> str:
+    return thumbnail_data_url(path, size)  # candidate files are named by their hash: never stale
+
+
+def short(text: str, limit: int = 48) -> str:
+    """Cut at a word, never inside one."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0] or text[:limit]
+    return cut.rstrip(" ,;:") + "…"
+
+
+def gallery(images: list[tuple[str, str]], size: int = 160) -> None:
+    """Thumbnails with captions cut at a word; the whole prompt shows on hover."""
+    figures = "".join(
+        f'<figure title="{html.escape(caption)}" style="margin:0;width:{size}px">'
+        f'<img src="{thumbnail(path, size)}" style="width:{size}px;height:{size}px;object-fit:cover;border-radius:4px">'
+        f'<figcaption style="font-size:0.8rem;opacity:0.75;line-height:1.2">{html.escape(short(caption))}</figcaption>'
+        "</figure>"
+        for path, caption in images
+    )
+    st.html(f'<div style="display:flex;flex-wrap:wrap;gap:12px">{figures}</div>')
+
+
+def version_changes(store, home, chosen: int) -> None:
+    previous = chosen - 1 if chosen > 1 else None
+    if previous is None:
+        return
+    with action(store) as session:
+        diff = diff_versions(session, home.dataset_dir, previous, chosen)
+        changes = diff.changes()
+        paths = {c.id: c.path for c in cards(session, [c["candidate_id"] for c in changes if c["candidate_id"]])}
+    st.markdown(f"**Since version {previous}:** {diff.summary()}")
+    if not changes:
+        return
+    rows = [
+        {
+            "Image": thumbnail(str(home.root / paths[c["candidate_id"]])) if c["candidate_id"] in paths else None,
+            "#": c["candidate_id"],
+            "Name": c["source_name"],
+            "Change": c["change"],
+            "Before": c["before"],
+            "After": c["after"],
+            "Prompt": c["prompt"],
+        }
+        for c in changes
+    ]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={"Image": THUMBNAIL})
 
 
 def page() -> None:
@@ -24,12 +79,13 @@ def page() -> None:
     with action(store) as session:
         versions = [
             {
-                "version": v.id,
-                "commit": v.commit_id[:10],
-                "created": v.created_at,
-                "selected": v.n_selected,
-                "rated": v.n_images,
-                "votes": v.n_votes,
+                "Version": v.id,
+                "Commit": v.commit_id[:10],
+                "Created": local_time(v.created_at),
+                "Selected": v.n_selected,
+                "Rated": v.n_images,
+                "Votes": v.n_votes,
+                "Pushed": "yes" if v.pushed else "no",
             }
             for v in list_versions(session)
         ]
@@ -43,14 +99,12 @@ def page() -> None:
         st.info("No version yet: rate some images, then sync.")
     else:
         st.dataframe(pd.DataFrame(versions), hide_index=True, width="stretch")
-        chosen = st.selectbox("Show version", [v["version"] for v in versions][::-1])
+        chosen = st.selectbox("Show version", [v["Version"] for v in versions][::-1])
+        version_changes(store, home, chosen)
         with action(store) as session:
-            gallery = version_images(session, chosen)
-            previous = chosen - 1 if chosen > 1 else None
-            diff = diff_versions(session, home.dataset_dir, previous, chosen) if previous else None
-        if diff is not None:
-            st.caption(f"Since version {previous}: {diff.summary()}")
-        st.image([str(home.root / c.path) for c in gallery], caption=[c.prompt[:40] for c in gallery], width=160)
+            selected = [(str(home.root / c.path), f"#{c.id} {c.prompt}") for c in version_images(session, chosen)]
+        st.markdown(f"**Selected in version {chosen}**")
+        gallery(selected)
 
     overall = agreement["overall"]
     if overall["images"]:
@@ -59,7 +113,15 @@ def page() -> None:
             f"{overall['pairwise']:.0%} of rater pairs agree; Fleiss' kappa {overall['fleiss_kappa']:.2f} "
             f"over {overall['images']} images with two or more votes (1 = perfect, 0 = chance)"
         )
-        per_prompt = [{"prompt": p, **v} for p, v in agreement["by_prompt"].items()]
+        per_prompt = [
+            {
+                "Prompt": prompt,
+                "Images": v["images"],
+                "Pairs agreeing": f"{v['pairwise']:.0%}",
+                "Fleiss' kappa": f"{v['fleiss_kappa']:.2f}",
+            }
+            for prompt, v in agreement["by_prompt"].items()
+        ]
         st.dataframe(pd.DataFrame(per_prompt), hide_index=True, width="stretch")
 
     st.subheader("Current selection")
@@ -82,14 +144,14 @@ def page() -> None:
     )
     rows = [
         {
-            "selected": d.selected,
-            "image": str(home.root / by_id[d.image.id].path),
-            "id": d.image.id,
-            "prompt": d.image.prompt,
-            "accepts": d.image.tally.accepts,
-            "rejects": d.image.tally.rejects,
-            "score": round(d.score, 3),
-            "why": d.reason,
+            "Selected": "✓" if d.selected else "",
+            "Image": thumbnail(str(home.root / by_id[d.image.id].path)),
+            "#": d.image.id,
+            "Prompt": d.image.prompt,
+            "Accepts": d.image.tally.accepts,
+            "Rejects": d.image.tally.rejects,
+            "Score": f"{d.score:.2f}",
+            "Why": d.reason,
         }
         for d in decisions
         if d.image.id in by_id
@@ -97,11 +159,4 @@ def page() -> None:
     if not rows:
         st.info("No rated images yet.")
         return
-    frame = pd.DataFrame(rows)
-    frame["image"] = frame["image"].map(thumbnail_data_url)
-    st.dataframe(
-        frame,
-        hide_index=True,
-        width="stretch",
-        column_config={"image": st.column_config.ImageColumn("image", width="small")},
-    )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={"Image": THUMBNAIL})

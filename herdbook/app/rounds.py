@@ -5,25 +5,29 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from herdbook.app.context import action, model_status, project, reload_home
+from herdbook.app.context import action, local_time, project, reload_home, round_label, shown
 from herdbook.app.jobs_panel import jobs_panel
-from herdbook.demo import is_demo_model
+from herdbook.app.model import base_model_notice
 from herdbook.feedback.catalog import acceptance_by_round
 from herdbook.feedback.curation import list_versions
 from herdbook.jobs import submit
 from herdbook.training.rounds import (
     comparison_grid,
+    delete_round,
     lineage,
     list_rounds,
     loss_histories,
     mark_interrupted_rounds,
     plan_round,
+    remove_round_files,
     resumable,
     training_available,
 )
 
+FORGETTABLE = ("failed", "cancelled")
 
-def start_form(home, store) -> None:
+
+def start_form(home, store, blocked: bool) -> None:
     defaults = home.config.training
     with action(store) as session:
         versions = [v.id for v in list_versions(session)][::-1]
@@ -37,23 +41,90 @@ def start_form(home, store) -> None:
         start = right.selectbox(
             "Start from",
             ["newest round" if finished else "base", "base", *finished][: 2 + len(finished)] if finished else ["base"],
+            format_func=lambda s: s if isinstance(s, str) else round_label(s),
         )
         mode = left.radio(
-            "Mode", ["full", "lora"], index=0 if defaults.mode == "full" else 1, horizontal=True, key="round_mode"
-        )
+            "Mode", ["full", "lora"], index=0 if defaults.mode == "full" else 1, horizontal=True, key="round_mode",
+            format_func={"full": "Full fine-tune", "lora": "LoRA"}.get,
+        )  # fmt: skip
         steps = right.number_input("Steps", min_value=1, max_value=20_000, value=defaults.steps, key="round_steps")
         lr = left.number_input(
             "Learning rate (blank: the mode's default)", value=None, format="%.2e", placeholder="5e-6 full · 1e-4 LoRA"
         )
         prior = right.checkbox("Prior preservation", value=defaults.prior_preservation)
-        submitted = st.form_submit_button("Start round", type="primary", disabled=bool(training_available()))
+        submitted = st.form_submit_button("Start round", key="start-round", type="primary", disabled=blocked)
     if submitted:
         start_from = {"newest round": "parent", "base": "base"}.get(start, start)
         with action(store) as session:
             record = plan_round(session, home.project, dataset=version, start_from=start_from, mode=mode, steps=int(steps),
                                 learning_rate=lr, prior_preservation=prior)  # fmt: skip
             job = submit(session, home, "train", {"round_id": record.id})
-        st.success(f"Round {record.id} queued as job {job.id}.")
+        st.toast(f"Round {record.id} queued as job {job.id}", icon=":material/model_training:")
+
+
+def round_table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "Round": r["id"],
+                "From": "base" if r["parent"] is None else f"round {r['parent']}",
+                "Dataset": f"version {r['dataset_version']}" if r["dataset_version"] else "",
+                "Mode": {"full": "full", "lora": "LoRA"}.get(r["mode"], r["mode"]),
+                "Status": r["status"],
+                "Steps done": f"{r['step']} of {r['steps']}",
+                "Started": local_time(r["started"]),
+                "Finished": local_time(r["finished"]),
+                "Seconds per step": shown(r["seconds_per_step"], 3),
+                "Peak GPU memory (GB)": shown(r["peak_memory_gb"], 1),
+                "Error": shown(r["error"]),
+            }
+            for r in rows
+        ]
+    )
+
+
+def resume(home, store, round_id: int) -> None:
+    with action(store) as session:
+        record = resumable(session, round_id, home.config.jobs.stale_after_seconds)
+        job = submit(session, home, "train", {"round_id": record.id})
+    st.toast(f"Round {round_id} queued to resume as job {job.id}")
+
+
+def forget(home, store, round_id: int) -> None:
+    with action(store) as session:
+        folder = delete_round(session, home.project, round_id)
+    remove_round_files(folder)
+    st.toast(f"Round {round_id} deleted")
+
+
+@st.fragment(run_every=2)
+def rounds_section(home, store) -> None:
+    """Rounds as they are now: a failed job shows as a failed round without a reload."""
+    with action(store) as session:
+        mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
+        rows, tree = list_rounds(session), lineage(session)
+    if not rows:
+        return
+    st.subheader("Rounds")
+    st.code("\n".join(tree), language=None)
+    for row in rows:
+        if row["status"] not in ("interrupted", *FORGETTABLE):
+            continue
+        text, resume_button, delete_button = st.columns([6, 1, 1], vertical_alignment="center")
+        if row["status"] == "interrupted":
+            text.warning(f"Round {row['id']} was interrupted at step {row['step']} of {row['steps']}.")
+        else:
+            text.error(
+                f"Round {row['id']} {row['status']} at step {row['step']} of {row['steps']}: {row['error'] or ''}"
+            )
+        if row["status"] != "cancelled":
+            resume_button.button("Resume", key=f"resume-{row['id']}", type="primary", width="stretch",
+                                 on_click=resume, args=(home, store, row["id"]))  # fmt: skip
+        if row["status"] in FORGETTABLE:
+            delete_button.button("Delete", key=f"delete-{row['id']}", width="stretch",
+                                 help="Remove the round, its checkpoint and logs", on_click=forget,
+                                 args=(home, store, row["id"]))  # fmt: skip
+    st.dataframe(round_table(rows), hide_index=True, width="stretch")
 
 
 def loss_chart(store) -> None:
@@ -79,9 +150,9 @@ def comparison(home, store) -> None:
         st.text(prompt)
         for seed in grid["seeds"]:
             row = [(s["label"], s["images"].get((prompt, seed))) for s in grid["columns"]]
-            shown = [(label, path) for label, path in row if path is not None and path.exists()]
+            images = [(label, path) for label, path in row if path is not None and path.exists()]
             st.image(
-                [str(path) for _, path in shown], caption=[f"{label} · seed {seed}" for label, _ in shown], width=192
+                [str(path) for _, path in images], caption=[f"{label} · seed {seed}" for label, _ in images], width=192
             )
 
 
@@ -91,58 +162,23 @@ def acceptance(store) -> None:
     if not rows:
         return
     st.subheader("Share of candidates raters accepted, by round")
-    frame = pd.DataFrame(
-        [
-            {"from": "base / imported" if r["round"] is None else f"round {r['round']}", "accepted share": r["share"]}
-            for r in rows
-        ]
-    )
+    frame = pd.DataFrame([{"from": round_label(r["round"]), "accepted share": r["share"]} for r in rows])
     st.bar_chart(frame.set_index("from"), y_label="accepted / rated")
-    st.caption(
-        " · ".join(
-            f"{'base' if r['round'] is None else 'round ' + str(r['round'])}: {r['accepted']}/{r['rated']}"
-            for r in rows
-        )
-    )
+    st.caption(" · ".join(f"{round_label(r['round'])}: {r['accepted']} of {r['rated']}" for r in rows))
 
 
 def page() -> None:
     _, store = project()
     home = reload_home()
     st.header("Dreambooth rounds")
-    if is_demo_model(home.config.base_model):
-        st.info("Demo model: a tiny Stable Diffusion with random weights, built on this machine. It trains and "
-                "generates in seconds, and its images are noise.", icon=":material/science:")  # fmt: skip
     missing = training_available()
     if missing:
         st.error(f"Training needs the training extras: {missing}.")
-    with action(store) as session:
-        unusable = model_status(session, home, "base")
-    if unusable:
-        st.error(f"A round cannot start from the base model: {unusable}.")
-    start_form(home, store)
+    unusable = base_model_notice(home, store, "A round")
+    start_form(home, store, blocked=bool(missing or unusable))
     st.subheader("Training jobs")
     jobs_panel(home, store, "train")
-    with action(store) as session:
-        mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
-        rows, tree = list_rounds(session), lineage(session)
-    if rows:
-        st.subheader("Rounds")
-        st.code("\n".join(tree), language=None)
-        for row in rows:
-            if row["status"] == "interrupted":
-                left, right = st.columns([4, 1], vertical_alignment="center")
-                left.warning(f"Round {row['id']} was interrupted at step {row['step']} of {row['steps']}.")
-                if right.button("Resume", key=f"resume-{row['id']}", type="primary", width="stretch"):
-                    with action(store) as session:
-                        job = submit(
-                            session,
-                            home,
-                            "train",
-                            {"round_id": resumable(session, row["id"], home.config.jobs.stale_after_seconds).id},
-                        )
-                    st.success(f"Round {row['id']} queued to resume as job {job.id}.")
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    rounds_section(home, store)
     loss_chart(store)
     comparison(home, store)
     acceptance(store)

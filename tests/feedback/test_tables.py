@@ -28,3 +28,17 @@ def test_diff_finds_added_removed_and_changed():
     assert [r["path"] for r in diff.selected_added] == ["d"]
     assert [r["path"] for r in diff.selected_removed] == ["b"]
     assert diff_train_tables(new, new).empty
+
+
+def test_changes_read_by_candidate_not_by_hash_path():
+    old = [row("a"), row("c", selected="false")]
+    new = [row("c", "bad", 0, 1, "false"), {**row("d"), "candidate_id": "7", "source_name": "ox-7.png"}]
+    changes = diff_train_tables(old, new).changes()
+    by_what = {c["change"]: c for c in changes}
+    assert by_what["added"]["candidate_id"] == 7 and by_what["added"]["source_name"] == "ox-7.png"
+    assert by_what["rating changed"]["before"].startswith("good (") and by_what["rating changed"]["after"] == (
+        "bad (0 accept, 1 reject)"
+    )
+    assert {c["change"] for c in changes} == {
+        "added", "removed", "rating changed", "entered the selection", "left the selection"
+    }  # fmt: skip

@@ -9,6 +9,7 @@ from herdbook.feedback.votes import cast_vote, current_vote
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from herdbook.home import load_home
 from tests.conftest import make_image, write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,27 +159,31 @@ def test_prompts_are_text_never_html(tmp_path, monkeypatch):
 
 
 def test_a_base_model_that_cannot_load_is_said_at_once_and_nothing_is_queued(demo_home):
-    config = demo_home.config_path
-    lines = [
-        'base_model = "CompVis/stable-diffusion-v1-4"' if line.startswith("base_model =") else line
-        for line in config.read_text().splitlines()
-    ]
-    config.write_text("\n".join(lines) + "\n")
+    from herdbook.home import set_base_model
+
+    demo_model = demo_home.config.base_model
+    set_base_model(demo_home.root, "CompVis/stable-diffusion-v1-4")
     at = page("generate").run()  # a hub id, not in the cache, and the hub is off
-    assert "Generation cannot start: stable-diffusion" in at.error[0].value or "CompVis" in at.error[0].value
+    assert "Generation cannot start from the base model: CompVis" in at.error[0].value
     assert "HF_HUB_OFFLINE=1" in at.error[0].value and "base_model in herdbook.toml" in at.error[0].value
-    assert at.button[0].disabled
+    assert at.button(key="generate").disabled
     at = page("rounds").run()
     assert any("A round cannot start from the base model" in e.value for e in at.error)
+
+    at = page("generate").run()  # set it from the app: the page says it loads, and Generate works
+    at.text_input(key="base-model-Generation").set_value(demo_model)
+    at.button(key="save-base-model-Generation").click().run()
+    assert not at.error and not at.button(key="generate").disabled
+    assert load_home(demo_home.root).config.base_model == demo_model
 
 
 def test_generate_queues_a_job(demo_home):
     at = page("generate").run()  # the demo's own tiny model loads
     assert not at.error and "Demo model" in at.info[0].value
-    at.text_input[0].input("an ox on the moon")
+    at.text_input(key="prompt").input("an ox on the moon")
     at.number_input[0].set_value(2)
-    at.button[0].click().run()
-    assert "Queued job" in at.success[0].value
+    at.button(key="generate").click().run()
+    assert "Queued job" in at.toast[0].value
     with demo_home.open_store().transaction() as session:
         job = session.scalars(select(Job)).one()
         assert (job.kind, job.params["prompt"], job.params["count"], job.params["round"]) == (
@@ -200,8 +205,16 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     assert at.metric[0].label == "Expected to stay" and at.metric[0].value.endswith("%")
     frames = at.dataframe
     selection = frames[-1].value
-    assert list(selection["id"]) == [1, 2]
-    assert "rejected" in selection["why"].iloc[1]
+    assert list(selection["#"]) == [1, 2]
+    assert "rejected" in selection["Why"].iloc[1]
+    assert "None" not in selection.to_string() and "SelectionPolicy(" not in str(at)
+    with demo_home.open_store().transaction() as session:
+        cast_vote(session, 3, "ann", "accept")
+    at.button[0].click().run()  # version 2: what changed, by candidate
+    changes = at.dataframe[1].value
+    assert "Since version 1" in " ".join(m.value for m in at.markdown)
+    assert 3 in changes["#"].tolist() and "added" in changes["Change"].tolist()
+    assert changes["Image"].str.startswith("data:image/jpeg").all()
 
 
 def test_rounds_page_needs_a_dataset_then_queues_a_round(demo_home):
@@ -215,8 +228,8 @@ def test_rounds_page_needs_a_dataset_then_queues_a_round(demo_home):
     at = page("rounds").run()
     at.radio(key="round_mode").set_value("lora")
     at.number_input(key="round_steps").set_value(50)
-    at.button[0].click().run()
-    assert "queued as job" in at.success[0].value
+    at.button(key="start-round").click().run()
+    assert "queued as job" in at.toast[0].value
     with demo_home.open_store().transaction() as session:
         record = session.scalars(select(Round)).one()
         assert (record.mode, record.settings["steps"], record.settings["learning_rate"], record.status) == (
@@ -261,3 +274,30 @@ def test_the_vote_counter_means_the_same_while_voting_after_undo_and_after_reloa
     at.button(key="accept").click().run()
     assert "1 vote by ann" in shown_caption(at)
     assert "1 vote by ann" in shown_caption(app("ann"))  # a reload counts the same way
+
+
+def test_the_rounds_page_shows_a_failed_job_as_a_failed_round_with_resume_and_delete(demo_home):
+    from herdbook.feedback.curation import sync
+    from herdbook.training.rounds import plan_round
+
+    from herdbook.jobs import submit
+
+    with demo_home.open_store().transaction() as session:
+        cast_vote(session, 1, "ann", "accept")
+        sync(session, demo_home.dataset_repo, demo_home.root, demo_home.config.selection)
+        record = plan_round(session, demo_home.project, steps=5)
+        submit(session, demo_home, "train", {"round_id": record.id})
+    at = page("rounds").run()
+    assert "pending" in at.dataframe[-1].value["Status"].tolist()
+    with demo_home.open_store().transaction() as session:  # as the worker records a round that failed
+        session.get(Job, 1).status = "failed"
+        failed = session.get(Round, 1)
+        failed.status, failed.error = "failed", "OutOfMemoryError: CUDA out of memory"
+    at.run()
+    table = at.dataframe[-1].value
+    assert table["Status"].tolist() == ["failed"] and "None" not in table.to_string()
+    assert any("Round 1 failed" in e.value for e in at.error)
+    at.button(key="delete-1").click().run()
+    assert "Round 1 deleted" in at.toast[0].value
+    with demo_home.open_store().transaction() as session:
+        assert session.scalars(select(Round)).all() == []

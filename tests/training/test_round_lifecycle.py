@@ -84,3 +84,23 @@ def test_the_worker_queues_a_resume_for_an_interrupted_round_and_cancel_stops_it
     refused = run("rounds", "resume", 1, "--home", home.root, ok=False)
     assert refused.exit_code == 1 and "cancelled; nothing to resume" in refused.output
     store.close()
+
+
+def test_a_failed_round_can_be_deleted_and_leaves_the_lineage_a_finished_one_cannot(home):
+    from herdbook.db.models import Round
+    from herdbook.training.rounds import plan_round
+
+    store = home.open_store()
+    with store.transaction() as session:
+        failed, pending = plan_round(session, home.project), plan_round(session, home.project)
+        session.get(Round, failed.id).status = "failed"
+    folder = home.root / "rounds" / f"round-{failed.id:03d}"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "checkpoint" / "latest.pt").write_bytes(b"x")
+    refused = run("rounds", "delete", pending.id, "--home", home.root, ok=False)
+    assert refused.exit_code == 1 and "cancel it first" in refused.output
+    assert f"Round {failed.id} deleted" in run("rounds", "delete", failed.id, "--home", home.root).output
+    assert not folder.exists()
+    listed = [r["id"] for r in json.loads(run("rounds", "--json", "--home", home.root).output)]
+    assert listed == [pending.id]
+    store.close()
