@@ -208,3 +208,114 @@ def test_the_vote_counter_counts_skips_the_same_while_voting_after_undo_and_relo
     page.reload()
     showing(page, 3)
     expect(caption_of(page, "max")).to_contain_text("0 votes by max")
+
+
+@pytest.fixture
+def served_demo(tmp_path):
+    """`herdbook demo` then `herdbook serve`: the app and its job worker, as `make demo` runs them."""
+    from click.testing import CliRunner
+
+    from herdbook.cli import main
+    from herdbook.home import load_home
+
+    home = tmp_path / "demo"
+    assert CliRunner().invoke(main, ["demo", "--home", str(home)]).exit_code == 0
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "herdbook.cli", "serve", "--home", str(home), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the app did not start") from None
+            time.sleep(0.3)
+    yield url, load_home(home)
+    process.terminate()
+    process.wait(timeout=30)
+
+
+SIZES = {"wide": (1440, 900), "small": (1024, 700)}
+
+
+def screenshots(page, name: str) -> None:
+    """Every page at both sizes, into $HERDBOOK_SCREENSHOTS (default: the system's temp folder)."""
+    folder = Path(os.environ.get("HERDBOOK_SCREENSHOTS") or Path(tempfile.gettempdir()) / "herdbook-screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    for size, (width, height) in SIZES.items():
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(700)
+        page.screenshot(path=str(folder / f"{name}-{size}.png"))
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+
+def settled(page) -> None:
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=30_000)
+
+
+def test_the_demo_runs_the_whole_loop_in_the_browser(served_demo, browser):
+    """Rate, sync, train a LoRA round, watch it finish, generate from it, rate what it made,
+    and see the lineage, the comparison grid and the accepted share per round fill in."""
+    from playwright.sync_api import expect
+
+    url, home = served_demo
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    opened(page, f"{url}/?rater=pat")
+    for key, next_id in [("1", 2), ("1", 3), ("2", 4), ("1", 5)]:
+        page.keyboard.press(key)
+        showing(page, next_id)
+    expect(page.get_by_text("4 votes by pat")).to_be_visible()  # the caption, in view at either size
+    screenshots(page, "rate")
+    page.locator('[data-testid="stSidebar"]').get_by_text("Grid", exact=True).click()
+    expect(page.get_by_text("0 of 4 voted")).to_be_visible()
+    screenshots(page, "rate-grid")
+
+    page.goto(f"{url}/dataset?rater=pat")
+    page.get_by_role("button", name="Sync now").click()
+    expect(page.get_by_text("Dataset version 1 committed")).to_be_visible(timeout=30_000)
+    settled(page)
+    screenshots(page, "dataset")
+
+    page.goto(f"{url}/rounds?rater=pat")
+    page.get_by_text("LoRA", exact=True).click()
+    page.get_by_role("button", name="Start round").click()
+    expect(page.get_by_text("round 1 (lora, finished)")).to_be_visible(timeout=180_000)  # live, no reload
+    screenshots(page, "rounds")
+
+    page.goto(f"{url}/generate?rater=pat")
+    settled(page)
+    page.get_by_label("Images").fill("2")
+    model = page.locator('[data-testid="stSelectbox"]', has_text="Model")
+    model.click()
+    page.get_by_role("option", name="round 1").click()
+    page.get_by_role("button", name="Generate").click()
+    expect(page.get_by_text("finished").first).to_be_visible(timeout=120_000)
+    screenshots(page, "generate")
+    with home.open_store().transaction() as session:
+        from herdbook.db.models import Candidate
+        from sqlalchemy import select
+
+        made = session.scalars(select(Candidate.id).where(Candidate.round_id == 1)).all()
+    assert len(made) == 2
+
+    page.goto(f"{url}/?rater=pat")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.locator('[data-testid="stSelectbox"]', has_text="From").click()
+    page.get_by_role("option", name="round 1").click()
+    showing(page, made[0])  # the new round's candidates are in the queue
+    page.wait_for_timeout(500)
+    page.keyboard.press("1")
+    showing(page, made[1])
+
+    page.goto(f"{url}/rounds?rater=pat")
+    expect(page.get_by_text("Comparison at fixed prompts and seeds")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Share of candidates raters accepted, by round")).to_be_visible()
+    expect(page.get_by_text("round 1: 1 of 1")).to_be_visible()
+    screenshots(page, "rounds-after")
