@@ -64,3 +64,7 @@ def describe(error: ValidationError, source: str = "") -> str:
             lines.append(f"{key} = {problem['input']!r}: {message[0].lower()}{message[1:]}")
     prefix = f"{source}: " if source else ""
     return "\n".join(prefix + line for line in lines)
+
+
+class Forbidden(HerdbookError):
+    """The signed-in user's role does not allow the action (raters rate; admins also run things)."""

@@ -152,3 +152,28 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class User(Base):
+    """Someone who signs in to the app. Once one exists, nobody rates without signing in."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))  # as typed; also the rater name their votes carry
+    name_key: Mapped[str] = mapped_column(String(64), unique=True)  # lower-cased: "Ann" and "ann" are one
+    role: Mapped[str] = mapped_column(String(16))  # "rater" or "admin"
+    password_hash: Mapped[str] = mapped_column(String(256))  # argon2id, never the password
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Action(Base):
+    """Who did what beyond voting (votes carry their rater): syncs, rounds, jobs, deletions."""
+
+    __tablename__ = "actions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -57,6 +57,15 @@ def progress_bar(total: int, unit: str, label: str):
     return tqdm(total=total, unit=unit, desc=label, file=sys.stderr, disable=None)
 
 
+def operator():
+    """The CLI acts as an admin: whoever runs it can read the home's files anyway."""
+    import getpass
+
+    from herdbook.db.access import Actor
+
+    return Actor(f"{getpass.getuser()} (cli)", "admin")
+
+
 def printable(text: str) -> str:
     """A file name fit for a terminal: control characters (newlines, escape sequences) shown
     escaped, so no name can forge or recolour a line of herdbook's output."""
@@ -440,13 +449,13 @@ def sync(home_path, push):
     """Commit the curated dataset (rated images, ratings, votes, selection) to Oxen.
 
     A sync with nothing new makes no commit. A failed push keeps the local commit."""
-    from herdbook.feedback.curation import sync as sync_dataset
+    from herdbook.actions import sync_dataset
     from herdbook.home import load_home
 
     home = load_home(home_path)
     store = store_of(home)
     with store.transaction() as session:
-        result = sync_dataset(session, home.dataset_repo, home.root, home.config.selection)
+        result = sync_dataset(session, operator(), home)
     for note in result.notes:
         click.secho(f"note: {note}", fg="yellow", err=True)
     for recovered in result.recovered:
@@ -818,6 +827,7 @@ def rounds_resume(ctx, round_id, home_path, queued):
 @click.pass_context
 def rounds_cancel(ctx, round_id, home_path):
     """Mark a pending, interrupted or failed round as cancelled: it will not run."""
+    from herdbook.db.access import record_action
     from herdbook.home import load_home
     from herdbook.training.rounds import cancel_round, mark_interrupted_rounds
 
@@ -825,6 +835,7 @@ def rounds_cancel(ctx, round_id, home_path):
     with store_of(home).transaction() as session:
         mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
         cancel_round(session, round_id, home.config.jobs.stale_after_seconds)
+        record_action(session, operator(), "cancel round", round=round_id)
     click.echo(f"Round {round_id} cancelled")
 
 
@@ -834,12 +845,13 @@ def rounds_cancel(ctx, round_id, home_path):
 @click.pass_context
 def rounds_delete(ctx, round_id, home_path):
     """Delete a failed or cancelled round: its record and its folder (checkpoints, logs)."""
+    from herdbook.actions import delete_round
     from herdbook.home import load_home
-    from herdbook.training.rounds import delete_round, remove_round_files
+    from herdbook.training.rounds import remove_round_files
 
     home = load_home(home_path or ctx.obj.get("home_path"))
     with store_of(home).transaction() as session:
-        folder = delete_round(session, home.project, round_id)
+        folder = delete_round(session, operator(), home, round_id)
     remove_round_files(folder)
     click.echo(f"Round {round_id} deleted")
 
@@ -899,10 +911,125 @@ def worker(home_path, workers):
 @click.option("--worker/--no-worker", "with_worker", default=True, help="Also run a job worker.")
 def serve(home_path, port, host, with_worker):
     """Start the rating app (and a job worker) on this project."""
+    from herdbook.db.access import sign_in_required
     from herdbook.home import load_home
+    from herdbook.serve import is_loopback
     from herdbook.serve import serve as run_app
 
-    sys.exit(run_app(load_home(home_path), port=port, host=host, with_worker=with_worker))
+    home = load_home(home_path)
+    with store_of(home).transaction() as session:
+        required = sign_in_required(session)
+    if not required and not is_loopback(host):
+        raise HerdbookError(
+            f"no users, so no sign-in: the app stays on this machine (127.0.0.1), not {host}. "
+            "Add one first: herdbook users add NAME --role admin"
+        )
+    sys.exit(run_app(home, port=port, host=host, with_worker=with_worker))
+
+
+@main.group(invoke_without_command=True)
+@home_option
+@json_option()
+@click.pass_context
+def users(ctx, home_path, as_json):
+    """People who sign in to the app. The first user turns sign-in on: after it, nobody rates
+    without signing in, raters rate as themselves, and only admins generate, train, sync and
+    delete. Without users the app is open and stays on 127.0.0.1."""
+    ctx.ensure_object(dict)["home_path"] = home_path
+    if ctx.invoked_subcommand is not None:
+        return
+    from herdbook.db.access import list_users
+    from herdbook.home import load_home
+
+    with store_of(load_home(home_path)).transaction() as session:
+        rows = list_users(session)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("No users: the app is open to whoever reaches it, and `herdbook serve` keeps it on 127.0.0.1")
+    for row in rows:
+        click.echo(f"{printable(row['name']):<24} {row['role']:<6} since {row['created']}")
+
+
+def read_password() -> str:
+    """Typed twice at a terminal; else the first line of standard input (for scripts)."""
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["rater", "admin"]), required=True, help="admin: also runs things.")
+@home_option
+@click.pass_context
+def users_add(ctx, name, role, home_path):
+    """Add a user; the password is asked for (or read from standard input) and kept only as a hash."""
+    from herdbook.db.access import add_user, record_action
+    from herdbook.home import load_home
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    password = read_password()
+    with store_of(home).transaction() as session:
+        user = add_user(session, name, role, password)
+        record_action(session, operator(), "add user", name=user.name, role=role)
+    click.echo(f"Added {printable(user.name)} ({role}); the app now asks everyone to sign in")
+
+
+@users.command("password")
+@click.argument("name")
+@home_option
+@click.pass_context
+def users_password(ctx, name, home_path):
+    """Set a user's password (asked for, or read from standard input)."""
+    from herdbook.db.access import record_action, set_password
+    from herdbook.home import load_home
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    password = read_password()
+    with store_of(home).transaction() as session:
+        set_password(session, name, password)
+        record_action(session, operator(), "set password", name=name)
+    click.echo(f"Password of {printable(name)} changed")
+
+
+@users.command("remove")
+@click.argument("name")
+@home_option
+@click.pass_context
+def users_remove(ctx, name, home_path):
+    """Remove a user (their votes stay, under their name)."""
+    from herdbook.db.access import record_action, remove_user
+    from herdbook.home import load_home
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    with store_of(home).transaction() as session:
+        remove_user(session, name)
+        record_action(session, operator(), "remove user", name=name)
+    click.echo(f"Removed {printable(name)}")
+
+
+@main.command()
+@home_option
+@click.option("-n", "count", default=30, show_default=True, help="How many, newest first.")
+@json_option()
+def log(home_path, count, as_json):
+    """Who did what: syncs, rounds, generation, users (votes carry their rater)."""
+    from herdbook.db.access import recent_actions
+    from herdbook.home import load_home
+
+    with store_of(load_home(home_path)).transaction() as session:
+        rows = [
+            {"at": a.at.isoformat(timespec="seconds"), "actor": a.actor, "action": a.action, "detail": a.detail}
+            for a in recent_actions(session, count)
+        ]
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        detail = ", ".join(f"{k}={printable(str(v))}" for k, v in row["detail"].items())
+        click.echo(f"{row['at']}  {printable(row['actor'])}: {row['action']}  {detail}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,17 @@ def app_command(port: int, host: str) -> list[str]:
     ]  # fmt: skip
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def check_port_free(host: str, port: int) -> None:
     """Streamlit on a busy port quietly picks another or exits 0; say so instead."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:

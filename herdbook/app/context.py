@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 
+from herdbook.db.access import Actor, authenticate, sign_in_required
 from herdbook.errors import HerdbookError
 from herdbook.feedback.votes import clean_rater_name
 from herdbook.home import Home, load_home, resolve_home
@@ -48,7 +49,7 @@ def action(store) -> Iterator:
 
 
 def current_rater() -> str | None:
-    """The rater's name: ``?rater=NAME`` in the URL, else what they typed, remembered for the session."""
+    """The open app's rater: ``?rater=NAME`` in the URL, else what they typed, kept for the session."""
     from_url = st.query_params.get("rater")
     if from_url:
         with contextlib.suppress(HerdbookError):
@@ -73,6 +74,50 @@ def ask_rater() -> str | None:
         st.rerun()
     st.caption("Tip: send each rater a link ending in ?rater=THEIR_NAME.")
     return None
+
+
+OPEN_NOTICE = (
+    "No sign-in: anyone who reaches this app may rate and run things, so `herdbook serve` keeps it on "
+    "this machine (127.0.0.1). `herdbook users add NAME --role admin` turns sign-in on."
+)
+
+
+def who(store, need_name: bool = False) -> Actor:
+    """The person using the page. With users configured they must sign in (the page stops at
+    the form until they have) and act as themselves; ``?rater=`` names nobody then. Without
+    users the app is open: everyone acts as an admin, named by ``?rater=`` or what they type."""
+    with action(store) as session:
+        required = sign_in_required(session)
+    if not required:
+        name = ask_rater() if need_name else current_rater()
+        if need_name and name is None:
+            st.stop()
+        st.sidebar.caption(OPEN_NOTICE)
+        return Actor(name or "app (no sign-in)", "admin")
+    actor = st.session_state.get("actor")
+    if isinstance(actor, Actor) and actor.signed_in:
+        with st.sidebar:
+            st.caption(f"Signed in as **{actor.name}** ({actor.role})")
+            st.button("Sign out", key="sign-out", on_click=st.session_state.pop, args=("actor", None))
+        return actor
+    sign_in(store)
+    st.stop()
+
+
+def sign_in(store) -> None:
+    st.subheader("Sign in")
+    with st.form("sign-in"):
+        name = st.text_input("Name", key="sign_in_name")
+        password = st.text_input("Password", type="password", key="sign_in_password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        with action(store) as session:
+            actor = authenticate(session, name, password)
+        if actor is None:
+            st.error("That name and password do not match a user.")
+            return
+        st.session_state["actor"] = actor
+        st.rerun()
 
 
 def round_label(round_id: int | None) -> str:

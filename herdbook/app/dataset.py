@@ -7,9 +7,10 @@ import html
 import pandas as pd
 import streamlit as st
 
-from herdbook.app.context import action, local_time, project, reload_home
+from herdbook import actions
+from herdbook.app.context import action, local_time, project, reload_home, who
 from herdbook.feedback.catalog import cards, rater_agreement
-from herdbook.feedback.curation import decide, diff_versions, list_versions, sync, version_images
+from herdbook.feedback.curation import decide, diff_versions, list_versions, version_images
 from herdbook.feedback.images import thumbnail_data_url
 from herdbook.feedback.votes import selection_settledness
 
@@ -71,9 +72,12 @@ def page() -> None:
     _, store = project()
     home = reload_home()
     st.header("Curated datasets")
-    if st.button("Sync now", type="primary", help="Commit the current selection to the Oxen repository"):
+    actor = who(store)
+    if actor.is_admin and st.button(
+        "Sync now", type="primary", help="Commit the current selection to the Oxen repository"
+    ):
         with action(store) as session:
-            result = sync(session, home.dataset_repo, home.root, home.config.selection)
+            result = actions.sync_dataset(session, actor, home)
         st.success(f"Dataset version {result.version.id} committed." if result.version else "Nothing new to commit.")
 
     with action(store) as session:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from herdbook.app.context import action, project, reload_home, round_label
+from herdbook import actions
+from herdbook.app.context import action, project, reload_home, round_label, who
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.app.model import base_model_notice
-from herdbook.jobs import submit
 from herdbook.training.rounds import model_choices, training_available
 
 
@@ -15,12 +15,18 @@ def page() -> None:
     _, store = project()
     home = reload_home()
     st.header("Generate candidates")
+    actor = who(store)
     missing = training_available()
     if missing:
         st.error(f"Generation needs the training extras on the worker's machine: {missing}.")
     with action(store) as session:
         models = model_choices(session)
-    unusable = base_model_notice(home, store, "Generation")
+    unusable = base_model_notice(home, store, "Generation", actor)
+    if not actor.is_admin:
+        st.info("Generating candidates is for admins; the jobs they started are below.")
+        st.subheader("Generation jobs")
+        jobs_panel(home, store, "generate")
+        return
     with st.form("generate"):
         prompt = st.text_input("Prompt", value=home.config.instance_prompt, key="prompt")
         negative = st.text_input("Negative prompt", value="")
@@ -42,7 +48,7 @@ def page() -> None:
             st.error("Write a prompt first.")
         else:
             with action(store) as session:
-                job = submit(session, home, "generate", {"prompt": prompt.strip(), "negative_prompt": negative, "count": int(count),
+                job = actions.queue_generation(session, actor, home, {"prompt": prompt.strip(), "negative_prompt": negative, "count": int(count),
                                                           "seed": int(seed), "steps": int(steps), "round": model})  # fmt: skip
             st.toast(f"Queued job {job.id}: its images join the rating queue when it finishes.")
     st.subheader("Generation jobs")

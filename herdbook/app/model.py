@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
+from herdbook import actions
 from herdbook.app.context import action, model_status
+from herdbook.db.access import Actor
 from herdbook.demo import is_demo_model
 from herdbook.errors import HerdbookError
-from herdbook.home import set_base_model
 
 
-def base_model_notice(home, store, what: str) -> str | None:
+def base_model_notice(home, store, what: str, actor: Actor) -> str | None:
     """Say what the base model is and why it cannot load (if so); returns that reason."""
     if is_demo_model(home.config.base_model):
         st.info("Demo model: a tiny Stable Diffusion with random weights, built on this machine. It trains and "
@@ -18,7 +19,10 @@ def base_model_notice(home, store, what: str) -> str | None:
     with action(store) as session:
         unusable = model_status(session, home, "base")
     if unusable:
-        st.error(f"{what} cannot start from the base model: {unusable}. Set the base model below.")
+        st.error(f"{what} cannot start from the base model: {unusable}."
+                 + (" Set the base model below." if actor.is_admin else " An admin can set another."))  # fmt: skip
+    if not actor.is_admin:
+        return unusable
     with (
         st.expander(f"Base model: {home.config.base_model}", expanded=bool(unusable)),
         st.form(f"base-model-{what}", border=False),
@@ -32,7 +36,8 @@ def base_model_notice(home, store, what: str) -> str | None:
         )
         if st.form_submit_button("Save base model", key=f"save-base-model-{what}"):
             try:
-                set_base_model(home.root, value)
+                with action(store) as session:
+                    actions.change_base_model(session, actor, home, value)
             except HerdbookError as error:
                 st.error(str(error))
             else:

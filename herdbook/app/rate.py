@@ -11,18 +11,18 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
-from herdbook.app.context import action, ask_rater, project, round_label
+from herdbook import actions
+from herdbook.app.context import action, project, round_label, who
 from herdbook.app.keys import keep_rating_keys
+from herdbook.db.access import Actor
 from herdbook.db.errors import StoreBusy
 from herdbook.feedback.catalog import Card, cards, filter_choices
 from herdbook.feedback.votes import (
     QueueFilter,
-    cast_vote,
     next_entries,
     prompt_group,
     queue_view,
     rater_vote_count,
-    undo_last_vote,
 )
 
 ORDERS = {
@@ -36,7 +36,7 @@ BATCH = 50
 
 @dataclass
 class Queue:
-    rater: str
+    actor: Actor
     filters: QueueFilter
     cards: list[Card] = field(default_factory=list)
     left: int = 0
@@ -46,16 +46,20 @@ class Queue:
     unsaved: list[tuple[int, str]] = field(default_factory=list)  # votes the database was too busy to take
     selection: object = None  # the project's SelectionPolicy, which the default order firms up
 
+    @property
+    def rater(self) -> str:
+        return self.actor.name
 
-def load_queue(store, rater: str, filters: QueueFilter, selection) -> Queue:
+
+def load_queue(store, actor: Actor, filters: QueueFilter, selection) -> Queue:
     with action(store) as session:
-        entries, size = queue_view(session, rater, filters, limit=BATCH, selection=selection)
+        entries, size = queue_view(session, actor.name, filters, limit=BATCH, selection=selection)
         return Queue(
-            rater,
+            actor,
             filters,
             cards(session, [e.id for e in entries]),
             size,
-            rater_vote_count(session, rater),
+            rater_vote_count(session, actor.name),
             reasons={e.id: e.reason for e in entries},
             selection=selection,
         )
@@ -77,7 +81,7 @@ def save_unsaved(store, queue: Queue) -> bool:
     while queue.unsaved:
         candidate_id, value = queue.unsaved[0]
         try:
-            store.write(lambda session, cid=candidate_id, v=value: cast_vote(session, cid, queue.rater, v))
+            store.write(lambda session, cid=candidate_id, v=value: actions.vote(session, queue.actor, cid, v))
         except StoreBusy:
             return False
         queue.unsaved.pop(0)
@@ -108,7 +112,7 @@ def undo(store, queue: Queue) -> None:
         queue.last_message = f"undid your vote on #{candidate_id}"
         return
     with action(store) as session:
-        undone = undo_last_vote(session, queue.rater)
+        undone = actions.undo(session, queue.actor)
         card = cards(session, [undone])[0] if undone is not None else None
         queue.votes = rater_vote_count(session, queue.rater)
     if card is None:
@@ -138,14 +142,14 @@ KEYED_VOTES = [("Accept", "1", "accept"), ("Reject", "2", "reject"), ("Skip", "3
 
 
 @st.fragment
-def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
+def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
     # Every element here is sent again on each key press, one websocket message each, and the
     # browser starts loading the image only when its message arrives. So: few elements, and the
     # image's message early; the buttons and caption go into the rows above it afterwards
     # (bench/rate_latency.py). The caption sits above the image so it stays in view at 1024x700.
     queue: Queue | None = st.session_state.get("queue")
-    if queue is None or queue.rater != rater or queue.filters != filters:
-        queue = st.session_state["queue"] = load_queue(store, rater, filters, home.config.selection)
+    if queue is None or queue.actor != actor or queue.filters != filters:
+        queue = st.session_state["queue"] = load_queue(store, actor, filters, home.config.selection)
     current = queue.cards[0] if queue.cards else None
     controls = st.container(horizontal=True, width=640)
     caption = st.empty()
@@ -159,7 +163,7 @@ def one_at_a_time(home, store, rater: str, filters: QueueFilter) -> None:
     where = f"#{current.id} · {current.source_name} · {round_label(current.round)} · " if current else ""
     where += f"{why} · " if why and queue.filters.order == "uncertainty" else ""
     last = f" · last: {queue.last_message}" if queue.last_message else ""
-    caption.caption(f"{where}{queue.left} left in this queue · {vote_count(queue.votes)} by {rater}{last}")
+    caption.caption(f"{where}{queue.left} left in this queue · {vote_count(queue.votes)} by {actor.name}{last}")
     cid = current.id if current else 0
     with controls:
         for label, key, value in KEYED_VOTES:
@@ -186,7 +190,7 @@ class Group:
     """The grid: one prompt's candidates side by side. Voted cards stay in place, marked, until
     every card has a vote; then the next group comes. Keys act on the highlighted card."""
 
-    rater: str
+    actor: Actor
     filters: QueueFilter
     size: int
     cards: list[Card] = field(default_factory=list)
@@ -196,6 +200,10 @@ class Group:
     votes: int = 0
     last_message: str = ""
 
+    @property
+    def rater(self) -> str:
+        return self.actor.name
+
     def next_open(self, start: int) -> int:
         for step in range(len(self.cards)):
             index = (start + step) % len(self.cards)
@@ -204,10 +212,10 @@ class Group:
         return start
 
 
-def load_group(store, rater: str, filters: QueueFilter, size: int, selection) -> Group:
+def load_group(store, actor: Actor, filters: QueueFilter, size: int, selection) -> Group:
     with action(store) as session:
-        ids = prompt_group(session, rater, filters, size=size, selection=selection)
-        return Group(rater, filters, size, cards(session, ids), votes=rater_vote_count(session, rater))
+        ids = prompt_group(session, actor.name, filters, size=size, selection=selection)
+        return Group(actor, filters, size, cards(session, ids), votes=rater_vote_count(session, actor.name))
 
 
 def grid_vote(store, group: Group, value: str, index: int | None = None, selection=None) -> None:
@@ -216,7 +224,7 @@ def grid_vote(store, group: Group, value: str, index: int | None = None, selecti
         return
     card = group.cards[index]
     try:
-        store.write(lambda session: cast_vote(session, card.id, group.rater, value))
+        store.write(lambda session: actions.vote(session, group.actor, card.id, value))
     except StoreBusy:
         group.last_message = f"#{card.id} not stored: the database is busy. Vote again in a moment"
         return
@@ -231,13 +239,13 @@ def grid_vote(store, group: Group, value: str, index: int | None = None, selecti
 
 
 def next_group(store, group: Group, selection) -> None:
-    fresh = load_group(store, group.rater, group.filters, group.size, selection)
+    fresh = load_group(store, group.actor, group.filters, group.size, selection)
     group.cards, group.marks, group.history, group.cursor = fresh.cards, {}, [], 0
 
 
 def grid_undo(store, group: Group) -> None:
     with action(store) as session:
-        undone = undo_last_vote(session, group.rater)
+        undone = actions.undo(session, group.actor)
         group.votes = rater_vote_count(session, group.rater)
         card = cards(session, [undone])[0] if undone is not None else None
     if card is None:
@@ -260,12 +268,12 @@ MARKS = {"accept": "✓ accepted", "reject": "✗ rejected", "skip": "– skippe
 
 
 @st.fragment
-def grid(home, store, rater: str, filters: QueueFilter, size: int) -> None:
+def grid(home, store, actor: Actor, filters: QueueFilter, size: int) -> None:
     """Oxen's feedback-example layout, keyboard first: ← → choose a card, 1 2 3 vote on it."""
     selection = home.config.selection
     group: Group | None = st.session_state.get("group")
-    if group is None or (group.rater, group.filters, group.size) != (rater, filters, size):
-        group = st.session_state["group"] = load_group(store, rater, filters, size, selection)
+    if group is None or (group.actor, group.filters, group.size) != (actor, filters, size):
+        group = st.session_state["group"] = load_group(store, actor, filters, size, selection)
     empty = not group.cards
     with st.container(horizontal=True):
         st.button("Previous", key="grid-left", shortcut="left", on_click=move, args=(group, -1), disabled=empty)
@@ -278,7 +286,7 @@ def grid(home, store, rater: str, filters: QueueFilter, size: int) -> None:
                   help="Leave the cards without a vote for later and show the next group")  # fmt: skip
     last = f" · last: {group.last_message}" if group.last_message else ""
     done = f"{len(group.marks)} of {len(group.cards)} voted · " if group.cards else ""
-    st.caption(f"{done}{vote_count(group.votes)} by {rater}{last}")
+    st.caption(f"{done}{vote_count(group.votes)} by {actor.name}{last}")
     if empty:
         st.success("Nothing left to rate here. Generate more, or change the filters.")
         return
@@ -308,9 +316,8 @@ def page() -> None:
     home, store = project()
     keep_rating_keys()
     st.header("Rate", anchor=False)
-    rater = ask_rater()
-    if rater is None:
-        return
+    actor = who(store, need_name=True)
+    rater = actor.name
     filters = sidebar_filters(store)
     with st.sidebar:
         mode = st.radio("Layout", ["One at a time", "Grid"], key="layout", horizontal=True)
@@ -322,6 +329,6 @@ def page() -> None:
         else:
             st.caption(f"Rating as **{rater}** · keys: 1 accept, 2 reject, 3 skip, u undo")
     if mode == "One at a time":
-        one_at_a_time(home, store, rater, filters)
+        one_at_a_time(home, store, actor, filters)
     else:
-        grid(home, store, rater, filters, size)
+        grid(home, store, actor, filters, size)

@@ -5,29 +5,27 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from herdbook.app.context import action, local_time, project, reload_home, round_label, shown
+from herdbook import actions
+from herdbook.app.context import action, local_time, project, reload_home, round_label, shown, who
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.app.model import base_model_notice
+from herdbook.db.access import Actor
 from herdbook.feedback.catalog import acceptance_by_round
 from herdbook.feedback.curation import list_versions
-from herdbook.jobs import submit
 from herdbook.training.rounds import (
     comparison_grid,
-    delete_round,
     lineage,
     list_rounds,
     loss_histories,
     mark_interrupted_rounds,
-    plan_round,
     remove_round_files,
-    resumable,
     training_available,
 )
 
 FORGETTABLE = ("failed", "cancelled")
 
 
-def start_form(home, store, blocked: bool) -> None:
+def start_form(home, store, actor: Actor, blocked: bool) -> None:
     defaults = home.config.training
     with action(store) as session:
         versions = [v.id for v in list_versions(session)][::-1]
@@ -56,9 +54,8 @@ def start_form(home, store, blocked: bool) -> None:
     if submitted:
         start_from = {"newest round": "parent", "base": "base"}.get(start, start)
         with action(store) as session:
-            record = plan_round(session, home.project, dataset=version, start_from=start_from, mode=mode, steps=int(steps),
-                                learning_rate=lr, prior_preservation=prior)  # fmt: skip
-            job = submit(session, home, "train", {"round_id": record.id})
+            record, job = actions.start_round(session, actor, home, dataset=version, start_from=start_from, mode=mode,
+                                              steps=int(steps), learning_rate=lr, prior_preservation=prior)  # fmt: skip
         st.toast(f"Round {record.id} queued as job {job.id}", icon=":material/model_training:")
 
 
@@ -83,22 +80,21 @@ def round_table(rows: list[dict]) -> pd.DataFrame:
     )
 
 
-def resume(home, store, round_id: int) -> None:
+def resume(home, store, actor: Actor, round_id: int) -> None:
     with action(store) as session:
-        record = resumable(session, round_id, home.config.jobs.stale_after_seconds)
-        job = submit(session, home, "train", {"round_id": record.id})
+        job = actions.resume_round(session, actor, home, round_id)
     st.toast(f"Round {round_id} queued to resume as job {job.id}")
 
 
-def forget(home, store, round_id: int) -> None:
+def forget(home, store, actor: Actor, round_id: int) -> None:
     with action(store) as session:
-        folder = delete_round(session, home.project, round_id)
+        folder = actions.delete_round(session, actor, home, round_id)
     remove_round_files(folder)
     st.toast(f"Round {round_id} deleted")
 
 
 @st.fragment(run_every=2)
-def rounds_section(home, store) -> None:
+def rounds_section(home, store, actor: Actor) -> None:
     """Rounds as they are now: a failed job shows as a failed round without a reload."""
     with action(store) as session:
         mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
@@ -108,7 +104,7 @@ def rounds_section(home, store) -> None:
     st.subheader("Rounds")
     st.code("\n".join(tree), language=None)
     for row in rows:
-        if row["status"] not in ("interrupted", *FORGETTABLE):
+        if not actor.is_admin or row["status"] not in ("interrupted", *FORGETTABLE):
             continue
         text, resume_button, delete_button = st.columns([6, 1, 1], vertical_alignment="center")
         if row["status"] == "interrupted":
@@ -119,11 +115,11 @@ def rounds_section(home, store) -> None:
             )
         if row["status"] != "cancelled":
             resume_button.button("Resume", key=f"resume-{row['id']}", type="primary", width="stretch",
-                                 on_click=resume, args=(home, store, row["id"]))  # fmt: skip
+                                 on_click=resume, args=(home, store, actor, row["id"]))  # fmt: skip
         if row["status"] in FORGETTABLE:
             delete_button.button("Delete", key=f"delete-{row['id']}", width="stretch",
                                  help="Remove the round, its checkpoint and logs", on_click=forget,
-                                 args=(home, store, row["id"]))  # fmt: skip
+                                 args=(home, store, actor, row["id"]))  # fmt: skip
     st.dataframe(round_table(rows), hide_index=True, width="stretch")
 
 
@@ -171,14 +167,18 @@ def page() -> None:
     _, store = project()
     home = reload_home()
     st.header("Dreambooth rounds")
+    actor = who(store)
     missing = training_available()
     if missing:
         st.error(f"Training needs the training extras: {missing}.")
-    unusable = base_model_notice(home, store, "A round")
-    start_form(home, store, blocked=bool(missing or unusable))
+    unusable = base_model_notice(home, store, "A round", actor)
+    if actor.is_admin:
+        start_form(home, store, actor, blocked=bool(missing or unusable))
+    else:
+        st.info("Starting rounds is for admins; how they went is below.")
     st.subheader("Training jobs")
     jobs_panel(home, store, "train")
-    rounds_section(home, store)
+    rounds_section(home, store, actor)
     loss_chart(store)
     comparison(home, store)
     acceptance(store)

@@ -301,3 +301,44 @@ def test_the_rounds_page_shows_a_failed_job_as_a_failed_round_with_resume_and_de
     assert "Round 1 deleted" in at.toast[0].value
     with demo_home.open_store().transaction() as session:
         assert session.scalars(select(Round)).all() == []
+
+
+def signed_in_app(demo_home, name: str, password: str, rater_param: str | None = None) -> AppTest:
+    at = app(rater_param)
+    at.text_input(key="sign_in_name").input(name)
+    at.text_input(key="sign_in_password").input(password)
+    return at.button[0].click().run()
+
+
+def test_with_users_nobody_rates_without_signing_in_and_the_url_names_nobody(demo_home):
+    from herdbook.db.access import add_user
+
+    with demo_home.open_store().transaction() as session:
+        add_user(session, "Kim", "rater", "kim's password")
+    at = app("mallory")  # ?rater=mallory: not a way in
+    assert "Sign in" in [h.value for h in at.subheader] and not any(b.key == "accept" for b in at.button)
+    at = signed_in_app(demo_home, "kim", "wrong password", rater_param="mallory")
+    assert "do not match" in at.error[0].value and not any(b.key == "accept" for b in at.button)
+    at = signed_in_app(demo_home, "kim", "kim's password", rater_param="mallory")
+    assert "by Kim" in shown_caption(at)
+    at.button(key="accept").click().run()
+    with demo_home.open_store().transaction() as session:
+        assert current_vote(session, 1, "Kim") == "accept" and current_vote(session, 1, "mallory") is None
+
+
+def test_a_signed_in_rater_sees_no_admin_controls(demo_home):
+    from herdbook.db.access import Actor, add_user
+
+    with demo_home.open_store().transaction() as session:
+        add_user(session, "kim", "rater", "kim's password")
+    for name in ("generate", "dataset", "rounds"):
+        at = page(name)
+        at.session_state["actor"] = Actor("kim", "rater", signed_in=True)
+        at.run()
+        labels = [b.label for b in at.button]
+        assert not {"Generate", "Sync now", "Start round", "Save base model"} & set(labels), (name, labels)
+
+
+def test_without_users_the_app_says_it_is_open_and_kept_on_this_machine(demo_home):
+    at = app("ann")
+    assert any("No sign-in" in c.value and "127.0.0.1" in c.value for c in at.sidebar.caption)

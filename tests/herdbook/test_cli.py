@@ -270,3 +270,19 @@ def test_a_second_table_corrects_prompts(tmp_path):
     out = run("import", folder, "--prompts", folder / "fixed.csv", "--home", home).output
     assert "prompt of a.png corrected" in out
     assert json.loads(run("candidates", "--json", "--home", home).output)[0]["prompt"] == "an ox"
+
+
+def test_users_are_added_with_a_password_from_stdin_and_sign_in_opens_the_network(tmp_path):
+    home = tmp_path / "home"
+    run("init", "--home", home)
+    refused = run("serve", "--home", home, "--host", "0.0.0.0", ok=False)
+    assert refused.exit_code == 1 and "no users, so no sign-in" in refused.output
+    result = CliRunner().invoke(main, ["users", "add", "Ann", "--role", "admin", "--home", str(home)],
+                                input="a long password\n")  # fmt: skip
+    assert result.exit_code == 0 and "Added Ann (admin)" in result.output
+    assert "a long password" not in (home / "herdbook.db").read_bytes().decode("latin-1")
+    short = CliRunner().invoke(main, ["users", "add", "bob", "--role", "rater", "--home", str(home)], input="x\n")
+    assert short.exit_code == 1 and "too short" in short.output
+    assert json.loads(run("users", "--json", "--home", home).output)[0]["role"] == "admin"
+    logged = run("log", "--home", home).output
+    assert "(cli): add user" in logged and "name=Ann" in logged
