@@ -234,7 +234,7 @@ def rounds_of(home: Path) -> list[dict]:
 def kill_trials(home: Path, work: Path, size: dict) -> dict:
     rng = random.Random(11)
     found: dict = {"kills": defaultdict(int), "doctor_failed": 0, "sync_failed": 0, "lost_votes": 0,
-                   "import_incomplete": 0, "rounds_resumed": 0, "rounds_unfinished": 0, "killed_before_done": 0}  # fmt: skip
+                   "import_incomplete": 0, "rounds_resumed": 0, "rounds_unfinished": 0, "doctor_findings_before_sync": []}  # fmt: skip
     for n in range(size["kills"]):
         kind = KINDS[n % len(KINDS)]
         if kind == "voting":
@@ -266,12 +266,19 @@ def kill_trials(home: Path, work: Path, size: dict) -> dict:
 
             kill_at_random([*HERDBOOK, "train", "--home", str(home)], rng, 0.0, 3.0, ready=stepping)
         found["kills"][kind] += 1
-        # after every kill: the home is sound, the next sync works, an interrupted round finishes
-        if herdbook("doctor", home=home, check=False).returncode != 0:
-            found["doctor_failed"] += 1
-            print(herdbook("doctor", home=home, check=False).stdout, file=sys.stderr)
+        # after every kill: doctor says what a kill left (a sync killed after its Oxen commit
+        # leaves that commit unrecorded: doctor says "run herdbook sync"); the next sync works
+        # and repairs it; then doctor must find nothing, and an interrupted round finishes
+        first_look = herdbook("doctor", home=home, check=False)
+        if first_look.returncode != 0:
+            found["doctor_findings_before_sync"].append(kind + ": " + " / ".join(
+                line.strip() for line in first_look.stdout.splitlines() if line.startswith("NO")))  # fmt: skip
         if herdbook("sync", home=home, check=False).returncode != 0:
             found["sync_failed"] += 1
+        after_sync = herdbook("doctor", home=home, check=False)
+        if after_sync.returncode != 0:
+            found["doctor_failed"] += 1
+            print(after_sync.stdout, file=sys.stderr)
         time.sleep(2.2)  # a killed round's heartbeat goes stale
         for row in rounds_of(home):
             if row["status"] in ("interrupted", "running", "pending"):
@@ -350,7 +357,11 @@ def main() -> int:
         f"doubled {load['doubled']}; busy retries {load['retried_busy']}; {load['seconds']} s; "
         f"processes failed {load['failed_processes']}",
         f"kill -9: {sum(kills['kills'].values())} kills ({', '.join(f'{k} {v}' for k, v in kills['kills'].items())})",
-        f"  after each: doctor failed {kills['doctor_failed']}, next sync failed {kills['sync_failed']}; "
+        f"  doctor's findings right after a kill (each repaired by the next sync): "
+        f"{len(kills['doctor_findings_before_sync'])}",
+        *(f"    {finding}" for finding in kills["doctor_findings_before_sync"]),
+        f"  after each kill and the next sync: doctor failed {kills['doctor_failed']}, the sync failed "
+        f"{kills['sync_failed']}; "
         f"acknowledged votes lost {kills['lost_votes']}; images missing after an import was run again "
         f"{kills['import_incomplete']}; rounds resumed {kills['rounds_resumed']}, left unfinished "
         f"{kills['rounds_unfinished']}",
