@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8501
 DEMO_HOME ?= demo-home
 
-.PHONY: demo test lint browser clean
+.PHONY: demo test lint browser postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +13,16 @@ $(VENV)/.installed: pyproject.toml
 	@# A CPU build of torch first: the project asks only for a range, which pip would
 	@# otherwise fill with a CUDA build of several GB.
 	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[train,dev]"
+	$(PY) -m pip install -q -e ".[train,dev,postgres]"
 	touch $@
 
 # Debian's chromium drives the real-browser tests (Playwright, no browser download).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's PostgreSQL server: tests/db/test_postgres.py starts a throwaway one of its own.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/herdbook demo --home $(DEMO_HOME) --serve --port $(PORT)
@@ -27,7 +31,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(VENV)/.installed browser lint
+test: $(VENV)/.installed browser postgres lint
 	$(PY) -m pytest -q
 
 clean:

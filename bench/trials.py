@@ -124,20 +124,27 @@ def vote_loop(home: Path, rater: str, count: int, log: Path, seed: int) -> None:
     store.close()
 
 
-def acknowledged(log: Path) -> dict[int, set[str]]:
-    """Per candidate, the values its current vote may hold: the last acknowledged one, or any
-    tried after it (a vote stored a moment before the process died, never acknowledged)."""
-    allowed: dict[int, set[str]] = {}
+def acknowledged(log: Path) -> dict[int, tuple[str | None, set[str]]]:
+    """Per candidate: the last acknowledged value (None if no vote on it was acknowledged), and
+    the values tried after it without an acknowledgement (stored or not as the kill fell)."""
+    seen: dict[int, tuple[str | None, set[str]]] = {}
     pending: tuple[int, str] | None = None
     for line in log.read_text().splitlines():
         parts = line.split()
         if parts[:1] == ["try"]:
             pending = (int(parts[1]), parts[2])
-            allowed.setdefault(pending[0], set()).add(pending[1])  # maybe stored
+            acked, maybe = seen.get(pending[0], (None, set()))
+            seen[pending[0]] = (acked, maybe | {pending[1]})
         elif parts == ["ok"] and pending:
-            allowed[pending[0]] = {pending[1]}  # stored for sure; earlier values are history
+            seen[pending[0]] = (pending[1], set())  # stored for sure; what came before is history
             pending = None
-    return allowed
+    return seen
+
+
+def kept(stored: str | None, acked: str | None, maybe: set[str]) -> bool:
+    """Whether the stored vote is one the rater may have: the acknowledged one or a later try;
+    with nothing acknowledged, also none at all."""
+    return stored in maybe or stored == acked
 
 
 def acked_count(log: Path) -> int:
@@ -173,10 +180,8 @@ def lost_votes(home: Path, logs: dict[str, Path]) -> int:
     votes, _ = current_votes(home)
     lost = 0
     for rater, log in logs.items():
-        for cid, allowed in acknowledged(log).items():
-            value = votes.get((rater, cid))
-            if value not in allowed and not (value is None and len(allowed) > 1):
-                lost += 1
+        for cid, (acked, maybe) in acknowledged(log).items():
+            lost += not kept(votes.get((rater, cid)), acked, maybe)
     return lost
 
 
@@ -198,10 +203,14 @@ def load_trial(home: Path, work: Path, size: dict) -> dict:
     processes = [voter(home, rater, per_rater, log, seed) for seed, (rater, log) in enumerate(logs.items())]
     rng = random.Random(7)
     cli_acked: dict[tuple[str, int], str] = {}
+    cli_refused: list[str] = []
     for n in range(size["cli_votes"]):  # `herdbook vote` processes beside the raters
         rater, cid, value = f"cli-{n % 2}", rng.randrange(1, size["images"] + 1), rng.choice(("accept", "reject"))
-        if herdbook("vote", cid, value, "--rater", rater, home=home, check=False).returncode == 0:
+        done = herdbook("vote", cid, value, "--rater", rater, home=home, check=False)
+        if done.returncode == 0:
             cli_acked[(rater, cid)] = value
+        else:  # told, so not lost; but say why
+            cli_refused.append((done.stdout + done.stderr).strip().splitlines()[-1][:200])
     for process in processes:
         process.wait()
     seconds = time.monotonic() - started
@@ -211,7 +220,8 @@ def load_trial(home: Path, work: Path, size: dict) -> dict:
     stored = sum(acked_count(log) for log in logs.values()) + len(cli_acked)
     busy = sum(log.read_text().count("busy") for log in logs.values())
     return {"attempted": attempted, "acknowledged": stored, "lost": lost, "doubled": doubled,
-            "retried_busy": busy, "seconds": round(seconds, 1), "failed_processes": sum(p.returncode != 0 for p in processes)}  # fmt: skip
+            "retried_busy": busy, "seconds": round(seconds, 1), "cli_refused": cli_refused,
+            "failed_processes": sum(p.returncode != 0 for p in processes)}  # fmt: skip
 
 
 def kill_at_random(command: list[str], rng: random.Random, low: float, high: float, ready=None) -> float:
@@ -355,7 +365,8 @@ def main() -> int:
         f"load: {size['raters']} raters in separate processes through the app's services + `herdbook vote` processes",
         f"  votes attempted {load['attempted']}, acknowledged {load['acknowledged']}, lost {load['lost']}, "
         f"doubled {load['doubled']}; busy retries {load['retried_busy']}; {load['seconds']} s; "
-        f"processes failed {load['failed_processes']}",
+        f"processes failed {load['failed_processes']}; `herdbook vote` refused {len(load['cli_refused'])}",
+        *(f"    {line}" for line in load["cli_refused"][:5]),
         f"kill -9: {sum(kills['kills'].values())} kills ({', '.join(f'{k} {v}' for k, v in kills['kills'].items())})",
         f"  doctor's findings right after a kill (each repaired by the next sync): "
         f"{len(kills['doctor_findings_before_sync'])}",
@@ -371,7 +382,8 @@ def main() -> int:
         f"earlier votes changed {hostile['votes_changed']}",
     ]
     problems = (
-        load["lost"] + load["doubled"] + load["failed_processes"] + kills["doctor_failed"] + kills["sync_failed"]
+        load["lost"] + load["doubled"] + load["failed_processes"] + len(load["cli_refused"])
+        + kills["doctor_failed"] + kills["sync_failed"]
         + kills["lost_votes"] + kills["import_incomplete"] + kills["rounds_unfinished"]
         + (hostile["imported"] != 1) + hostile["traceback"] + hostile["raw_escape_in_output"] + hostile["votes_changed"]
         + (hostile["refusal_lines"] < hostile["files"] - 1)

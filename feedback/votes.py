@@ -12,12 +12,14 @@ from herdbook.db.models import Candidate, Rater, Vote, VoteValue, utcnow
 from herdbook.feedback.queueing import DEFAULT_POLICY, POLICIES, ImageVotes, QueueEntry, Votes, next_for, rank
 from herdbook.feedback.selection import SelectionPolicy
 from sqlalchemy import case, exists, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 ACTIVE_RATER_WINDOW = timedelta(minutes=15)  # raters who voted this recently share out the queue
 RECENT_VOTES = 5_000  # ...looked for among this many newest votes (the primary key's index, not a scan)
 
 MAX_RATER_NAME = 64
+CONFLICT_RETRIES = 5  # a vote raced by its twin from another tab is tried again this often
 
 
 def clean_rater_name(name: str) -> str:
@@ -68,15 +70,24 @@ def cast_vote(session: Session, candidate_id: int, rater_name: str, value: VoteV
     if session.get(Candidate, candidate_id) is None:
         raise NotFound(f"no candidate with id {candidate_id}")
     rater = rater_by_name(session, rater_name)
-    session.execute(
-        update(Vote)
-        .where(Vote.candidate_id == candidate_id, Vote.rater_id == rater.id, Vote.is_current)
-        .values(is_current=False)
-    )
-    vote = Vote(candidate_id=candidate_id, rater_id=rater.id, value=value, is_current=True)
-    session.add(vote)
-    session.flush()
-    return vote
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        # Two tabs voting on one image at once: on Postgres both demote the old vote and the
+        # second insert meets the first's current vote (uq_votes_current). Undo this attempt
+        # alone and go again: the demotion now sees the twin's vote and replaces it.
+        try:
+            with session.begin_nested():
+                session.execute(
+                    update(Vote)
+                    .where(Vote.candidate_id == candidate_id, Vote.rater_id == rater.id, Vote.is_current)
+                    .values(is_current=False)
+                )
+                vote = Vote(candidate_id=candidate_id, rater_id=rater.id, value=value, is_current=True)
+                session.add(vote)
+            return vote
+        except IntegrityError:
+            if attempt == CONFLICT_RETRIES:
+                raise
+    raise AssertionError("unreachable")
 
 
 def undo_last_vote(session: Session, rater_name: str) -> int | None:

@@ -181,8 +181,7 @@ def vote(home_path, candidate, value, rater):
     from herdbook.home import load_home
 
     store = store_of(load_home(home_path))
-    with store.transaction() as session:
-        cast_vote(session, candidate, rater, value)
+    store.write(lambda session: cast_vote(session, candidate, rater, value))  # waits out a busy database
     click.echo(f"{rater}: {value} on candidate {candidate}")
 
 

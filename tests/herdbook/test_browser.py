@@ -5,6 +5,7 @@ previous image back. Without chromium these skip locally; under CI (CI=true) the
 because `make test` installs it.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -56,11 +57,15 @@ def running_app(tmp_path):
     home = tmp_path / "demo"
     assert CliRunner().invoke(main, ["demo", "--home", str(home)]).exit_code == 0
     port = free_port()
+    with answering(app_command(port, "127.0.0.1"), port, {"HERDBOOK_HOME": str(home)}) as url:
+        yield url, load_home(home)
+
+
+@contextlib.contextmanager
+def answering(command: list[str], port: int, env: dict | None = None):
+    """Start the app's process and wait until it answers; stop it afterwards."""
     process = subprocess.Popen(
-        app_command(port, "127.0.0.1"),
-        env={**os.environ, "HERDBOOK_HOME": str(home)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -73,9 +78,11 @@ def running_app(tmp_path):
                 process.kill()
                 raise RuntimeError("the app did not start") from None
             time.sleep(0.3)
-    yield url, load_home(home)
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -221,25 +228,10 @@ def served_demo(tmp_path):
     home = tmp_path / "demo"
     assert CliRunner().invoke(main, ["demo", "--home", str(home)]).exit_code == 0
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "herdbook.cli", "serve", "--home", str(home), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the app did not start") from None
-            time.sleep(0.3)
-    yield url, load_home(home)
-    process.terminate()
-    process.wait(timeout=30)
+    with answering(
+        [sys.executable, "-m", "herdbook.cli", "serve", "--home", str(home), "--port", str(port)], port
+    ) as url:
+        yield url, load_home(home)
 
 
 SIZES = {"wide": (1440, 900), "small": (1024, 700)}
