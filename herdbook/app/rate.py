@@ -19,6 +19,7 @@ from herdbook.db.errors import StoreBusy
 from herdbook.feedback.catalog import Card, cards, filter_choices
 from herdbook.feedback.votes import (
     QueueFilter,
+    current_vote,
     next_entries,
     prompt_group,
     queue_view,
@@ -195,7 +196,6 @@ class Group:
     size: int
     cards: list[Card] = field(default_factory=list)
     marks: dict[int, str] = field(default_factory=dict)  # card id -> the vote it got here
-    history: list[int] = field(default_factory=list)  # card ids in the order voted, for undo
     cursor: int = 0
     votes: int = 0
     last_message: str = ""
@@ -230,7 +230,6 @@ def grid_vote(store, group: Group, value: str, index: int | None = None, selecti
         return
     group.votes += (value != "skip") - (group.marks.get(card.id, "skip") != "skip")
     group.marks[card.id] = value
-    group.history = [*[i for i in group.history if i != card.id], card.id]
     group.last_message = f"{value} #{card.id}"
     if len(group.marks) == len(group.cards):
         next_group(store, group, selection)
@@ -240,7 +239,7 @@ def grid_vote(store, group: Group, value: str, index: int | None = None, selecti
 
 def next_group(store, group: Group, selection) -> None:
     fresh = load_group(store, group.actor, group.filters, group.size, selection)
-    group.cards, group.marks, group.history, group.cursor = fresh.cards, {}, [], 0
+    group.cards, group.marks, group.cursor = fresh.cards, {}, 0
 
 
 def grid_undo(store, group: Group) -> None:
@@ -248,11 +247,13 @@ def grid_undo(store, group: Group) -> None:
         undone = actions.undo(session, group.actor)
         group.votes = rater_vote_count(session, group.rater)
         card = cards(session, [undone])[0] if undone is not None else None
+        restored = current_vote(session, undone, group.rater) if undone is not None else None
     if card is None:
         group.last_message = "nothing to undo"
         return
     group.marks.pop(card.id, None)
-    group.history = [i for i in group.history if i != card.id]
+    if restored is not None:  # voted twice here: the earlier vote counts again, and shows
+        group.marks[card.id] = str(restored)
     if card.id not in [c.id for c in group.cards]:  # voted in an earlier group: bring it back here
         group.cards.insert(0, card)
     group.cursor = [c.id for c in group.cards].index(card.id)
