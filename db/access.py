@@ -100,6 +100,13 @@ def authenticate(session: Session, name: str, password: str) -> Actor | None:
     return Actor(user.name, user.role, signed_in=True)
 
 
+def still_signed_in(session: Session, actor: Actor) -> Actor | None:
+    """The signed-in actor as the users table has them now: a removed user is signed out, a
+    changed role applies at once (a browser session may outlive either)."""
+    user = _user(session, actor.name)
+    return Actor(user.name, user.role, signed_in=True) if user is not None else None
+
+
 def record_action(session: Session, actor: Actor, action: str, **detail: Any) -> None:
     session.add(Action(actor=actor.name, action=action, detail=detail))
 

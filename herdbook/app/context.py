@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 
-from herdbook.db.access import Actor, authenticate, sign_in_required
+from herdbook.db.access import Actor, authenticate, sign_in_required, still_signed_in
 from herdbook.errors import HerdbookError
 from herdbook.feedback.votes import clean_rater_name
 from herdbook.home import Home, load_home, resolve_home
@@ -88,6 +88,9 @@ def who(store, need_name: bool = False) -> Actor:
     users the app is open: everyone acts as an admin, named by ``?rater=`` or what they type."""
     with action(store) as session:
         required = sign_in_required(session)
+        remembered = st.session_state.get("actor")
+        if required and isinstance(remembered, Actor) and remembered.signed_in:
+            st.session_state["actor"] = still_signed_in(session, remembered)
     if not required:
         name = ask_rater() if need_name else current_rater()
         if need_name and name is None:

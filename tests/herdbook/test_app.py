@@ -342,3 +342,24 @@ def test_a_signed_in_rater_sees_no_admin_controls(demo_home):
 def test_without_users_the_app_says_it_is_open_and_kept_on_this_machine(demo_home):
     at = app("ann")
     assert any("No sign-in" in c.value and "127.0.0.1" in c.value for c in at.sidebar.caption)
+
+
+def test_a_removed_user_is_signed_out_and_a_changed_role_applies_at_once(demo_home):
+    from herdbook.db.access import Actor, add_user, remove_user
+    from herdbook.db.models import User
+
+    with demo_home.open_store().transaction() as session:
+        add_user(session, "kim", "admin", "kim's password")
+        add_user(session, "ann", "admin", "ann's password")  # sign-in stays on when kim goes
+    at = page("dataset")
+    at.session_state["actor"] = Actor("kim", "admin", signed_in=True)
+    at.run()
+    assert "Sync now" in [b.label for b in at.button]
+    with demo_home.open_store().transaction() as session:
+        session.scalars(select(User).where(User.name == "kim")).one().role = "rater"
+    at.run()
+    assert "Sync now" not in [b.label for b in at.button]
+    with demo_home.open_store().transaction() as session:
+        remove_user(session, "kim")
+    at.run()
+    assert "Sign in" in [h.value for h in at.subheader]
