@@ -204,11 +204,13 @@ def load_trial(home: Path, work: Path, size: dict) -> dict:
     rng = random.Random(7)
     cli_acked: dict[tuple[str, int], str] = {}
     cli_refused: list[str] = []
+    cli_acknowledged = 0
     for n in range(size["cli_votes"]):  # `herdbook vote` processes beside the raters
         rater, cid, value = f"cli-{n % 2}", rng.randrange(1, size["images"] + 1), rng.choice(("accept", "reject"))
         done = herdbook("vote", cid, value, "--rater", rater, home=home, check=False)
         if done.returncode == 0:
-            cli_acked[(rater, cid)] = value
+            cli_acked[(rater, cid)] = value  # the last acknowledged vote on each image counts
+            cli_acknowledged += 1
         else:  # told, so not lost; but say why
             cli_refused.append((done.stdout + done.stderr).strip().splitlines()[-1][:200])
     for process in processes:
@@ -217,7 +219,7 @@ def load_trial(home: Path, work: Path, size: dict) -> dict:
     votes, doubled = current_votes(home)
     lost = lost_votes(home, logs) + sum(votes.get(key) != value for key, value in cli_acked.items())
     attempted = per_rater * size["raters"] + size["cli_votes"]
-    stored = sum(acked_count(log) for log in logs.values()) + len(cli_acked)
+    stored = sum(acked_count(log) for log in logs.values()) + cli_acknowledged
     busy = sum(log.read_text().count("busy") for log in logs.values())
     return {"attempted": attempted, "acknowledged": stored, "lost": lost, "doubled": doubled,
             "retried_busy": busy, "seconds": round(seconds, 1), "cli_refused": cli_refused,
