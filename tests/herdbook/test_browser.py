@@ -311,3 +311,25 @@ def test_the_demo_runs_the_whole_loop_in_the_browser(served_demo, browser):
     expect(page.get_by_text("Share of candidates raters accepted, by round")).to_be_visible()
     expect(page.get_by_text("round 1: 1 of 1")).to_be_visible()
     screenshots(page, "rounds-after")
+
+
+def test_signing_in_in_the_browser_then_rating_as_oneself(running_app, browser):
+    from herdbook.db.access import add_user
+    from playwright.sync_api import expect
+
+    url, home = running_app
+    with home.open_store().transaction() as session:
+        add_user(session, "Kim", "rater", "kim's password")
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"{url}/?rater=mallory")
+    page.get_by_role("textbox", name="Name").fill("kim")
+    page.get_by_role("textbox", name="Password").fill("kim's password")
+    screenshots(page, "sign-in")
+    page.get_by_role("button", name="Sign in").click()
+    showing(page, 1)
+    expect(page.get_by_text("Signed in as Kim (rater)")).to_be_visible()
+    page.wait_for_timeout(800)
+    page.keyboard.press("1")
+    showing(page, 2)
+    with home.open_store().transaction() as session:
+        assert current_vote(session, 1, "Kim") == "accept" and current_vote(session, 1, "mallory") is None
