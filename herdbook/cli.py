@@ -704,6 +704,7 @@ def train(
     queued,
 ):
     """Run a Dreambooth round on a dataset version's instance images."""
+    from herdbook.db.access import record_action
     from herdbook.home import load_home
     from herdbook.training.rounds import chain_problem, plan_round
     from herdbook.training.settings import ModelChain
@@ -730,10 +731,13 @@ def train(
         if problem:  # refused before the round is recorded (the transaction rolls back)
             raise HerdbookError(problem)
         round_id, parent, total = record.id, record.parent_id, record.settings["steps"]
+        detail = {"round": round_id}
         if queued:
             from herdbook.jobs import submit
 
             job = submit(session, home, "train", {"round_id": round_id, "processes": gpus})
+            detail["job"] = job.id
+        record_action(session, operator(), "start round", **detail)
     if queued:
         click.echo(f"Round {round_id} queued as job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
@@ -800,6 +804,7 @@ def rounds(ctx, home_path, as_json):
 @click.pass_context
 def rounds_resume(ctx, round_id, home_path, queued):
     """Carry an interrupted, failed or pending round on from its last checkpoint."""
+    from herdbook.db.access import record_action
     from herdbook.home import load_home
     from herdbook.training.rounds import mark_interrupted_rounds, resumable
 
@@ -809,6 +814,7 @@ def rounds_resume(ctx, round_id, home_path, queued):
         mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
         record = resumable(session, round_id, home.config.jobs.stale_after_seconds)
         total = record.settings["steps"]
+        record_action(session, operator(), "resume round", round=round_id)
         if queued:
             from herdbook.jobs import submit
 

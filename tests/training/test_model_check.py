@@ -40,6 +40,7 @@ def test_generate_and_train_refuse_an_unusable_model_before_queueing_anything(tm
         )
     assert json.loads(run("jobs", "--json", "--home", home).output) == []
     assert json.loads(run("rounds", "--json", "--home", home).output) == []
+    assert [a["action"] for a in json.loads(run("log", "--json", "--home", home).output)] == ["sync"]  # nothing else
 
 
 def test_the_demo_runs_the_whole_loop_on_a_tiny_model_built_here(tmp_path):
@@ -54,6 +55,7 @@ def test_the_demo_runs_the_whole_loop_on_a_tiny_model_built_here(tmp_path):
     run("sync", "--home", home)
     trained = run("train", "--mode", "lora", "--steps", "3", "--home", home).output
     assert "Round 1 finished" in trained
+    assert "(cli): start round  round=1" in run("log", "--home", home).output  # who started it
     made = run("generate", "--prompt", "the oxenai ox", "-n", "2", "--round", "latest", "--steps", "2", "--home", home)
     assert "Added 2 candidate(s) from latest" in made.output
     queue = json.loads(run("queue", "--rater", "bob", "-n", "100", "--json", "--home", home).output)
