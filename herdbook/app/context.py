@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -38,14 +39,46 @@ def reload_home() -> Home:
 
 
 @contextlib.contextmanager
-def action(store) -> Iterator:
-    """One transaction for one user action; expected failures become one st.error line."""
+def stopping_on_error() -> Iterator[None]:
+    """In a page's body: an expected failure becomes one st.error line and ends the run."""
     try:
-        with store.transaction() as session:
-            yield session
+        yield
     except HerdbookError as error:
         st.error(str(error))
         st.stop()
+
+
+@contextlib.contextmanager
+def action(store) -> Iterator:
+    """One transaction for one user action, in a page's body; an expected failure becomes one
+    st.error line and ends the run. (In an on_click callback use a plain transaction inside a
+    `reporting` callback: a callback runs before the page, and stopping there blanks it.)"""
+    with stopping_on_error(), store.transaction() as session:
+        yield session
+
+
+def reporting(callback):
+    """An on_click callback whose expected failure is kept for `show_reported`."""
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            callback(*args, **kwargs)
+        except HerdbookError as error:
+            report(error)
+
+    return run
+
+
+def report(error: HerdbookError) -> None:
+    """For on_click callbacks: they run before the page, where st.stop would leave the page
+    blank but for the error. The error is kept and `show_reported` shows it in the page."""
+    st.session_state.setdefault("reported", []).append(str(error))
+
+
+def show_reported() -> None:
+    for message in st.session_state.pop("reported", []):
+        st.error(message)
 
 
 def current_rater() -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 from herdbook import actions
-from herdbook.app.context import action, project, round_label, who
+from herdbook.app.context import action, project, reporting, round_label, show_reported, stopping_on_error, who
 from herdbook.app.keys import keep_rating_keys
 from herdbook.db.access import Actor
 from herdbook.db.errors import StoreBusy
@@ -53,7 +53,7 @@ class Queue:
 
 
 def load_queue(store, actor: Actor, filters: QueueFilter, selection) -> Queue:
-    with action(store) as session:
+    with store.transaction() as session:
         entries, size = queue_view(session, actor.name, filters, limit=BATCH, selection=selection)
         return Queue(
             actor,
@@ -68,7 +68,7 @@ def load_queue(store, actor: Actor, filters: QueueFilter, selection) -> Queue:
 
 def refill(store, queue: Queue) -> None:
     if len(queue.cards) < 5:
-        with action(store) as session:
+        with store.transaction() as session:
             have = {c.id for c in queue.cards}
             entries = next_entries(session, queue.rater, queue.filters, BATCH + len(have), queue.selection)
             more = [e for e in entries if e.id not in have][: BATCH - len(queue.cards)]
@@ -106,13 +106,13 @@ def vote(store, queue: Queue, candidate_id: int, value: str) -> None:
 def undo(store, queue: Queue) -> None:
     if queue.unsaved:  # the newest vote never reached the database: take it back here
         candidate_id, value = queue.unsaved.pop()
-        with action(store) as session:
+        with store.transaction() as session:
             queue.cards = [*cards(session, [candidate_id]), *[c for c in queue.cards if c.id != candidate_id]]
         queue.votes -= value != "skip"
         queue.left += queue.filters.unrated_only
         queue.last_message = f"undid your vote on #{candidate_id}"
         return
-    with action(store) as session:
+    with store.transaction() as session:
         undone = actions.undo(session, queue.actor)
         card = cards(session, [undone])[0] if undone is not None else None
         queue.votes = rater_vote_count(session, queue.rater)
@@ -148,9 +148,11 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
     # browser starts loading the image only when its message arrives. So: few elements, and the
     # image's message early; the buttons and caption go into the rows above it afterwards
     # (bench/rate_latency.py). The caption sits above the image so it stays in view at 1024x700.
+    show_reported()
     queue: Queue | None = st.session_state.get("queue")
     if queue is None or queue.actor != actor or queue.filters != filters:
-        queue = st.session_state["queue"] = load_queue(store, actor, filters, home.config.selection)
+        with stopping_on_error():
+            queue = st.session_state["queue"] = load_queue(store, actor, filters, home.config.selection)
     current = queue.cards[0] if queue.cards else None
     controls = st.container(horizontal=True, width=640)
     caption = st.empty()
@@ -174,11 +176,11 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
                 shortcut=key,
                 type="primary" if value == "accept" else "secondary",
                 disabled=current is None,
-                on_click=vote,
+                on_click=reporting(vote),
                 args=(store, queue, cid, value),
                 width="stretch",
             )
-        st.button("Undo", key="undo", shortcut="u", on_click=undo, args=(store, queue), width="stretch")
+        st.button("Undo", key="undo", shortcut="u", on_click=reporting(undo), args=(store, queue), width="stretch")
 
 
 def vote_count(votes: int) -> str:
@@ -213,7 +215,7 @@ class Group:
 
 
 def load_group(store, actor: Actor, filters: QueueFilter, size: int, selection) -> Group:
-    with action(store) as session:
+    with store.transaction() as session:
         ids = prompt_group(session, actor.name, filters, size=size, selection=selection)
         return Group(actor, filters, size, cards(session, ids), votes=rater_vote_count(session, actor.name))
 
@@ -243,7 +245,7 @@ def next_group(store, group: Group, selection) -> None:
 
 
 def grid_undo(store, group: Group) -> None:
-    with action(store) as session:
+    with store.transaction() as session:
         undone = actions.undo(session, group.actor)
         group.votes = rater_vote_count(session, group.rater)
         card = cards(session, [undone])[0] if undone is not None else None
@@ -272,18 +274,22 @@ MARKS = {"accept": "✓ accepted", "reject": "✗ rejected", "skip": "– skippe
 def grid(home, store, actor: Actor, filters: QueueFilter, size: int) -> None:
     """Oxen's feedback-example layout, keyboard first: ← → choose a card, 1 2 3 vote on it."""
     selection = home.config.selection
+    show_reported()
     group: Group | None = st.session_state.get("group")
     if group is None or (group.actor, group.filters, group.size) != (actor, filters, size):
-        group = st.session_state["group"] = load_group(store, actor, filters, size, selection)
+        with stopping_on_error():
+            group = st.session_state["group"] = load_group(store, actor, filters, size, selection)
     empty = not group.cards
     with st.container(horizontal=True):
-        st.button("Previous", key="grid-left", shortcut="left", on_click=move, args=(group, -1), disabled=empty)
-        st.button("Next", key="grid-right", shortcut="right", on_click=move, args=(group, 1), disabled=empty)
+        st.button(
+            "Previous", key="grid-left", shortcut="left", on_click=reporting(move), args=(group, -1), disabled=empty
+        )
+        st.button("Next", key="grid-right", shortcut="right", on_click=reporting(move), args=(group, 1), disabled=empty)
         for label, key, value in KEYED_VOTES:
             st.button(label, key=f"grid-{value}", shortcut=key, type="primary" if value == "accept" else "secondary",
-                      on_click=grid_vote, args=(store, group, value, None, selection), disabled=empty)  # fmt: skip
-        st.button("Undo", key="grid-undo", shortcut="u", on_click=grid_undo, args=(store, group))
-        st.button("New group", key="grid-new", shortcut="n", on_click=next_group, args=(store, group, selection),
+                      on_click=reporting(grid_vote), args=(store, group, value, None, selection), disabled=empty)  # fmt: skip
+        st.button("Undo", key="grid-undo", shortcut="u", on_click=reporting(grid_undo), args=(store, group))
+        st.button("New group", key="grid-new", shortcut="n", on_click=reporting(next_group), args=(store, group, selection),
                   help="Leave the cards without a vote for later and show the next group")  # fmt: skip
     last = f" · last: {group.last_message}" if group.last_message else ""
     done = f"{len(group.marks)} of {len(group.cards)} voted · " if group.cards else ""
@@ -308,9 +314,9 @@ def grid(home, store, actor: Actor, filters: QueueFilter, size: int) -> None:
                 st.caption(f"#{card.id} · {round_label(card.round)}" + (f" · **{MARKS[mark]}**" if mark else ""))
                 left, right = st.columns(2)
                 left.button("Accept", key=f"grid-accept-{card.id}", icon=":material/thumb_up:", width="stretch",
-                            on_click=grid_vote, args=(store, group, "accept", index, selection))  # fmt: skip
+                            on_click=reporting(grid_vote), args=(store, group, "accept", index, selection))  # fmt: skip
                 right.button("Reject", key=f"grid-reject-{card.id}", icon=":material/thumb_down:", width="stretch",
-                             on_click=grid_vote, args=(store, group, "reject", index, selection))  # fmt: skip
+                             on_click=reporting(grid_vote), args=(store, group, "reject", index, selection))  # fmt: skip
 
 
 def page() -> None:

@@ -6,7 +6,17 @@ import pandas as pd
 import streamlit as st
 
 from herdbook import actions
-from herdbook.app.context import action, local_time, project, reload_home, round_label, shown, who
+from herdbook.app.context import (
+    action,
+    local_time,
+    project,
+    reload_home,
+    reporting,
+    round_label,
+    show_reported,
+    shown,
+    who,
+)
 from herdbook.app.jobs_panel import jobs_panel
 from herdbook.app.model import base_model_notice
 from herdbook.db.access import Actor
@@ -80,14 +90,16 @@ def round_table(rows: list[dict]) -> pd.DataFrame:
     )
 
 
+@reporting
 def resume(home, store, actor: Actor, round_id: int) -> None:
-    with action(store) as session:
+    with store.transaction() as session:
         job = actions.resume_round(session, actor, home, round_id)
     st.toast(f"Round {round_id} queued to resume as job {job.id}")
 
 
+@reporting
 def forget(home, store, actor: Actor, round_id: int) -> None:
-    with action(store) as session:
+    with store.transaction() as session:
         folder = actions.delete_round(session, actor, home, round_id)
     remove_round_files(folder)
     st.toast(f"Round {round_id} deleted")
@@ -96,6 +108,7 @@ def forget(home, store, actor: Actor, round_id: int) -> None:
 @st.fragment(run_every=2)
 def rounds_section(home, store, actor: Actor) -> None:
     """Rounds as they are now: a failed job shows as a failed round without a reload."""
+    show_reported()  # from the Resume and Delete buttons, which rerun only this fragment
     with action(store) as session:
         mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
         rows, tree = list_rounds(session), lineage(session)

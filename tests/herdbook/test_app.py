@@ -363,3 +363,19 @@ def test_a_removed_user_is_signed_out_and_a_changed_role_applies_at_once(demo_ho
         remove_user(session, "kim")
     at.run()
     assert "Sign in" in [h.value for h in at.subheader]
+
+
+def test_a_round_that_cannot_be_deleted_says_why_and_the_page_stays(demo_home):
+    from herdbook.feedback.curation import sync
+    from herdbook.training.rounds import plan_round
+
+    with demo_home.open_store().transaction() as session:
+        cast_vote(session, 1, "ann", "accept")
+        sync(session, demo_home.dataset_repo, demo_home.root, demo_home.config.selection)
+        parent, child = plan_round(session, demo_home.project, steps=5), plan_round(session, demo_home.project, steps=5)
+        child.parent_id = parent.id
+        parent.status = child.status = "failed"
+    at = page("rounds").run()
+    at.button(key="delete-1").click().run()
+    assert any("delete those first" in e.value for e in at.error)
+    assert "Dreambooth rounds" in [h.value for h in at.header] and at.dataframe  # not a blank page
