@@ -51,6 +51,15 @@ def rater_by_name(session: Session, name: str, create: bool = True) -> Rater:
     return rater
 
 
+def locked(session: Session, rater: Rater) -> Rater:
+    """The rater, with their row locked until the transaction ends, so one rater's votes from
+    several tabs are taken one after the other. On Postgres two tabs voting on one image at
+    once otherwise both demote the old vote and both insert a current one (uq_votes_current);
+    SQLite has one writer at a time anyway and renders no lock."""
+    session.execute(select(Rater.id).where(Rater.id == rater.id).with_for_update())
+    return rater
+
+
 def _insert_or_ignore(session: Session, table, **values):
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
@@ -69,11 +78,11 @@ def cast_vote(session: Session, candidate_id: int, rater_name: str, value: VoteV
     value = VoteValue(value)
     if session.get(Candidate, candidate_id) is None:
         raise NotFound(f"no candidate with id {candidate_id}")
-    rater = rater_by_name(session, rater_name)
+    rater = locked(session, rater_by_name(session, rater_name))
     for attempt in range(1, CONFLICT_RETRIES + 1):
-        # Two tabs voting on one image at once: on Postgres both demote the old vote and the
-        # second insert meets the first's current vote (uq_votes_current). Undo this attempt
-        # alone and go again: the demotion now sees the twin's vote and replaces it.
+        # The rater's lock orders their votes; should a twin's vote still meet this one at the
+        # unique current-vote index, undo this attempt alone and go again: the demotion then
+        # sees the twin's vote and replaces it.
         try:
             with session.begin_nested():
                 session.execute(
@@ -94,7 +103,7 @@ def undo_last_vote(session: Session, rater_name: str) -> int | None:
     """Take back the rater's most recent vote; the vote it replaced (if any) counts again.
 
     Returns the candidate whose vote was undone, or None when there is nothing to undo."""
-    rater = rater_by_name(session, rater_name)
+    rater = locked(session, rater_by_name(session, rater_name))
     last = session.scalars(
         select(Vote).where(Vote.rater_id == rater.id, Vote.is_current).order_by(Vote.id.desc()).limit(1)
     ).one_or_none()

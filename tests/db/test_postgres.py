@@ -112,17 +112,17 @@ def test_a_new_raters_first_votes_from_many_tabs_at_once_are_all_kept(home, stor
 def test_one_image_voted_from_many_tabs_at_once_keeps_every_vote_and_one_current(home, store, imported):
     with store.transaction() as session:
         cast_vote(session, imported[0], "zed", "skip")  # the rater exists; the race is on the vote
-    stores = [home.open_store() for _ in range(8)]
+    stores = [home.open_store() for _ in range(16)]
 
     def vote(tab, value):
         with tab.transaction() as session:
             cast_vote(session, imported[0], "zed", value)
 
-    values = ["accept", "reject"] * 4
+    values = ["accept", "reject"] * 8
     assert all_at_once(vote, list(zip(stores, values, strict=True))) == []
     with store.transaction() as session:
         current = session.scalars(select(Vote.value).where(Vote.candidate_id == imported[0], Vote.is_current)).all()
         assert len(current) == 1
-        assert session.scalar(select(func.count(Vote.id)).where(Vote.candidate_id == imported[0])) == 9
+        assert session.scalar(select(func.count(Vote.id)).where(Vote.candidate_id == imported[0])) == 17
     for tab in stores:
         tab.close()
