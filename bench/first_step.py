@@ -1,7 +1,7 @@
 """Where a cold process's first training step goes: SD-1.5's UNet (random weights), batch 1,
 512 px, bf16 all through as the fast path runs it; each call timed, first and second.
 
-    python3 bench/first_step.py [--channels-last]     # one fresh process per variant
+    python3 -m bench.first_step [--channels-last]     # from the repository root; one process per variant
 
 bench/first_step.txt holds the runs: on a fresh H100 machine the first forward and backward
 take ~12 s, in any later process on that machine ~1.8 s. The difference is the CUDA driver
@@ -30,12 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from gpu_round import sd15_components
     from herdbook.training.dreambooth import forward_in
+
+    from bench.gpu_round import sd15_components
 
     began = time.perf_counter()
     unet = sd15_components().unet.train()

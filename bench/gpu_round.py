@@ -164,8 +164,11 @@ def generation_run(calls: int = 5) -> dict:
                 results["first_call_after_loading_s"] = round(time.perf_counter() - loaded, 2)
         results[label] = round(statistics.median(times[1:]), 3)
     # a variant worth knowing: query, key and value as one projection (base models only)
-    pipeline = sampling_pipeline(parts, device, inference_dtype(device), "DPMSolverMultistepScheduler", graphs=True,
-                                 fuse_qkv=True)  # fmt: skip
+    from herdbook.training.graphs import GraphedUNet
+
+    pipeline = sampling_pipeline(parts, device, inference_dtype(device), "DPMSolverMultistepScheduler")
+    pipeline.fuse_qkv_projections()
+    pipeline.unet = GraphedUNet(pipeline.unet)
     times = []
     for _ in range(calls + 1):
         torch.cuda.synchronize()

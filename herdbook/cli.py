@@ -435,8 +435,9 @@ def select_(home_path, as_json, show_all, dry_run, **policy_changes):
             mark = "+" if d.selected else "-"
             click.echo(f" {mark} #{d.image.id:<5} {d.score:.2f}  {d.image.source_name}  {d.reason}")
     if changes and not dry_run:
-        home.config.selection = policy
-        home.config.save(home.config_path)
+        from herdbook.home import change_config
+
+        change_config(home.root, selection=policy)
         if not as_json:
             click.echo(f"Saved the selection policy in {home.config_path}")
 

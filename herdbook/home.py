@@ -104,8 +104,14 @@ def set_base_model(root: Path, base_model: str) -> Home:
         raise HomeError(
             "the base model is empty: give a hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a folder"
         )
+    return change_config(root, base_model=value)
+
+
+def change_config(root: Path, **changes) -> Home:
+    """Save ``changes`` into the home's config as it is on disk now (another process may have
+    changed it since this one read it), checked like a new config."""
     home = load_home(root)
-    config = home.config.with_changes(base_model=value)
+    config = home.config.with_changes(**changes)
     config.save(home.config_path)
     return Home(home.root, config)
 

@@ -166,20 +166,14 @@ def sampling_pipeline(
     dtype: torch.dtype | None = None,
     scheduler: str = "DPMSolverMultistepScheduler",
     graphs: bool = False,
-    fuse_qkv: bool = False,
 ):
     """A pipeline ready to draw images: on the device, with diffusers' own progress bar off.
-
-    ``fuse_qkv``: one projection for each attention's query, key and value (bigger matmuls,
-    fewer kernels); for models without adapters only.
 
     ``graphs``: on a CUDA GPU, with the weights in ``dtype`` (no autocast), the UNet's call is
     captured as a CUDA graph per batch shape and replayed (training.graphs.GraphedUNet)."""
     pipeline = make_pipeline(components, scheduler)
     pipeline = pipeline.to(device) if dtype is None else pipeline.to(device, dtype)
     pipeline.set_progress_bar_config(disable=True)
-    if fuse_qkv:
-        pipeline.fuse_qkv_projections()
     if graphs and dtype is not None and device.type == "cuda":
         from herdbook.training.graphs import GraphedUNet
 

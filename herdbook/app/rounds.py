@@ -48,7 +48,7 @@ def start_form(home, store, actor: Actor, blocked: bool) -> None:
         version = left.selectbox("Dataset version", versions)
         start = right.selectbox(
             "Start from",
-            ["newest round" if finished else "base", "base", *finished][: 2 + len(finished)] if finished else ["base"],
+            ["newest round", "base", *finished] if finished else ["base"],
             format_func=lambda s: s if isinstance(s, str) else round_label(s),
         )
         mode = left.radio(
