@@ -20,9 +20,16 @@ from herdbook.training.data import image_files, load_images
 from herdbook.training.generate import draw
 from herdbook.training.graphs import CapturedStep
 from herdbook.training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
+from herdbook.training.masters import FlatAdamW
 from herdbook.training.settings import RoundSettings
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
+
+# Attention without cuDNN's kernels, which are compiled at run time on first use, per shape:
+# ~10 s of a fresh machine's first SD-1.5 step, against ~0.7 s that flash attention costs
+# over 400 steps (bench/first_step.txt, bench/step_profile.txt). A CPU's choice is unchanged.
+PRECOMPILED_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -34,6 +41,7 @@ class TrainResult:
     validation: list[dict] = field(default_factory=list)
 
 
+@sdpa_kernel(PRECOMPILED_ATTENTION)
 def train(
     settings: RoundSettings, components: Components | None = None, progress: Progress | None = None
 ) -> TrainResult:
@@ -75,10 +83,16 @@ def train(
     weights = rating_weights(files, settings.rating_weights)
 
     fast = use_fast_path(settings, accelerator)
-    if fast and device.type == "cuda":
-        # measured on an H100 (bench/gpu_variants.txt): the captured step 50.6 -> 44.7 ms
-        parts.unet.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(trainable, settings, device, capturable=fast)
+    models = [parts.unet, parts.text_encoder] if settings.train_text_encoder else [parts.unet]
+    if fast:  # one process: nothing for accelerate to wrap; the optimizer's buffers live on the device
+        for model in models:
+            model.to(device)
+        if device.type == "cuda":
+            # measured on an H100 (bench/gpu_variants.txt): the captured step 50.6 -> 44.7 ms
+            parts.unet.to(memory_format=torch.channels_last)
+        optimizer = FlatAdamW(trainable_groups(parts, settings, weight_dtype), lr=settings.learning_rate)
+    else:
+        optimizer = make_optimizer(trainable, settings, device)
     from diffusers.optimization import get_scheduler
 
     # accelerate steps a prepared scheduler once per process each step, so counts scale with them
@@ -88,11 +102,7 @@ def train(
         num_warmup_steps=settings.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=settings.steps * accelerator.num_processes,
     )
-    models = [parts.unet, parts.text_encoder] if settings.train_text_encoder else [parts.unet]
-    if fast:  # one process: nothing for accelerate to wrap, and autocast is explicit
-        for model in models:
-            model.to(device)
-    else:
+    if not fast:
         *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
     unet = models[0]
     text_encoder = models[1] if settings.train_text_encoder else parts.text_encoder
@@ -108,19 +118,19 @@ def train(
     global_batch = settings.batch_size * world
 
     def loss_of(
-        latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, forward_dtype: torch.dtype | None = None
+        latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, weights: dict | None = None
     ) -> torch.Tensor:
-        """The Dreambooth loss of one batch: the math of every path. With ``forward_dtype`` the
-        UNet runs in that type all through (see `forward_in`) instead of under autocast."""
+        """The Dreambooth loss of one batch: the math of every path. With ``weights`` (the fast
+        path's working copies) the UNet runs on them all through instead of under autocast."""
         scheduler = parts.noise_scheduler
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if forward_dtype is None:
+        if weights is None:
             hidden = data.hidden_states(text_encoder, len(latents))
             prediction = unet(noisy, timesteps, hidden).sample
         else:
-            with mixed_precision(device, forward_dtype):  # a trained text encoder keeps autocast
+            with mixed_precision(device, weight_dtype):  # a trained text encoder keeps autocast
                 hidden = data.hidden_states(text_encoder, len(latents))
-            prediction = forward_in(forward_dtype, unet, noisy, timesteps, hidden)
+            prediction = forward_in(weights, unet, noisy, timesteps, hidden)
         velocity = (
             scheduler.get_velocity(latents, noise, timesteps)
             if scheduler.config.prediction_type == "v_prediction"
@@ -137,12 +147,14 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    unet_names = trained_names(unet)
+
     def fast_step(latents, noise, timesteps) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_of(latents, noise, timesteps, forward_dtype=weight_dtype)
+        optimizer.zero_grad()
+        working = dict(zip(unet_names, optimizer.leaves(0), strict=True))
+        loss = loss_of(latents, noise, timesteps, weights=working)
         loss.backward()
-        clip_in_optimizer(optimizer, trainable, max_norm=1.0)
-        optimizer.step()
+        optimizer.step()  # clips to norm 1.0, as eager_step does
         return loss.detach()
 
     # the fast step is captured as a CUDA graph where there is one; elsewhere it runs as it is
@@ -152,29 +164,38 @@ def train(
     step_seconds: list[float] = []
     learning_rates: list[float] = []
     checkpoint_seconds = 0.0
+    losses = LaggedLosses(device)
+
+    def record(read: list[tuple[int, float]]) -> None:
+        for done, step_loss in read:
+            loss_history.append((done, step_loss))
+            if progress is not None and accelerator.is_main_process:
+                progress(done, settings.steps, step_loss)
 
     for step in range(first_step, settings.steps + 1):
         step_started = time.perf_counter()
         latents, noise, timesteps = data.draw(step, global_batch, rank, settings.batch_size, weights)
-        learning_rates.append(float(optimizer.param_groups[0]["lr"]))
+        learning_rates.append(scheduled_lr(lr_scheduler))
         loss = run_step(latents, noise, timesteps)
         lr_scheduler.step()
-        step_loss = accelerator.reduce(loss, reduction="mean").item()  # waits for the GPU
+        losses.add(step, accelerator.reduce(loss, reduction="mean"))
+        record(losses.read(but_last=True))  # the earlier steps': meanwhile the GPU runs this one
         step_seconds.append(time.perf_counter() - step_started)
-        loss_history.append((step, step_loss))
         later_checkpoint = settings.checkpoint_every and settings.steps > settings.checkpoint_every
         if step == first_step and later_checkpoint and accelerator.is_main_process:
             # the optimizer's moments exist from here on: pin their host copies meanwhile
             checkpoints.reserve(checkpoint_state(trainable, optimizer, lr_scheduler, step, loss_history))
         if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < settings.steps:
             saving = time.perf_counter()
+            record(losses.read())  # the checkpoint holds the history up to this step
             save_checkpoint(checkpoints, accelerator, trainable, optimizer, lr_scheduler, step, loss_history)
             checkpoint_seconds += time.perf_counter() - saving
-        if progress is not None and accelerator.is_main_process:
-            progress(step, settings.steps, step_loss)
+    record(losses.read())
 
     train_seconds = time.perf_counter() - train_started
-    checkpoints.wait()
+    checkpoints.cancel()
+    if fast:  # the parameters are views of the optimizer's flat buffers; saving needs their own
+        optimizer.release()
     for part in offloaded:
         part.to(device)
     peaks = accelerator.gather(torch.tensor([peak_memory_gb(device)], device=device)).tolist()
@@ -185,8 +206,10 @@ def train(
     if accelerator.is_main_process:
         parts.unet = accelerator.unwrap_model(unet)
         parts.text_encoder = accelerator.unwrap_model(text_encoder)
+        saving = time.perf_counter()
         result.output = save_output(settings, parts)
         weights_saved = time.perf_counter() - started
+        save_seconds = time.perf_counter() - saving
         result.validation = validation_images(settings, parts, device, weight_dtype)
         steps_run = settings.steps - first_step + 1
         timed = sorted(step_seconds[3:] or step_seconds)  # the first steps warm up (and capture the graph)
@@ -198,6 +221,8 @@ def train(
             "first_step_seconds": [round(x, 3) for x in step_seconds[:5]],  # warm-up and capture
             "slowest_step_seconds": sorted(round(x, 3) for x in step_seconds)[-5:],
             "train_seconds": train_seconds,
+            "setup_seconds": train_started - started,  # loading, encoding, the first probe
+            "save_seconds": save_seconds,
             "seconds_to_weights_saved": weights_saved,
             "total_seconds": time.perf_counter() - started,
             "images_per_second": steps_run * global_batch / max(sum(step_seconds), 1e-9),
@@ -216,6 +241,39 @@ def train(
         )
     accelerator.end_training()
     return result
+
+
+class LaggedLosses:
+    """Each step's loss, read back one step late on a GPU: reading it at once made the GPU
+    wait, every step, while Python drew the next step's batch (~1.5 ms of a 24-36 ms step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pending: list[tuple[int, torch.Tensor, torch.cuda.Event | None]] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        if self.device.type != "cuda":
+            self.pending.append((step, loss, None))
+            return
+        host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+        host.copy_(loss, non_blocking=True)  # copied before a captured step's next replay overwrites it
+        copied = torch.cuda.Event()
+        copied.record()
+        self.pending.append((step, host, copied))
+
+    def read(self, but_last: bool = False) -> list[tuple[int, float]]:
+        ready, self.pending = (self.pending[:-1], self.pending[-1:]) if but_last else (self.pending, [])
+        for _, _, copied in ready:
+            if copied is not None:
+                copied.synchronize()
+        return [(step, loss.item()) for step, loss, _ in ready]
+
+
+def scheduled_lr(lr_scheduler) -> float:
+    """The learning rate this step uses, computed on the host: the fast path keeps it on the GPU,
+    where reading it would wait for the step before. diffusers' schedules are all LambdaLR."""
+    schedule = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+    return schedule.base_lrs[0] * schedule.lr_lambdas[0](schedule.last_epoch)
 
 
 class TrainingData:
@@ -300,7 +358,7 @@ class TrainingData:
 
 
 def use_fast_path(settings: RoundSettings, accelerator) -> bool:
-    """The fast step where it is possible: one process, a capturable optimizer."""
+    """The fast step where it is possible: one process, AdamW without 8-bit state."""
     return (
         settings.fast_path == "auto"
         and accelerator.num_processes == 1
@@ -373,46 +431,43 @@ def prepare_trainable(
 
 
 def make_optimizer(
-    params: list[torch.nn.Parameter], settings: RoundSettings, device: torch.device, capturable: bool = False
+    params: list[torch.nn.Parameter], settings: RoundSettings, device: torch.device
 ) -> torch.optim.Optimizer:
-    """AdamW over float32 master weights. Captured steps use the fused, capturable kernel (one
-    launch for all parameters, its step count kept on the GPU); the math is the same."""
+    """The reference path's AdamW over float32 master weights (the fast path's is `FlatAdamW`)."""
     lr = settings.learning_rate
     if settings.use_8bit_adam and device.type == "cuda" and _has_bitsandbytes():
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
-    if capturable:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=True, capturable=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
 
 
-def forward_in(dtype: torch.dtype, unet, noisy, timesteps, hidden) -> torch.Tensor:
-    """The UNet's prediction with its weights and activations in ``dtype`` all through.
+def trainable_groups(parts: Components, settings: RoundSettings, weight_dtype: torch.dtype) -> list[dict]:
+    """The fast path's parameter groups: the UNet's trained weights, which the forward reads
+    through a working copy in ``weight_dtype``, and a trained text encoder's, which keeps
+    running under autocast on its float32 weights."""
+    groups = [{"params": [p for p in parts.unet.parameters() if p.requires_grad], "working_dtype": weight_dtype}]
+    if settings.train_text_encoder:
+        encoder = [p for p in parts.text_encoder.parameters() if p.requires_grad]
+        groups.append({"params": encoder, "working_dtype": torch.float32})
+    return groups
 
-    Autocast runs GroupNorm (and so the SiLU after it) in float32 on bfloat16 inputs: ~1,500
-    cast kernels a step and twice the activation traffic. Here each weight is cast once per
-    step, differentiably, so float32 master weights still get float32 gradients (the same
-    casts autocast makes), and every activation stays in ``dtype``. Frozen weights already in
-    ``dtype`` (LoRA's base) are not copied. The prediction comes back in float32 for the loss."""
-    if dtype == torch.float32:
-        return unet(noisy, timesteps, hidden).sample
-    weights = {name: w.to(dtype) for name, w in unet.named_parameters()}
+
+def trained_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def forward_in(weights: dict[str, torch.Tensor], unet, noisy, timesteps, hidden) -> torch.Tensor:
+    """The UNet's prediction computed with ``weights`` (by name) instead of its own parameters,
+    with activations in their type all through.
+
+    The fast path passes its bf16 working copies: autocast would run GroupNorm (and so the SiLU
+    after it) in float32 on bf16 inputs, ~1,500 cast kernels a step and twice the activation
+    traffic, and cast every weight again each step. Weights not named (LoRA's frozen base,
+    already in the working type) are the module's own. The prediction comes back in float32."""
+    dtype = next(iter(weights.values())).dtype
     arguments = (noisy.to(dtype), timesteps, hidden.to(dtype))
     return torch.func.functional_call(unet, weights, arguments, strict=False).sample.float()
-
-
-def clip_in_optimizer(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float) -> None:
-    """Gradient clipping to ``max_norm`` as `clip_grad_norm_` does it, with the scaling done
-    inside the fused AdamW kernel (its ``grad_scale``, meant for AMP) instead of one more pass
-    over every gradient. Optimizers without that kernel get the ordinary clip."""
-    if not optimizer.defaults.get("fused"):
-        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    # clip_grad_norm_ multiplies by min(1, max_norm / (total + 1e-6)); the kernel divides by this
-    optimizer.grad_scale = torch.clamp((total + 1e-6) / max_norm, min=1.0)
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
@@ -550,6 +605,7 @@ class CheckpointWriter:
         self.path, self.background = path, background
         self.buffers: list[torch.Tensor] = []
         self.writing: threading.Thread | None = None
+        self.cancelled = threading.Event()
 
     def reserve(self, state: dict) -> None:
         """Allocate the host copies for states shaped like ``state`` in the background: ~10 GB
@@ -590,13 +646,46 @@ class CheckpointWriter:
     def _write(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".part")
-        torch.save(state, partial)
+        try:
+            with open(partial, "wb") as file:
+                torch.save(state, CancellableFile(file, self.cancelled))
+        except Exception:  # torch's zip writer reports a stopped write as its own error
+            partial.unlink(missing_ok=True)
+            if self.cancelled.is_set():
+                return
+            raise
         partial.replace(self.path)
 
     def wait(self) -> None:
         if self.writing is not None:
             self.writing.join()
             self.writing = None
+
+    def cancel(self) -> None:
+        """Stops a write still in flight and waits for it: the round has finished, and its
+        output, about to be saved, supersedes any checkpoint (on an H100 a full round's
+        ~10 GB checkpoint takes longer to write than the rest of the round)."""
+        self.cancelled.set()
+        self.wait()
+
+
+class CheckpointCancelled(Exception):
+    pass
+
+
+class CancellableFile:
+    """A file torch.save writes through, which stops the write once ``cancelled`` is set."""
+
+    def __init__(self, file, cancelled: threading.Event) -> None:
+        self.file, self.cancelled = file, cancelled
+
+    def write(self, data) -> int:
+        if self.cancelled.is_set():
+            raise CheckpointCancelled
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def checkpoint_state(trainable, optimizer, lr_scheduler, step: int, loss_history) -> dict:

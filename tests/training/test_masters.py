@@ -1,0 +1,154 @@
+"""The fast path's optimizer: flat float32 masters, a bf16 working copy, one fused update."""
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from herdbook.training.masters import FlatAdamW, dense, flat_views
+
+
+def small_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 1))
+    return model.to(memory_format=torch.channels_last)  # the fast path's layout on a GPU
+
+
+def largest_gap(a, b) -> float:
+    return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def loss_of(model, weights=None, seed=0):
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+    if weights is None:
+        return model(x).pow(2).mean()
+    dtype = next(iter(weights.values())).dtype
+    return torch.func.functional_call(model, weights, (x.to(dtype),)).float().pow(2).mean()
+
+
+def test_views_keep_each_parameters_shape_and_layout():
+    model = small_model()
+    params = list(model.parameters())
+    assert all(dense(p) for p in params) and not dense(torch.randn(4, 4)[:, :2])
+    flat = torch.arange(sum(p.numel() for p in params), dtype=torch.float32)
+    views = flat_views(flat, params)
+    assert [(v.shape, v.stride()) for v in views] == [(p.shape, p.stride()) for p in params]
+    assert sum(v.numel() for v in views) == flat.numel() and views[-1].flatten()[-1] == flat[-1]
+
+
+@pytest.mark.parametrize("grad_scale", [0.01, 100.0])  # under the clipping norm, and far over it
+def test_float32_groups_step_as_torch_adamw_after_clip_grad_norm(grad_scale):
+    model, reference = small_model(), small_model()
+    flat = FlatAdamW([{"params": list(model.parameters())}], lr=1e-2, max_norm=1.0)
+    plain = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=1e-2)
+    for step in range(4):
+        for m, opt in ((model, flat), (reference, plain)):
+            opt.zero_grad()
+            (loss_of(m, seed=step) * grad_scale).backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        flat.step()
+        plain.step()
+        assert largest_gap(model.parameters(), reference.parameters()) < 1e-6
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_bf16_working_copy_gets_what_per_step_casts_got():
+    """The old fast path cast each float32 weight to bf16 every step (differentiably, so its
+    gradient came back as float32); the working copy must give the same update."""
+    model, reference = small_model(), small_model()
+    names = [name for name, _ in model.named_parameters()]
+    flat = FlatAdamW([{"params": list(model.parameters()), "working_dtype": torch.bfloat16}], lr=1e-2)
+    plain = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=1e-2)
+    for step in range(4):
+        flat.zero_grad()
+        loss_of(model, dict(zip(names, flat.leaves(), strict=True)), seed=step).backward()
+        plain.zero_grad()
+        cast = {name: p.to(torch.bfloat16) for name, p in reference.named_parameters()}
+        loss_of(reference, cast, seed=step).backward()
+        assert all(p.grad.dtype == torch.float32 for p in reference.parameters())
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        flat.step()
+        plain.step()
+        assert largest_gap(model.parameters(), reference.parameters()) < 1e-6
+        # the forward's copy follows the masters; the module's parameters are the masters
+        assert same(flat.leaves(), [p.to(torch.bfloat16) for p in model.parameters()])
+    assert all(p.dtype == torch.float32 and p.grad is None for p in model.parameters())
+
+
+def test_a_reloaded_optimizer_steps_on_as_the_uninterrupted_one():
+    model, resumed_model = small_model(), small_model()
+    names = [name for name, _ in model.named_parameters()]
+    first = FlatAdamW([{"params": list(model.parameters()), "working_dtype": torch.bfloat16}], lr=1e-2)
+
+    def step(opt, m, seed):
+        opt.zero_grad()
+        loss_of(m, dict(zip(names, opt.leaves(), strict=True)), seed=seed).backward()
+        opt.step()
+
+    for seed in range(3):
+        step(first, model, seed)
+    saved = io.BytesIO()
+    torch.save({"params": [p.detach().clone() for p in model.parameters()], "optimizer": first.state_dict()}, saved)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=False)
+    second = FlatAdamW([{"params": list(resumed_model.parameters()), "working_dtype": torch.bfloat16}], lr=1e-2)
+    with torch.no_grad():  # as dreambooth.resume does: the masters first, then the optimizer
+        for param, value in zip(resumed_model.parameters(), state["params"], strict=True):
+            param.copy_(value)
+    second.load_state_dict(state["optimizer"])
+    assert same(first.leaves(), second.leaves())
+    step(first, model, 3)
+    step(second, resumed_model, 3)
+    assert same(model.parameters(), resumed_model.parameters())
+
+
+def test_released_parameters_have_their_own_memory_and_save(tmp_path):
+    from safetensors.torch import save_file
+
+    model = small_model()
+    optimizer = FlatAdamW([{"params": list(model.parameters())}], lr=1e-2)
+    shared = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(shared) == 1
+    optimizer.release()
+    assert len({p.untyped_storage().data_ptr() for p in model.parameters()}) == len(list(model.parameters()))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
+
+
+def test_the_triton_kernel_computes_the_tensor_ops_update():
+    """Run in Triton's interpreter on the CPU (a GPU runs the compiled kernel; bench/gpu_round.py
+    trains with it and prints the probe loss beside the reference path's)."""
+    pytest.importorskip("triton")
+    script = """
+import torch
+from herdbook.training import masters
+
+def run(update):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n)) for n in (5000, 37, 4096)]
+    opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2)
+    opt.update = update
+    for step in range(3):
+        opt.zero_grad()
+        for leaf in opt.leaves():
+            leaf.grad = (torch.randn(leaf.shape) * 3).to(torch.bfloat16)
+        opt.step()
+    return opt.flat[0]
+
+a, b = run(masters.torch_update), run(masters.triton_update())
+for name in ("master", "exp_avg", "exp_avg_sq"):
+    x, y = getattr(a, name), getattr(b, name)
+    assert (x - y).abs().max() <= 1e-6 * (1 + x.abs().max()), name
+# the interpreter truncates to bf16 where a GPU rounds to nearest: within one bf16 step
+assert torch.allclose(b.working.float(), b.master, rtol=2**-7, atol=0), "working copy"
+print("same")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same" in done.stdout
