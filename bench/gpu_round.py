@@ -7,15 +7,16 @@ instance images when given, else six drawn ones):
 - reference-full: herdbook's trainer with the reference example's math and costs: float32,
   the VAE and text encoder run every step, no caching, no graphs (fast_path = off);
 - herdbook-full, herdbook-lora (rank 16): herdbook's defaults (the UNet in bf16 all through
-  over float32 master weights, clipping inside the fused AdamW, encodings cached, the whole
-  step captured as one CUDA graph);
+  on a working copy of float32 master weights, which one fused AdamW pass with clipping
+  updates (training.masters), flash attention, encodings cached, the whole step captured as
+  one CUDA graph);
 - generation: 4 images at 512, guidance 7.5, with 25 DPM-Solver++ steps, 30 (the default)
   and 50 PNDM steps; the first call after loading, then the median of warm calls.
 
 Each training run prints the probe loss before and after (fixed noise and timesteps), so the
 fast and reference runs can be seen to learn alike.
 
-    python3 bench/gpu_round.py [--steps 400] [--instance DIR] [--out DIR] [--skip-reference]
+    python3 -m bench.gpu_round [--steps 400] [--instance DIR] [--out DIR] [--skip-reference]
 
 Prints a table and writes bench/results/gpu_round-DATE.json.
 """
@@ -121,6 +122,8 @@ def training_run(name: str, instance: Path, out: Path, steps: int, **options) ->
         "s_per_step": round(m["median_step_seconds"], 4),
         "mean_s_per_step": round(m["seconds_per_step"], 4),
         "steps_s": round(m["train_seconds"], 1),
+        "setup_s": round(m["setup_seconds"], 1),
+        "save_s": round(m["save_seconds"], 1),
         "checkpoint_s": round(m["checkpoint_seconds"], 2),
         "first_steps_s": m["first_step_seconds"],
         "slowest_steps_s": m["slowest_step_seconds"],

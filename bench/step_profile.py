@@ -1,0 +1,287 @@
+"""Where a batch-1 training step and a 4-image sampling call spend GPU time: kernels by family.
+
+SD-1.5's architecture with random weights, 512 px, the fast path's settings (bf16 all through
+over float32 masters with one fused AdamW pass (training.masters), channels-last). For each case: the captured
+(CUDA graph) time, the sum of its kernels' GPU time from an eager profile, and the kernels
+grouped by what they do, so the next change goes where the time is.
+
+    python3 -m bench.step_profile [--cases full,lora,sample] [--attention default,cudnn,efficient]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from bench.gpu_round import ROOT, sd15_components, synthetic_instance
+
+FAMILIES = [  # first match wins
+    ("optimizer", r"adam"),
+    ("attention", r"flash|fmha|attention|sdpa|cudnn_attn|mha"),
+    ("convolution", r"fprop|dgrad|wgrad|conv|implicit_gemm|implicit_convolve"),
+    ("matmul", r"gemm|nvjet|cutlass|xmma|cublas"),
+    ("group norm", r"group_?norm|rowwisemoments|fusedparams|internalgradients|compute1d|groupnormbackward"),
+    ("layer norm", r"layer_?norm"),
+    ("norm/reduce", r"foreach.*norm|reduce_kernel|norm_kernel"),
+    ("cast/copy", r"copy|cast|convert"),
+    ("elementwise", r"elementwise|vectorized|unrolled|foreach"),
+]
+
+
+def family(kernel: str) -> str:
+    lowered = kernel.lower()
+    for name, pattern in FAMILIES:
+        if re.search(pattern, lowered):
+            return name
+    return "other"
+
+
+def captured_ms(fn, replays: int = 30) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_profile(fn, calls: int = 3) -> tuple[dict[str, list[float]], dict[str, float]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    families: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    kernels: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        ms = event.time_range.elapsed_us() / 1000 / calls
+        kind = family(event.name)
+        families[kind][0] += ms
+        families[kind][1] += 1 / calls
+        kernels[event.name] += ms
+    return families, kernels
+
+
+def copy_origins(fn, calls: int = 2) -> None:
+    """Which Python lines (forward) or autograd nodes (backward) launch the copy kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    origins: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for event in prof.events():
+        if event.name not in ("aten::copy_", "aten::add", "aten::add_", "aten::clone") or event.cpu_parent is None:
+            continue
+        if event.cpu_parent.name.startswith("aten::") and event.cpu_parent.name not in ("aten::to", "aten::_to_copy"):
+            where = event.cpu_parent.name
+        else:
+            where = ""
+        node = event
+        while node is not None and not node.name.startswith("autograd::engine::evaluate_function"):
+            node = node.cpu_parent
+        if node is not None:
+            where = node.name.split(": ")[-1] + " / " + where
+        else:
+            frames = [f for f in event.stack if "diffusers" in f or "peft" in f or "herdbook" in f]
+            where = (frames[0].split("site-packages/")[-1] if frames else "?") + " / " + where
+        origins[f"{event.name} <- {where}"][0] += event.device_time_total / 1000 / calls
+        origins[f"{event.name} <- {where}"][1] += 1 / calls
+    print("  copies and adds by origin (ms per call, count):")
+    for name, (ms, n) in sorted(origins.items(), key=lambda kv: -kv[1][0])[:18]:
+        print(f"    {ms:6.2f} ms {n:5.0f}x  {name[:150]}")
+
+
+def optimizer_sweep() -> None:
+    """The fused update's block size and warps, timed over 860 M parameters."""
+    import triton
+    from herdbook.training import masters
+
+    params = [torch.nn.Parameter(torch.randn(860_000_000, device="cuda"))]
+    opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2)
+    flat, group = opt.flat[0], opt.param_groups[0]
+    flat.grad.normal_()
+    lr, scale = torch.tensor(1e-2, device="cuda"), torch.tensor(1.0, device="cuda")
+    for block, warps in [(1024, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16)]:
+        update = masters.triton_update(block=block, warps=warps)
+        ms = triton.testing.do_bench(lambda u=update: u(flat, lr, scale, group), return_mode="median")
+        print(f"  block {block:5d} warps {warps:2d}: {ms:6.2f} ms, {28 * 860e6 / ms / 1e9:5.2f} TB/s")
+
+
+def report(label: str, fn) -> None:
+    graph_ms = captured_ms(fn)
+    families, kernels = kernel_profile(fn)
+    busy = sum(ms for ms, _ in families.values())
+    count = sum(n for _, n in families.values())
+    print(f"\n## {label}: captured {graph_ms:.1f} ms; kernels {busy:.1f} ms GPU time, {count:.0f} launches", flush=True)
+    for name, (ms, n) in sorted(families.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {name:<14} {ms:7.2f} ms {n:6.0f} kernels  {100 * ms / busy:5.1f}%")
+    print("  top kernels:")
+    for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:14]:
+        print(f"    {ms:6.2f} ms  {family(name):<12} {name[:110]}")
+
+
+def training_case(case: str):
+    mode, _, layout = case.partition("-")  # "full", "lora", "full-nchw", ...
+    from herdbook.training.dreambooth import forward_in, prepare_trainable, trainable_groups, trained_names
+    from herdbook.training.masters import FlatAdamW
+    from herdbook.training.settings import ModelChain, RoundSettings
+
+    out = Path(tempfile.mkdtemp())
+    instance = ROOT / ".bench-data" / "instance"
+    if not instance.is_dir():
+        instance = synthetic_instance(out / "instance")
+    settings = RoundSettings(
+        instance_dir=str(instance),
+        output_dir=str(out / "round"),
+        model=ModelChain("sd15-architecture-random-weights"),
+        mode=mode,
+        learning_rate=1e-4 if mode == "lora" else 5e-6,
+        validation_prompts=[],
+    )
+    parts = sd15_components()
+    prepare_trainable(parts, settings, torch.bfloat16)
+    layout = torch.contiguous_format if layout == "nchw" else torch.channels_last
+    unet = parts.unet.to("cuda", memory_format=layout)
+    optimizer = FlatAdamW(trainable_groups(parts, settings, torch.bfloat16), lr=settings.learning_rate)
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device="cuda")
+    names = trained_names(unet)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    latents = torch.randn(1, 4, 64, 64, device="cuda", generator=generator)
+    noise = torch.randn(1, 4, 64, 64, device="cuda", generator=generator)
+    timesteps = torch.tensor([500], device="cuda")
+    noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
+    hidden = torch.randn(1, 77, 768, device="cuda", generator=generator)
+
+    def forward_backward():
+        optimizer.zero_grad()
+        prediction = forward_in(dict(zip(names, optimizer.leaves(0), strict=True)), unet, noisy, timesteps, hidden)
+        torch.nn.functional.mse_loss(prediction, noise).backward()
+
+    def step():
+        forward_backward()
+        optimizer.step()
+
+    return parts, step, forward_backward
+
+
+def kernel_check() -> None:
+    """The Triton update against the same formula as tensor ops, on the GPU, 860 M values."""
+    from herdbook.training import masters
+
+    def run(update):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (430_000_000, 37, 430_000_000)]
+        opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2)
+        opt.update = update
+        for _ in range(3):
+            opt.zero_grad()
+            for leaf in opt.leaves():
+                leaf.grad = (torch.randn(leaf.shape, device="cuda") * 3).to(torch.bfloat16)
+            opt.step()
+        return opt.flat[0]
+
+    a = run(masters.torch_update)
+    b = run(masters.triton_update())
+    for name in ("master", "exp_avg", "exp_avg_sq"):
+        x, y = getattr(a, name), getattr(b, name)
+        print(f"  kernel vs tensor ops, {name}: largest difference {(x - y).abs().max().item():.2e}")
+    print(f"  working copy == masters rounded to bf16: {torch.equal(b.working, b.master.to(torch.bfloat16))}")
+
+
+def sampling_case():
+    parts = sd15_components()
+    unet = parts.unet.to(torch.bfloat16).eval()
+    latents = torch.randn(8, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
+    hidden = torch.randn(8, 77, 768, device="cuda", dtype=torch.bfloat16)
+    t = torch.tensor(500, device="cuda")
+
+    @torch.no_grad()
+    def call():
+        return unet(latents, t, hidden).sample
+
+    return parts, call
+
+
+def attention_context(name: str):
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {
+        "default": None,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+    }
+    return nullcontext() if backends[name] is None else sdpa_kernel([backends[name]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="full,lora,sample")
+    parser.add_argument("--attention", default="default", help="SDPA backends to try: default,cudnn,efficient,flash")
+    parser.add_argument("--origins", action="store_true", help="Where the copy kernels come from, per case.")
+    parser.add_argument("--sweep", action="store_true", help="Time the fused update's launch settings.")
+    args = parser.parse_args()
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    began = time.perf_counter()
+    print("## the fused AdamW kernel", flush=True)
+    kernel_check()
+    torch.cuda.empty_cache()
+    if args.sweep:
+        optimizer_sweep()
+        torch.cuda.empty_cache()
+    for case in args.cases.split(","):
+        if case == "sample":
+            parts, fn = sampling_case()
+            fns = {"sampling UNet call, batch 8 (4 images with guidance)": fn}
+        else:
+            parts, step, forward_backward = training_case(case)
+            fns = {f"{case} step": step, f"{case} UNet forward+backward only": forward_backward}
+        for attention in args.attention.split(","):
+            for label, fn in fns.items():
+                with attention_context(attention):
+                    try:
+                        report(f"{label}, attention={attention}", fn)
+                        if args.origins and "step" not in label:
+                            copy_origins(fn)
+                    except RuntimeError as error:
+                        print(f"\n## {label}, attention={attention}: failed: {str(error)[:200]}")
+        del parts, fns
+        torch.cuda.empty_cache()
+    print(f"\n(profiled in {time.perf_counter() - began:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
