@@ -358,10 +358,12 @@ class TrainingData:
 
 
 def use_fast_path(settings: RoundSettings, accelerator) -> bool:
-    """The fast step where it is possible: one process, AdamW without 8-bit state."""
+    """The fast step where it is possible: one process, AdamW without 8-bit state, and not in
+    float16, whose gradients need the loss scaling that accelerate's plain path brings."""
     return (
         settings.fast_path == "auto"
         and accelerator.num_processes == 1
+        and accelerator.mixed_precision != "fp16"
         and not (settings.use_8bit_adam and _has_bitsandbytes())
         and not settings.gradient_checkpointing
     )

@@ -121,9 +121,12 @@ class FlatAdamW(torch.optim.Optimizer):
             grads = [leaf.grad for leaf in flat.leaves]
             present = [(view, g) for view, g in zip(flat.grad_views, grads, strict=True) if g is not None]
             for view, g in zip(flat.grad_views, grads, strict=True):
-                if g is None:  # a parameter the forward did not use: no gradient, as torch skips it
+                # a parameter the forward did not use gets a zero gradient, so only weight decay
+                # moves it (torch's AdamW would skip it); every UNet weight is used each step
+                if g is None:
                     view.zero_()
-            torch._foreach_copy_([view for view, _ in present], [g for _, g in present])
+            if present:
+                torch._foreach_copy_([view for view, _ in present], [g for _, g in present])
         norms = torch.stack([torch.linalg.vector_norm(flat.grad, dtype=torch.float32) for flat in self.flat])
         total = torch.linalg.vector_norm(norms)
         # clip_grad_norm_'s coefficient: max_norm / (total + 1e-6), never above one

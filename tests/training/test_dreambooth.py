@@ -202,6 +202,17 @@ def test_a_checkpoint_write_cancelled_at_the_rounds_end_leaves_the_last_one_whol
     assert not (tmp_path / "checkpoint" / "latest.part").exists()
 
 
+def test_float16_rounds_take_the_plain_path_with_its_loss_scaling(settings_for):
+    from types import SimpleNamespace
+
+    from herdbook.training.dreambooth import use_fast_path
+
+    def fast(precision):
+        return use_fast_path(settings_for("x"), SimpleNamespace(num_processes=1, mixed_precision=precision))
+
+    assert fast("bf16") and fast("no") and not fast("fp16")
+
+
 def test_losses_read_one_step_late_come_in_order_and_all_arrive():
     from herdbook.training.dreambooth import LaggedLosses
 

@@ -108,6 +108,16 @@ def test_a_reloaded_optimizer_steps_on_as_the_uninterrupted_one():
     assert same(model.parameters(), resumed_model.parameters())
 
 
+def test_parameters_the_forward_did_not_use_stay_put_apart_from_weight_decay():
+    model = small_model()
+    unused = torch.nn.Parameter(torch.ones(3))
+    optimizer = FlatAdamW([{"params": [*model.parameters(), unused], "working_dtype": torch.bfloat16}], lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        optimizer.step()  # no gradient at all: nothing but the decoupled weight decay
+    assert torch.allclose(unused.detach(), torch.full((3,), (1 - 1e-2 * 1e-2) ** 2))
+
+
 def test_released_parameters_have_their_own_memory_and_save(tmp_path):
     from safetensors.torch import save_file
 
