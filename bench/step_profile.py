@@ -44,15 +44,12 @@ def family(kernel: str) -> str:
 
 
 def captured_ms(fn, replays: int = 30) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    from herdbook.training.graphs import CapturedStep
+
+    captured = CapturedStep(fn)  # the trainer's own capture: warm-up on a side stream, then one graph
+    for _ in range(CapturedStep.WARMUP + 1):
+        captured()
+    graph = captured.graph
     times = []
     for _ in range(replays):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

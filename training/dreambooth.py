@@ -183,7 +183,7 @@ def train(
         step_seconds.append(time.perf_counter() - step_started)
         later_checkpoint = settings.checkpoint_every and settings.steps > settings.checkpoint_every
         if step == first_step and later_checkpoint and accelerator.is_main_process:
-            # the optimizer's moments exist from here on: pin their host copies meanwhile
+            # the optimizer's moments exist from here on: allocate their host copies meanwhile
             checkpoints.reserve(checkpoint_state(trainable, optimizer, lr_scheduler, step, loss_history))
         if settings.checkpoint_every and step % settings.checkpoint_every == 0 and step < settings.steps:
             saving = time.perf_counter()

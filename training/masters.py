@@ -15,7 +15,6 @@ On CUDA with Triton the update is one kernel; elsewhere the same formula runs as
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -118,15 +117,17 @@ class FlatAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for flat in self.flat:
-            grads = [leaf.grad for leaf in flat.leaves]
-            present = [(view, g) for view, g in zip(flat.grad_views, grads, strict=True) if g is not None]
-            for view, g in zip(flat.grad_views, grads, strict=True):
-                # a parameter the forward did not use gets a zero gradient, so only weight decay
-                # moves it (torch's AdamW would skip it); every UNet weight is used each step
-                if g is None:
+            views, grads = [], []
+            for view, leaf in zip(flat.grad_views, flat.leaves, strict=True):
+                if leaf.grad is None:
+                    # a parameter the forward did not use gets a zero gradient, so only weight
+                    # decay moves it (torch's AdamW would skip it); every UNet weight is used
                     view.zero_()
-            if present:
-                torch._foreach_copy_([view for view, _ in present], [g for _, g in present])
+                else:
+                    views.append(view)
+                    grads.append(leaf.grad)
+            if views:
+                torch._foreach_copy_(views, grads)
         norms = torch.stack([torch.linalg.vector_norm(flat.grad, dtype=torch.float32) for flat in self.flat])
         total = torch.linalg.vector_norm(norms)
         # clip_grad_norm_'s coefficient: max_norm / (total + 1e-6), never above one
@@ -140,29 +141,24 @@ class FlatAdamW(torch.optim.Optimizer):
     def release(self) -> None:
         """Gives each parameter its own memory again and drops the flat buffers: done training,
         the parameters get saved, and safetensors refuses tensors that share memory."""
-        masters = [flat.master for flat in self.flat]
         self.flat = []  # the optimizer's buffers go first, so the copies fit where they were
         self.state.clear()
         for group in self.param_groups:
             for param in group["params"]:
                 param.data = param.data.clone()
-        del masters
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch's loading replaces the state tensors; their values go back into the flat buffers,
-        and the working copy is refreshed from the masters (which resume has just loaded)."""
+        """torch's loading replaces the state tensors; their values go back into the flat
+        buffers' views, and the working copy is refreshed from the masters (which resume has
+        just loaded)."""
+        views = {param: dict(state) for param, state in self.state.items()}
         super().load_state_dict(state_dict)
         with torch.no_grad():
-            for group, flat in zip(self.param_groups, self.flat, strict=True):
-                params = group["params"]
-                for param, m, v in zip(
-                    params, flat_views(flat.exp_avg, params), flat_views(flat.exp_avg_sq, params), strict=True
-                ):
-                    loaded = self.state[param]
-                    m.copy_(loaded["exp_avg"])
-                    v.copy_(loaded["exp_avg_sq"])
-                    flat.step.copy_(loaded["step"])
-                    self.state[param] = {"step": flat.step, "exp_avg": m, "exp_avg_sq": v}
+            for param, state in views.items():
+                for key, view in state.items():
+                    view.copy_(self.state[param][key])
+                self.state[param] = state
+            for flat in self.flat:
                 if flat.working is not flat.master:
                     flat.working.copy_(flat.master)
 
@@ -171,9 +167,8 @@ class FlatAdamW(torch.optim.Optimizer):
 
 
 def update_kernel(device: torch.device):
-    """The fused update for this device: one Triton kernel on CUDA (or under Triton's
-    interpreter, for tests), else tensor ops."""
-    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    """The fused update for this device: one Triton kernel on CUDA, else tensor ops."""
+    if device.type == "cuda":
         try:
             return triton_update()
         except ImportError:
@@ -182,7 +177,7 @@ def update_kernel(device: torch.device):
 
 
 def torch_update(flat: FlatGroup, lr: torch.Tensor, scale: torch.Tensor, group: dict) -> None:
-    """The update as tensor ops: the reference the kernel is tested against."""
+    """The update as tensor ops: the CPU's, and the reference the kernel is tested against."""
     beta1, beta2 = group["betas"]
     grad = flat.grad.float() * scale
     flat.master.mul_(1 - lr * group["weight_decay"])
