@@ -59,6 +59,14 @@ def resume_round(session: Session, actor: Actor, home: Home, round_id: int) -> J
     return job
 
 
+def cancel_round(session: Session, actor: Actor, home: Home, round_id: int) -> None:
+    actor.require_admin("cancel a round")
+    stale_after = home.config.jobs.stale_after_seconds
+    rounds.mark_interrupted_rounds(session, stale_after)
+    rounds.cancel_round(session, round_id, stale_after)
+    record_action(session, actor, "cancel round", round=round_id)
+
+
 def delete_round(session: Session, actor: Actor, home: Home, round_id: int) -> Path:
     """Returns the round's folder, for `training.rounds.remove_round_files` after the commit."""
     actor.require_admin("delete a round")

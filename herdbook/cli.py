@@ -833,15 +833,12 @@ def rounds_resume(ctx, round_id, home_path, queued):
 @click.pass_context
 def rounds_cancel(ctx, round_id, home_path):
     """Mark a pending, interrupted or failed round as cancelled: it will not run."""
-    from herdbook.db.access import record_action
+    from herdbook.actions import cancel_round
     from herdbook.home import load_home
-    from herdbook.training.rounds import cancel_round, mark_interrupted_rounds
 
     home = load_home(home_path or ctx.obj.get("home_path"))
     with store_of(home).transaction() as session:
-        mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
-        cancel_round(session, round_id, home.config.jobs.stale_after_seconds)
-        record_action(session, operator(), "cancel round", round=round_id)
+        cancel_round(session, operator(), home, round_id)
     click.echo(f"Round {round_id} cancelled")
 
 

@@ -23,6 +23,7 @@ def test_a_rater_votes_as_themselves_and_can_do_nothing_an_admin_does(demo_home)
         lambda s: actions.sync_dataset(s, RATER, demo_home),
         lambda s: actions.queue_generation(s, RATER, demo_home, {"prompt": "an ox", "count": 1}),
         lambda s: actions.start_round(s, RATER, demo_home),
+        lambda s: actions.cancel_round(s, RATER, demo_home, 1),
         lambda s: actions.change_base_model(s, RATER, demo_home, "somewhere/else"),
     ]
     for attempt in attempts:
