@@ -823,7 +823,7 @@ def rounds_resume(ctx, round_id, home_path, queued):
     if queued:
         click.echo(f"Round {round_id} queued to resume as job {job.id}")
         return
-    click.echo(f"Resuming round {round_id} from step {record.step}")
+    click.echo(f"Resuming round {round_id} from its last checkpoint (last recorded at step {record.step})")
     train_here(store, home, round_id, total)
 
 
