@@ -1,0 +1,141 @@
+"""The Triton kernels behind training.groupnorm: GroupNorm over channels-last (N, H, W, C)
+memory, forward and backward.
+
+Two kinds of program. A *group* program sums one slice of one (image, group)'s elements, taken
+as a flat run of H*W rows of C/G consecutive channels, so any group width fills every lane and
+one compiled kernel serves all of a UNet's shapes. A *tile* program normalises (or
+differentiates) a dense [rows, 64 channels] tile, finding each column's group statistics from
+the group programs' partial sums. Integer sizes are not specialised: a new shape never
+compiles again.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+SIZES = ["HW", "C", "CG", "PER", "SPLITS"]
+
+
+@triton.jit
+def _split_sums(sums, row, SPLITS):
+    """The two sums of group ``row`` (a scalar or a vector of rows), over its splits."""
+    first = tl.load(sums + row * SPLITS * 2)
+    second = tl.load(sums + row * SPLITS * 2 + 1)
+    for split in range(1, SPLITS):
+        first += tl.load(sums + (row * SPLITS + split) * 2)
+        second += tl.load(sums + (row * SPLITS + split) * 2 + 1)
+    return first, second
+
+
+@triton.jit
+def _mean_rstd(sums, row, SPLITS, count, eps):
+    total, squares = _split_sums(sums, row, SPLITS)
+    mean = total / count
+    var = tl.maximum(squares / count - mean * mean, 0.0)
+    return mean, 1.0 / tl.sqrt(var + eps)
+
+
+@triton.jit
+def _group_elements(HW, C, CG, PER):
+    """This program's (image, group, split): the base pointer's offset, its group's first
+    channel, the flat range [start, stop) of the group's elements, and the group row."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    groups = C // CG
+    image = row // groups
+    first_channel = (row % groups) * CG
+    base = image.to(tl.int64) * HW * C + first_channel
+    start = split * PER
+    stop = tl.minimum(start + PER, HW * CG)
+    return row, split, base, first_channel, start, stop
+
+
+@triton.jit(do_not_specialize=SIZES)
+def group_sums(x, sums, HW, C, CG, PER, SPLITS, BLOCK: tl.constexpr):
+    """Per (group, split): the sum and the sum of squares of its elements, in float32."""
+    row, split, base, _, start, stop = _group_elements(HW, C, CG, PER)
+    total = tl.zeros([BLOCK], tl.float32)
+    squares = tl.zeros([BLOCK], tl.float32)
+    for offset in range(start, stop, BLOCK):
+        element = offset + tl.arange(0, BLOCK)
+        inside = element < stop
+        pixel = element // CG
+        value = tl.load(x + base + pixel * C + (element - pixel * CG), mask=inside, other=0.0).to(tl.float32)
+        total += value
+        squares += value * value
+    out = sums + (row * SPLITS + split) * 2
+    tl.store(out, tl.sum(total, axis=0))
+    tl.store(out + 1, tl.sum(squares, axis=0))
+
+
+@triton.jit(do_not_specialize=SIZES)
+def grad_sums(x, dy, weight, sums, dsums, HW, C, CG, PER, SPLITS, eps, BLOCK: tl.constexpr):
+    """Per (group, split): the sums of dy*w and of dy*w*x_hat that the input's gradient needs."""
+    row, split, base, first_channel, start, stop = _group_elements(HW, C, CG, PER)
+    mean, rstd = _mean_rstd(sums, row, SPLITS, HW * CG, eps)
+    total = tl.zeros([BLOCK], tl.float32)
+    weighted = tl.zeros([BLOCK], tl.float32)
+    for offset in range(start, stop, BLOCK):
+        element = offset + tl.arange(0, BLOCK)
+        inside = element < stop
+        pixel = element // CG
+        channel = element - pixel * CG
+        at = base + pixel * C + channel
+        value = tl.load(x + at, mask=inside, other=0.0).to(tl.float32)
+        grad = tl.load(dy + at, mask=inside, other=0.0).to(tl.float32)
+        grad = grad * tl.load(weight + first_channel + channel, mask=inside, other=0.0).to(tl.float32)
+        total += grad
+        weighted += grad * (value - mean) * rstd
+    out = dsums + (row * SPLITS + split) * 2
+    tl.store(out, tl.sum(total, axis=0))
+    tl.store(out + 1, tl.sum(weighted, axis=0))
+
+
+@triton.jit
+def _tile(HW, C, CG, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This tile program's image, element offsets and mask, channels and their group rows."""
+    image = tl.program_id(0)
+    pixels = tl.program_id(1) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    channels = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    in_channels = channels < C
+    at = image.to(tl.int64) * HW * C + pixels[:, None] * C + channels[None, :]
+    inside = (pixels[:, None] < HW) & in_channels[None, :]
+    rows = image * (C // CG) + tl.where(in_channels, channels, 0) // CG
+    return image, at, inside, channels, in_channels, rows
+
+
+@triton.jit(do_not_specialize=SIZES)
+def normalize(x, y, weight, bias, sums, HW, C, CG, SPLITS, eps, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y = (x - mean) * rstd * w + b over one tile."""
+    _, at, inside, channels, in_channels, rows = _tile(HW, C, CG, BLOCK_HW, BLOCK_C)
+    mean, rstd = _mean_rstd(sums, rows, SPLITS, HW * CG, eps)
+    w = tl.load(weight + channels, mask=in_channels, other=0.0).to(tl.float32)
+    b = tl.load(bias + channels, mask=in_channels, other=0.0).to(tl.float32)
+    value = tl.load(x + at, mask=inside, other=0.0).to(tl.float32)
+    out = (value - mean[None, :]) * (rstd * w)[None, :] + b[None, :]
+    tl.store(y + at, out.to(y.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+
+
+@triton.jit(do_not_specialize=[*SIZES, "TILES"])
+def grad_input(
+    x, dy, dx, weight, sums, dsums, channel_sums, HW, C, CG, SPLITS, TILES, eps,
+    BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """dx = rstd * (dy*w - mean(dy*w) - x_hat * mean(dy*w*x_hat)) over one tile, and the tile's
+    column sums of dy*x_hat and dy (the weight's and bias's gradients, once summed over tiles)."""
+    image, at, inside, channels, in_channels, rows = _tile(HW, C, CG, BLOCK_HW, BLOCK_C)
+    count = HW * CG
+    mean, rstd = _mean_rstd(sums, rows, SPLITS, count, eps)
+    total, weighted = _split_sums(dsums, rows, SPLITS)
+    w = tl.load(weight + channels, mask=in_channels, other=0.0).to(tl.float32)
+    value = tl.load(x + at, mask=inside, other=0.0).to(tl.float32)
+    grad = tl.load(dy + at, mask=inside, other=0.0).to(tl.float32)
+    x_hat = tl.where(inside, (value - mean[None, :]) * rstd[None, :], 0.0)
+    out = rstd[None, :] * (grad * w[None, :] - (total / count)[None, :] - x_hat * (weighted / count)[None, :])
+    tl.store(dx + at, out.to(dx.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+    tile = image * TILES + tl.program_id(1)
+    sums_at = channel_sums + tile.to(tl.int64) * C + channels
+    tl.store(sums_at, tl.sum(grad * x_hat, axis=0), mask=in_channels)
+    plane = tl.num_programs(0) * TILES * C  # the bias's sums follow the weight's
+    tl.store(sums_at + plane, tl.sum(grad, axis=0), mask=in_channels)
