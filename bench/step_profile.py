@@ -6,6 +6,9 @@ over float32 masters with one fused AdamW pass (training.masters), channels-last
 grouped by what they do, so the next change goes where the time is.
 
     python3 -m bench.step_profile [--cases full,lora,sample] [--attention default,cudnn,efficient]
+
+A case's layout follows a dash: none is herdbook's (channels-last with training.groupnorm's
+kernels), "torchgn" channels-last with torch's GroupNorm, "nchw" torch's default layout.
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ FAMILIES = [  # first match wins
     ("attention", r"flash|fmha|attention|sdpa|cudnn_attn|mha"),
     ("convolution", r"fprop|dgrad|wgrad|conv|implicit_gemm|implicit_convolve"),
     ("matmul", r"gemm|nvjet|cutlass|xmma|cublas"),
-    ("group norm", r"group_?norm|rowwisemoments|fusedparams|internalgradients|compute1d|groupnormbackward"),
+    (
+        "group norm",
+        r"group_?norm|group_sums|grad_sums|grad_input|normalize|rowwisemoments|fusedparams|internalgradients|compute1d|groupnormbackward",
+    ),
     ("layer norm", r"layer_?norm"),
     ("norm/reduce", r"foreach.*norm|reduce_kernel|norm_kernel"),
     ("cast/copy", r"copy|cast|convert"),
@@ -148,7 +154,7 @@ def report(label: str, fn) -> None:
 
 
 def training_case(case: str):
-    mode, _, layout = case.partition("-")  # "full", "lora", "full-nchw", ...
+    mode, _, layout = case.partition("-")  # "full", "lora", "full-nchw", "lora-torchgn", ...
     from herdbook.training.dreambooth import forward_in, prepare_trainable, trainable_groups, trained_names
     from herdbook.training.masters import FlatAdamW
     from herdbook.training.settings import ModelChain, RoundSettings
@@ -167,8 +173,7 @@ def training_case(case: str):
     )
     parts = sd15_components()
     prepare_trainable(parts, settings, torch.bfloat16)
-    layout = torch.contiguous_format if layout == "nchw" else torch.channels_last
-    unet = parts.unet.to("cuda", memory_format=layout)
+    unet = in_layout(parts.unet.to("cuda"), layout)
     optimizer = FlatAdamW(trainable_groups(parts, settings, torch.bfloat16), lr=settings.learning_rate)
     for group in optimizer.param_groups:
         group["lr"] = torch.tensor(float(group["lr"]), device="cuda")
@@ -216,9 +221,19 @@ def kernel_check() -> None:
     print(f"  working copy == masters rounded to bf16: {torch.equal(b.working, b.master.to(torch.bfloat16))}")
 
 
-def sampling_case():
+def in_layout(model: torch.nn.Module, layout: str) -> torch.nn.Module:
+    from herdbook.training.groupnorm import channels_last
+
+    if layout == "nchw":
+        return model
+    if layout == "torchgn":
+        return model.to(memory_format=torch.channels_last)
+    return channels_last(model)
+
+
+def sampling_case(layout: str):
     parts = sd15_components()
-    unet = parts.unet.to(torch.bfloat16).eval()
+    unet = in_layout(parts.unet.to(torch.bfloat16).eval(), layout)
     latents = torch.randn(8, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
     hidden = torch.randn(8, 77, 768, device="cuda", dtype=torch.bfloat16)
     t = torch.tensor(500, device="cuda")
@@ -228,6 +243,101 @@ def sampling_case():
         return unet(latents, t, hidden).sample
 
     return parts, call
+
+
+def decoding_case(layout: str):
+    parts = sd15_components()
+    vae = in_layout(parts.vae.to("cuda", torch.bfloat16).eval(), layout)
+    latents = torch.randn(4, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def call():
+        return vae.decode(latents / vae.config.scaling_factor).sample
+
+    return parts, call
+
+
+def groupnorm_check() -> None:
+    """training.groupnorm's kernels against torch's GroupNorm at the UNet's shapes (bf16,
+    channels-last input): largest differences, and forward+backward times."""
+    from herdbook.training.groupnorm import GroupNormFunction
+
+    shapes = [(1, 320, 64, 64), (1, 640, 32, 32), (1, 960, 32, 32), (1, 1280, 16, 16), (1, 2560, 8, 8),
+              (1, 1920, 16, 16), (8, 320, 64, 64), (8, 1280, 16, 16), (4, 128, 512, 512)]  # fmt: skip
+    began = time.perf_counter()
+    for number, shape in enumerate(shapes):
+        torch.manual_seed(0)
+        x = (torch.randn(shape, device="cuda") * 2 + 1).to(torch.bfloat16).to(memory_format=torch.channels_last)
+        w, b = (torch.randn(shape[1], device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        dy = torch.randn_like(x)
+        ours = [t.clone().requires_grad_() for t in (x, w, b)]
+        y = GroupNormFunction.apply(*ours, 32, 1e-5)
+        y.backward(dy)
+        if number == 0:
+            torch.cuda.synchronize()
+            print(f"  first call (compiles the four kernels): {time.perf_counter() - began:.2f} s")
+        ref = [t.float().clone().requires_grad_() for t in (x, w, b)]
+        r = torch.nn.functional.group_norm(ref[0], 32, ref[1], ref[2], 1e-5)
+        r.backward(dy.float())
+        gaps = [
+            (a.float() - e).abs().max().item() / e.abs().max().item()
+            for a, e in [(y, r), (ours[0].grad, ref[0].grad), (ours[1].grad, ref[1].grad), (ours[2].grad, ref[2].grad)]
+        ]
+        kernel = forward_backward_ms(lambda *t: GroupNormFunction.apply(*t, 32, 1e-5), (x, w, b), dy)
+        native = forward_backward_ms(lambda x, w, b: torch.nn.functional.group_norm(x, 32, w, b, 1e-5), (x, w, b), dy)
+        print(
+            f"  {shape!s:<20} relative gaps y {gaps[0]:.1e} dx {gaps[1]:.1e} dw {gaps[2]:.1e} db {gaps[3]:.1e}; "
+            f"forward+backward {kernel * 1e3:6.1f} us, torch (with its copies) {native * 1e3:6.1f} us",
+            flush=True,
+        )
+
+
+def pipeline_check(steps: int = 25) -> None:
+    """One whole sampling call as herdbook makes it (training.generate.draw): its wall time
+    against its kernels' GPU time, and what made the host wait for the GPU, by caller."""
+    from herdbook.training.components import inference_dtype, sampling_pipeline
+    from herdbook.training.generate import draw
+    from torch.profiler import ProfilerActivity, profile
+
+    pipeline = sampling_pipeline(
+        sd15_components(), torch.device("cuda"), inference_dtype(torch.device("cuda")), graphs=True
+    )
+
+    def call():
+        draw(pipeline, "an image of the oxenai ox", [0, 1, 2, 3], steps, 7.5, 512)
+
+    for _ in range(2):
+        call()
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    call()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - began
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    events = prof.events()
+    busy = sum(e.device_time for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
+    print(
+        f"\n## one draw() of 4 images, {steps} DPM-Solver++ steps: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of kernels"
+    )
+    waits: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if "Synchronize" in e.name or "Memcpy" in e.name:
+            chain, parent = [], e.cpu_parent
+            while parent is not None and len(chain) < 3:
+                chain.append(parent.name)
+                parent = parent.cpu_parent
+            waits[f"{e.name} <- {' <- '.join(chain)}"].append(e.cpu_time / 1e3)
+    for name, times in sorted(waits.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {sum(times):7.2f} ms {len(times):4d}x  {name[:150]}")
+
+
+def forward_backward_ms(fn, inputs, dy) -> float:
+    import triton.testing
+
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    return triton.testing.do_bench(lambda: fn(*leaves).backward(dy))
 
 
 def attention_context(name: str):
@@ -253,6 +363,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     began = time.perf_counter()
+    print("## the GroupNorm kernels", flush=True)
+    groupnorm_check()
     print("## the fused AdamW kernel", flush=True)
     kernel_check()
     torch.cuda.empty_cache()
@@ -260,9 +372,15 @@ def main() -> None:
         optimizer_sweep()
         torch.cuda.empty_cache()
     for case in args.cases.split(","):
-        if case == "sample":
-            parts, fn = sampling_case()
-            fns = {"sampling UNet call, batch 8 (4 images with guidance)": fn}
+        if case.startswith("sample"):
+            parts, fn = sampling_case(case.partition("-")[2])
+            fns = {f"{case}: sampling UNet call, batch 8 (4 images with guidance)": fn}
+        elif case == "pipeline":
+            pipeline_check()
+            continue
+        elif case.startswith("decode"):
+            parts, fn = decoding_case(case.partition("-")[2])
+            fns = {f"{case}: VAE decode of 4 images": fn}
         else:
             parts, step, forward_backward = training_case(case)
             fns = {f"{case} step": step, f"{case} UNet forward+backward only": forward_backward}

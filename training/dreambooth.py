@@ -15,21 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from herdbook.training.components import Components, load_components, make_pipeline, sampling_pipeline
+from herdbook.training.components import (
+    PRECOMPILED_ATTENTION,
+    Components,
+    load_components,
+    make_pipeline,
+    sampling_pipeline,
+)
 from herdbook.training.data import image_files, load_images
 from herdbook.training.generate import draw
 from herdbook.training.graphs import CapturedStep
+from herdbook.training.groupnorm import channels_last
 from herdbook.training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
 from herdbook.training.masters import FlatAdamW
 from herdbook.training.settings import RoundSettings
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
-
-# Attention without cuDNN's kernels, which are compiled at run time on first use, per shape:
-# ~10 s of a fresh machine's first SD-1.5 step, against ~0.7 s that flash attention costs
-# over 400 steps (bench/first_step.txt, bench/step_profile.txt). A CPU's choice is unchanged.
-PRECOMPILED_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -81,6 +83,8 @@ def train(
         class_files = ensure_class_images(settings, parts, accelerator, weight_dtype)
         data.add_class_images(load_images(class_files, settings.resolution))
     weights = rating_weights(files, settings.rating_weights)
+    peaks = PhasePeaks(device)
+    peaks.end("encode")
 
     fast = use_fast_path(settings, accelerator)
     models = [parts.unet, parts.text_encoder] if settings.train_text_encoder else [parts.unet]
@@ -88,8 +92,9 @@ def train(
         for model in models:
             model.to(device)
         if device.type == "cuda":
-            # measured on an H100 (bench/gpu_variants.txt): the captured step 50.6 -> 44.7 ms
-            parts.unet.to(memory_format=torch.channels_last)
+            # measured on an H100 (bench/gpu_variants.txt): the captured step 50.6 -> 44.7 ms;
+            # with GroupNorms that keep the layout (training.groupnorm) 34.2 -> 30.9 ms
+            channels_last(parts.unet)
         optimizer = FlatAdamW(trainable_groups(parts, settings, weight_dtype), lr=settings.learning_rate)
     else:
         optimizer = make_optimizer(trainable, settings, device)
@@ -111,9 +116,11 @@ def train(
     if fast:  # the captured optimizer reads its rate from the GPU; the scheduler fills it in place
         for group in optimizer.param_groups:
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
+    # the probe needs neither encoder once their outputs are cached: on a LoRA round they were
+    # the setup's peak (4.31 GiB on an H100, above the steps')
+    offloaded = data.offload_encoders(settings.train_text_encoder)
     with mixed_precision(device, weight_dtype):
         probe_before = probe_loss(unet, text_encoder, data, parts, settings.seed)
-    offloaded = data.offload_encoders(settings.train_text_encoder)
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = settings.batch_size * world
 
@@ -161,6 +168,7 @@ def train(
     run_step = (CapturedStep(fast_step) if device.type == "cuda" else fast_step) if fast else eager_step
     checkpoints = CheckpointWriter(checkpoint_path(settings), background=device.type == "cuda")
     train_started = time.perf_counter()
+    peaks.end("models and probe")
     step_seconds: list[float] = []
     learning_rates: list[float] = []
     checkpoint_seconds = 0.0
@@ -193,12 +201,13 @@ def train(
     record(losses.read())
 
     train_seconds = time.perf_counter() - train_started
+    peaks.end("steps")
     checkpoints.cancel()
     if fast:  # the parameters are views of the optimizer's flat buffers; saving needs their own
         optimizer.release()
     for part in offloaded:
         part.to(device)
-    peaks = accelerator.gather(torch.tensor([peak_memory_gb(device)], device=device)).tolist()
+    highest = accelerator.gather(torch.tensor([peaks.highest], device=device)).tolist()
     with mixed_precision(device, weight_dtype):
         probe_after = probe_loss(unet, text_encoder, data, parts, settings.seed)
     accelerator.wait_for_everyone()
@@ -209,6 +218,7 @@ def train(
         saving = time.perf_counter()
         result.output = save_output(settings, parts)
         weights_saved = time.perf_counter() - started
+        peaks.end("save")
         save_seconds = time.perf_counter() - saving
         result.validation = validation_images(settings, parts, device, weight_dtype)
         steps_run = settings.steps - first_step + 1
@@ -229,8 +239,9 @@ def train(
             "processes": world,
             "global_batch": global_batch,
             "fast_path": fast,
-            "peak_memory_gb": peaks[0] if device.type == "cuda" else None,
-            "peak_memory_gb_per_process": peaks if device.type == "cuda" else None,
+            "peak_memory_gb": highest[0] if device.type == "cuda" else None,
+            "peak_memory_gb_by_phase": peaks.by_phase if device.type == "cuda" else None,
+            "peak_memory_gb_per_process": highest if device.type == "cuda" else None,
             "mixed_precision": accelerator.mixed_precision,
             "first_step": first_step,
             "probe_loss_before": probe_before,
@@ -378,8 +389,22 @@ def _has_bitsandbytes() -> bool:
 # --- set-up helpers -------------------------------------------------------------------
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+class PhasePeaks:
+    """The GPU memory peak (GiB) of each phase of a round, so a peak can be traced to its phase."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.by_phase: dict[str, float] = {}
+
+    def end(self, phase: str) -> None:
+        if self.device.type == "cuda":
+            self.by_phase[phase] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    @property
+    def highest(self) -> float:
+        """The round's peak up to the last phase ended (the save comes after it is reported)."""
+        return max(self.by_phase.values(), default=0.0)
 
 
 def resolve_precision(requested: str) -> str:

@@ -6,9 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from herdbook.training.components import best_device, inference_dtype, load_components, sampling_pipeline
+from herdbook.training.components import (
+    PRECOMPILED_ATTENTION,
+    best_device,
+    inference_dtype,
+    load_components,
+    sampling_pipeline,
+)
 from herdbook.training.settings import GenerationSettings
 from PIL import Image
+from torch.nn.attention import sdpa_kernel
 
 
 @dataclass
@@ -28,6 +35,7 @@ def load_pipeline(settings: GenerationSettings):
     )
 
 
+@sdpa_kernel(PRECOMPILED_ATTENTION)  # so the first call after loading compiles no attention kernels
 def draw(
     pipeline,
     prompt: str,
