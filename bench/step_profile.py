@@ -7,8 +7,8 @@ grouped by what they do, so the next change goes where the time is.
 
     python3 -m bench.step_profile [--cases full,lora,sample] [--attention default,cudnn,efficient]
 
-A case's layout follows a dash: none is herdbook's (channels-last with training.groupnorm's
-kernels), "torchgn" channels-last with torch's GroupNorm, "nchw" torch's default layout.
+A case's layout follows a dash: none is herdbook's (channels-last with training.layers's
+kernels), "torch" channels-last with torch's own layers, "nchw" torch's default layout.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ FAMILIES = [  # first match wins
     ("layer norm", r"layer_?norm"),
     ("norm/reduce", r"foreach.*norm|reduce_kernel|norm_kernel"),
     ("cast/copy", r"copy|cast|convert"),
-    ("elementwise", r"elementwise|vectorized|unrolled|foreach"),
+    ("elementwise", r"elementwise|vectorized|unrolled|foreach|geglu"),
 ]
 
 
@@ -154,7 +154,7 @@ def report(label: str, fn) -> None:
 
 
 def training_case(case: str):
-    mode, _, layout = case.partition("-")  # "full", "lora", "full-nchw", "lora-torchgn", ...
+    mode, _, layout = case.partition("-")  # "full", "lora", "full-nchw", "lora-torch", ...
     from herdbook.training.dreambooth import forward_in, prepare_trainable, trainable_groups, trained_names
     from herdbook.training.masters import FlatAdamW
     from herdbook.training.settings import ModelChain, RoundSettings
@@ -222,13 +222,13 @@ def kernel_check() -> None:
 
 
 def in_layout(model: torch.nn.Module, layout: str) -> torch.nn.Module:
-    from herdbook.training.groupnorm import channels_last
+    from herdbook.training.layers import fast_layers
 
     if layout == "nchw":
         return model
-    if layout == "torchgn":
+    if layout == "torch":
         return model.to(memory_format=torch.channels_last)
-    return channels_last(model)
+    return fast_layers(model)
 
 
 def sampling_case(layout: str):
@@ -257,10 +257,11 @@ def decoding_case(layout: str):
     return parts, call
 
 
-def groupnorm_check() -> None:
-    """training.groupnorm's kernels against torch's GroupNorm at the UNet's shapes (bf16,
-    channels-last input): largest differences, and forward+backward times."""
-    from herdbook.training.groupnorm import GroupNormFunction
+def layers_check() -> None:
+    """training.layers's kernels against torch at the UNet's shapes (bf16, channels-last
+    input): largest differences, and forward+backward times (eager: at batch 1 these are
+    launch-bound, so the captured step's times are the ones that count)."""
+    from herdbook.training.layers import GroupNormFunction
 
     shapes = [(1, 320, 64, 64), (1, 640, 32, 32), (1, 960, 32, 32), (1, 1280, 16, 16), (1, 2560, 8, 8),
               (1, 1920, 16, 16), (8, 320, 64, 64), (8, 1280, 16, 16), (4, 128, 512, 512)]  # fmt: skip
@@ -288,6 +289,28 @@ def groupnorm_check() -> None:
         print(
             f"  {shape!s:<20} relative gaps y {gaps[0]:.1e} dx {gaps[1]:.1e} dw {gaps[2]:.1e} db {gaps[3]:.1e}; "
             f"forward+backward {kernel * 1e3:6.1f} us, torch (with its copies) {native * 1e3:6.1f} us",
+            flush=True,
+        )
+    from herdbook.training.layers import GegluFunction
+
+    def torch_geglu(projected):
+        value, gate = projected.chunk(2, dim=-1)
+        return value * torch.nn.functional.gelu(gate)
+
+    for shape in [(1, 4096, 2560), (1, 256, 10240), (8, 4096, 2560)]:
+        torch.manual_seed(0)
+        projected = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        dy = torch.randn(*shape[:-1], shape[-1] // 2, device="cuda", dtype=torch.bfloat16)
+        ours, ref = projected.clone().requires_grad_(), projected.float().requires_grad_()
+        y, r = GegluFunction.apply(ours), torch_geglu(ref)
+        y.backward(dy)
+        r.backward(dy.float())
+        gaps = [(a.float() - e).abs().max().item() / e.abs().max().item() for a, e in [(y, r), (ours.grad, ref.grad)]]
+        kernel = forward_backward_ms(GegluFunction.apply, (projected,), dy)
+        native = forward_backward_ms(torch_geglu, (projected,), dy)
+        print(
+            f"  GEGLU {shape!s:<14} relative gaps out {gaps[0]:.1e} d(in) {gaps[1]:.1e}; "
+            f"forward+backward {kernel * 1e3:6.1f} us, torch {native * 1e3:6.1f} us",
             flush=True,
         )
 
@@ -363,8 +386,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     began = time.perf_counter()
-    print("## the GroupNorm kernels", flush=True)
-    groupnorm_check()
+    print("## the layers' kernels (GroupNorm, GEGLU)", flush=True)
+    layers_check()
     print("## the fused AdamW kernel", flush=True)
     kernel_check()
     torch.cuda.empty_cache()

@@ -1,5 +1,6 @@
-"""GroupNorm for channels-last activations: the kernels compute torch's GroupNorm and its
-gradients; the module is torch's own wherever the kernels don't run."""
+"""The fast layers: the kernels compute what torch computes (GroupNorm over channels-last
+activations, diffusers' GEGLU) and its gradients; each layer is torch's own wherever the
+kernels don't run."""
 
 import os
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from herdbook.training.groupnorm import ChannelsLastGroupNorm, Plan, channels_last, runs_in_kernels
+from herdbook.training.layers import ChannelsLastGroupNorm, FusedGEGLU, Plan, fast_layers, runs_in_kernels
 
 
 def test_the_kernels_compute_torchs_group_norm_and_its_gradients():
@@ -18,7 +19,7 @@ def test_the_kernels_compute_torchs_group_norm_and_its_gradients():
     script = """
 import torch
 import torch.nn.functional as F
-from herdbook.training.groupnorm import GroupNormFunction, Plan
+from herdbook.training.layers import GroupNormFunction, Plan
 
 def gaps(shape, groups, dtype):
     torch.manual_seed(0)
@@ -43,6 +44,7 @@ for shape, groups in [((2, 64, 5, 7), 32), ((1, 40, 9, 9), 4), ((1, 12, 30, 30),
 assert sorted(set(splits.values())) == [1, 2, 8], splits
 assert max(gaps((2, 40, 9, 9), 4, torch.bfloat16)) < 2**-7  # one rounding to bfloat16
 print("same")
+
 """
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
@@ -50,20 +52,60 @@ print("same")
     assert "same" in done.stdout
 
 
-def test_channels_last_swaps_every_group_norm_and_keeps_the_weights():
+def test_the_geglu_kernels_compute_diffusers_geglu_and_its_gradient():
+    """In Triton's interpreter, as above; rows of an odd width, more rows than one program's."""
+    pytest.importorskip("triton")
+    script = """
+import torch
+from herdbook.training.layers import GegluFunction
+
+def gaps(shape, dtype):
+    torch.manual_seed(0)
+    projected = (torch.randn(shape) * 2).to(dtype)
+    dy = torch.randn(*shape[:-1], shape[-1] // 2).to(dtype)
+    ours, ref = projected.clone().requires_grad_(), projected.float().requires_grad_()
+    y = GegluFunction.apply(ours)
+    y.backward(dy)
+    value, gate = ref.chunk(2, dim=-1)
+    r = value * torch.nn.functional.gelu(gate)
+    r.backward(dy.float())
+    assert y.shape == r.shape and y.dtype == dtype and ours.grad.dtype == dtype
+    return [((a.float() - e).abs().max() / e.abs().max()).item() for a, e in [(y, r), (ours.grad, ref.grad)]]
+
+assert max(gaps((3, 5, 2 * 37), torch.float32)) < 1e-6
+assert max(gaps((2, 700, 2 * 24), torch.float32)) < 1e-6
+assert max(gaps((2, 33, 2 * 40), torch.bfloat16)) < 2**-7
+print("same")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same" in done.stdout
+
+
+def test_fast_layers_swap_every_group_norm_and_geglu_and_keep_the_weights():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GroupNorm(4, 8), torch.nn.SiLU(), torch.nn.GroupNorm(2, 8)
     )
     x = torch.randn(2, 3, 6, 6)
     before, state = model(x), {k: v.clone() for k, v in model.state_dict().items()}
-    channels_last(model)
+    fast_layers(model)
     assert [type(m) for m in model if isinstance(m, torch.nn.GroupNorm)] == [ChannelsLastGroupNorm] * 2
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     # on a CPU the module is torch's GroupNorm
     assert torch.allclose(model(x.to(memory_format=torch.channels_last)), before, atol=1e-6)
+
+    from diffusers.models.activations import GEGLU
+
+    geglu = GEGLU(8, 6)
+    tokens = torch.randn(2, 5, 8)
+    before = geglu(tokens)
+    fast_layers(geglu)
+    assert type(geglu) is FusedGEGLU and list(geglu.state_dict()) == ["proj.weight", "proj.bias"]
+    assert torch.allclose(geglu(tokens), before, atol=1e-6)
 
 
 def test_the_kernels_run_only_where_they_can():

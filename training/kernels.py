@@ -1,7 +1,7 @@
-"""The Triton kernels behind training.groupnorm: GroupNorm over channels-last (N, H, W, C)
-memory, forward and backward.
+"""The Triton kernels behind training.layers, forward and backward: GroupNorm over
+channels-last (N, H, W, C) memory, and GEGLU.
 
-Two kinds of program. A *group* program sums one slice of one (image, group)'s elements, taken
+GroupNorm has two kinds of program. A *group* program sums one slice of one (image, group)'s elements, taken
 as a flat run of H*W rows of C/G consecutive channels, so any group width fills every lane and
 one compiled kernel serves all of a UNet's shapes. A *tile* program normalises (or
 differentiates) a dense [rows, 64 channels] tile, finding each column's group statistics from
@@ -139,3 +139,40 @@ def grad_input(
     tl.store(sums_at, tl.sum(grad * x_hat, axis=0), mask=in_channels)
     plane = tl.num_programs(0) * TILES * C  # the bias's sums follow the weight's
     tl.store(sums_at + plane, tl.sum(grad, axis=0), mask=in_channels)
+
+
+@triton.jit
+def _gelu_parts(gate):
+    """The erf GELU's cumulative and density terms at ``gate`` (float32)."""
+    cdf = 0.5 * (1.0 + tl.erf(gate * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * gate * gate) * 0.3989422804014327
+    return cdf, pdf
+
+
+@triton.jit(do_not_specialize=["N", "D"])
+def geglu(projected, out, N, D, BLOCK: tl.constexpr):
+    """out[r, c] = projected[r, c] * gelu(projected[r, D + c]) for N = rows * D outputs."""
+    element = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = element < N
+    row = element // D
+    at = element + row * D  # projected[r, c]: rows are 2D long
+    value = tl.load(projected + at, mask=inside, other=0.0).to(tl.float32)
+    gate = tl.load(projected + at + D, mask=inside, other=0.0).to(tl.float32)
+    cdf, _ = _gelu_parts(gate)
+    tl.store(out + element, (value * gate * cdf).to(out.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+
+
+@triton.jit(do_not_specialize=["N", "D"])
+def geglu_grad(projected, grad, dprojected, N, D, BLOCK: tl.constexpr):
+    """Both halves' gradients: d value = g * gelu(gate), d gate = g * value * gelu'(gate)."""
+    element = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = element < N
+    row = element // D
+    at = element + row * D
+    value = tl.load(projected + at, mask=inside, other=0.0).to(tl.float32)
+    gate = tl.load(projected + at + D, mask=inside, other=0.0).to(tl.float32)
+    g = tl.load(grad + element, mask=inside, other=0.0).to(tl.float32)
+    cdf, pdf = _gelu_parts(gate)
+    kind = dprojected.dtype.element_ty
+    tl.store(dprojected + at, (g * gate * cdf).to(kind, fp_downcast_rounding="rtne"), mask=inside)
+    tl.store(dprojected + at + D, (g * value * (cdf + gate * pdf)).to(kind, fp_downcast_rounding="rtne"), mask=inside)

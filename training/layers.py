@@ -1,14 +1,17 @@
-"""GroupNorm that leaves channels-last activations channels-last (on CUDA, through Triton).
+"""The UNet's layers made faster on CUDA by Triton kernels (training.kernels), for training
+and sampling alike. `fast_layers(model)` puts a model in channels-last memory and swaps:
 
-Why: PyTorch's CUDA GroupNorm takes contiguous (NCHW) input only. In a channels-last UNet (the
-layout an H100's convolutions want) every GroupNorm's input was thus copied to NCHW, and the
-convolution after it copied the result back, forward and backward: ~2.7 ms of copies in a
-32.5 ms full training step (bench/step_profile.txt, "copies and adds by origin"). These
-kernels (training.groupnorm_kernels) read and write channels-last memory as it is.
+- GroupNorm for one that leaves channels-last activations channels-last. PyTorch's CUDA
+  GroupNorm takes contiguous (NCHW) input only, so in a channels-last UNet (the layout an
+  H100's convolutions want) every GroupNorm's input was copied to NCHW and the convolution
+  after it copied the result back, forward and backward: ~2.7 ms of copies in a 32.5 ms full
+  training step (bench/step_profile.txt, "copies and adds by origin"). The math is torch's:
+  float32 statistics, the biased variance, eps under the square root, weight and bias.
+- diffusers' GEGLU (value * gelu(gate), both halves of one projection) for one kernel each
+  way: torch ran the GELU and the product on strided halves (slow, unvectorised kernels) and
+  copied the two halves' gradients back together.
 
-The math is torch's GroupNorm: float32 statistics, the biased variance, eps under the square
-root, then the per-channel weight and bias. Anywhere else (CPU, NCHW input, autocast, no
-Triton) the module is torch's own GroupNorm.
+Anywhere else (CPU, unsuited input, autocast, no Triton) each layer runs as torch's own.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ BLOCK = 2048  # elements a group program sums per iteration
 TILE_HW, TILE_C = 64, 64  # a tile program's pixels and channels (SD's widths are multiples of 64)
 GROUP_PROGRAMS = 512  # enough programs to fill an H100's 132 multiprocessors at batch 1
 MAX_SPLITS = 16  # each tile program adds up this many partial sums per group
+GEGLU_BLOCK = 2048  # output elements per GEGLU program
 
 
 class ChannelsLastGroupNorm(torch.nn.GroupNorm):
@@ -35,24 +39,46 @@ class ChannelsLastGroupNorm(torch.nn.GroupNorm):
         return super().forward(x)
 
 
-def channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    """The model (changed in place) in channels-last memory, with GroupNorms that keep it so."""
+class FusedGEGLU(torch.nn.Module):
+    """diffusers' GEGLU (same ``proj``, same state dict): the projection, then
+    value * gelu(gate) over its two halves, in one kernel on the GPU."""
+
+    proj: torch.nn.Linear
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        projected = self.proj(hidden_states)
+        if on_gpu_with_triton(projected) and projected.is_contiguous():
+            return GegluFunction.apply(projected)
+        value, gate = projected.chunk(2, dim=-1)
+        return value * torch.nn.functional.gelu(gate)
+
+
+def fast_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The model (changed in place) in channels-last memory, its GroupNorms and GEGLUs
+    swapped for the ones above (same parameters: only the class changes)."""
+    from diffusers.models.activations import GEGLU
+
     model.to(memory_format=torch.channels_last)
     for module in model.modules():
         if type(module) is torch.nn.GroupNorm:
             module.__class__ = ChannelsLastGroupNorm
+        elif type(module) is GEGLU:
+            module.__class__ = FusedGEGLU
     return model
+
+
+def on_gpu_with_triton(x: torch.Tensor) -> bool:
+    # autocast runs these layers' ops in float32 (GroupNorm) or casts their inputs: torch's way
+    return x.is_cuda and not torch.is_autocast_enabled("cuda") and has_triton()
 
 
 def runs_in_kernels(x: torch.Tensor, norm: torch.nn.GroupNorm) -> bool:
     return (
-        x.is_cuda
+        on_gpu_with_triton(x)
         and x.dim() == 4
         and norm.affine
         and x.dtype == norm.weight.dtype
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not torch.is_autocast_enabled("cuda")  # autocast runs GroupNorm in float32: torch's
-        and has_triton()
     )
 
 
@@ -101,7 +127,7 @@ class Plan:
 class GroupNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float):
-        from herdbook.training import groupnorm_kernels as kernels
+        from herdbook.training import kernels
 
         plan = Plan.of(x, groups)
         sums = torch.empty(plan.images * groups, plan.splits, 2, device=x.device, dtype=torch.float32)
@@ -119,7 +145,7 @@ class GroupNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        from herdbook.training import groupnorm_kernels as kernels
+        from herdbook.training import kernels
 
         x, weight, sums = ctx.saved_tensors
         plan: Plan = ctx.plan
@@ -141,3 +167,30 @@ class GroupNormFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dweight, dbias = channel_sums.sum(1).to(weight.dtype)
         return dx, dweight, dbias, None, None
+
+
+class GegluFunction(torch.autograd.Function):
+    """value * gelu(gate) (erf GELU) for the two halves of the last dimension, in float32 and
+    rounded once; the backward writes both halves' gradients into one tensor."""
+
+    @staticmethod
+    def forward(ctx, projected: torch.Tensor) -> torch.Tensor:
+        from herdbook.training import kernels
+
+        width = projected.shape[-1] // 2
+        out = projected.new_empty((*projected.shape[:-1], width))
+        kernels.geglu[(-(-out.numel() // GEGLU_BLOCK),)](projected, out, out.numel(), width, BLOCK=GEGLU_BLOCK)
+        ctx.save_for_backward(projected)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        from herdbook.training import kernels
+
+        (projected,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        dprojected = torch.empty_like(projected)
+        kernels.geglu_grad[(-(-grad.numel() // GEGLU_BLOCK),)](
+            projected, grad, dprojected, grad.numel(), projected.shape[-1] // 2, BLOCK=GEGLU_BLOCK
+        )
+        return dprojected
