@@ -118,7 +118,7 @@ def train(
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
     # the probe needs neither encoder once their outputs are cached: on a LoRA round they were
     # the setup's peak (4.31 GiB on an H100, above the steps')
-    offloaded = data.offload_encoders(settings.train_text_encoder)
+    data.offload_encoders(settings.train_text_encoder)
     with mixed_precision(device, weight_dtype):
         probe_before = probe_loss(unet, text_encoder, data, parts, settings.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -205,8 +205,6 @@ def train(
     checkpoints.cancel()
     if fast:  # the parameters are views of the optimizer's flat buffers; saving needs their own
         optimizer.release()
-    for part in offloaded:
-        part.to(device)
     highest = accelerator.gather(torch.tensor([peaks.highest], device=device)).tolist()
     with mixed_precision(device, weight_dtype):
         probe_after = probe_loss(unet, text_encoder, data, parts, settings.seed)
@@ -309,16 +307,15 @@ class TrainingData:
     def with_prior(self) -> bool:
         return self.classes is not None
 
-    def offload_encoders(self, text_encoder_trains: bool) -> list:
-        """Frozen encoders whose outputs are cached wait in host memory while the steps run
-        (on a GPU: ~0.8 GB less); the caller brings them back."""
+    def offload_encoders(self, text_encoder_trains: bool) -> None:
+        """Frozen encoders whose outputs are cached stay in host memory from here on (on a
+        GPU: ~0.8 GB less): the save reads them there, and a sampling pipeline (the
+        validation images) moves them back to the device itself."""
         if not self.cached or self.device.type != "cuda":
-            return []
-        parts = [self.parts.vae] + ([] if text_encoder_trains else [self.parts.text_encoder])
-        for part in parts:
+            return
+        for part in [self.parts.vae] + ([] if text_encoder_trains else [self.parts.text_encoder]):
             part.to("cpu")
         torch.cuda.empty_cache()
-        return parts
 
     def add_class_images(self, pixels: torch.Tensor) -> None:
         self.classes = encode_images(self.parts, pixels, self.device) if self.cached else pixels.to(self.device)
