@@ -13,7 +13,7 @@ from herdbook.training.settings import ModelChain
 from torch.nn.attention import SDPBackend
 
 # Attention without cuDNN's kernels, which are compiled at run time on first use, per shape:
-# ~10 s of a fresh machine's first SD-1.5 training step and ~4 s of the first sampling call,
+# ~10 s of a fresh machine's first SD-1.5 training step and ~5 s of the first sampling call,
 # against ~0.7 s that flash attention costs over 400 steps and ~0.07 s a sampling call
 # (bench/first_step.txt, bench/step_profile.txt). A CPU's choice is unchanged.
 PRECOMPILED_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]

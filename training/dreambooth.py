@@ -116,8 +116,8 @@ def train(
     if fast:  # the captured optimizer reads its rate from the GPU; the scheduler fills it in place
         for group in optimizer.param_groups:
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
-    # the probe needs neither encoder once their outputs are cached: on a LoRA round they were
-    # the setup's peak (4.31 GiB on an H100, above the steps')
+    # the probe needs neither encoder once their outputs are cached: on the GPU beside it they
+    # only raised the peak (a full round's 15.7 -> 14.9 GiB on an H100, bench/gpu_round.txt)
     data.offload_encoders(settings.train_text_encoder)
     with mixed_precision(device, weight_dtype):
         probe_before = probe_loss(unet, text_encoder, data, parts, settings.seed)
