@@ -51,6 +51,16 @@ def _group_elements(HW, C, CG, PER):
     return row, split, base, first_channel, start, stop
 
 
+@triton.jit
+def _group_block(offset, stop, base, C, CG, BLOCK: tl.constexpr):
+    """One block of a group's flat elements from ``offset``: where they are, which are inside
+    the range, and each one's channel within the group."""
+    element = offset + tl.arange(0, BLOCK)
+    pixel = element // CG
+    channel = element - pixel * CG
+    return base + pixel * C + channel, element < stop, channel
+
+
 @triton.jit(do_not_specialize=SIZES)
 def group_sums(x, sums, HW, C, CG, PER, SPLITS, BLOCK: tl.constexpr):
     """Per (group, split): the sum and the sum of squares of its elements, in float32."""
@@ -58,10 +68,8 @@ def group_sums(x, sums, HW, C, CG, PER, SPLITS, BLOCK: tl.constexpr):
     total = tl.zeros([BLOCK], tl.float32)
     squares = tl.zeros([BLOCK], tl.float32)
     for offset in range(start, stop, BLOCK):
-        element = offset + tl.arange(0, BLOCK)
-        inside = element < stop
-        pixel = element // CG
-        value = tl.load(x + base + pixel * C + (element - pixel * CG), mask=inside, other=0.0).to(tl.float32)
+        at, inside, _ = _group_block(offset, stop, base, C, CG, BLOCK)
+        value = tl.load(x + at, mask=inside, other=0.0).to(tl.float32)
         total += value
         squares += value * value
     out = sums + (row * SPLITS + split) * 2
@@ -77,11 +85,7 @@ def grad_sums(x, dy, weight, sums, dsums, HW, C, CG, PER, SPLITS, eps, BLOCK: tl
     total = tl.zeros([BLOCK], tl.float32)
     weighted = tl.zeros([BLOCK], tl.float32)
     for offset in range(start, stop, BLOCK):
-        element = offset + tl.arange(0, BLOCK)
-        inside = element < stop
-        pixel = element // CG
-        channel = element - pixel * CG
-        at = base + pixel * C + channel
+        at, inside, channel = _group_block(offset, stop, base, C, CG, BLOCK)
         value = tl.load(x + at, mask=inside, other=0.0).to(tl.float32)
         grad = tl.load(dy + at, mask=inside, other=0.0).to(tl.float32)
         grad = grad * tl.load(weight + first_channel + channel, mask=inside, other=0.0).to(tl.float32)

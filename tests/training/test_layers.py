@@ -2,20 +2,16 @@
 activations, diffusers' GEGLU) and its gradients; each layer is torch's own wherever the
 kernels don't run."""
 
-import os
-import subprocess
-import sys
-
-import pytest
 import torch
 from herdbook.training.layers import ChannelsLastGroupNorm, FusedGEGLU, Plan, fast_layers, runs_in_kernels
+
+from tests.training.interpreter import passes_in_triton_interpreter
 
 
 def test_the_kernels_compute_torchs_group_norm_and_its_gradients():
     """Run in Triton's interpreter on the CPU (a GPU runs the compiled kernels; bench/step_profile.py
     compares them with torch's at the UNet's shapes). The shapes cover one and several splits per
     group, a split that ends inside a row, odd group widths and images of more than one row."""
-    pytest.importorskip("triton")
     script = """
 import torch
 import torch.nn.functional as F
@@ -46,15 +42,11 @@ assert max(gaps((2, 40, 9, 9), 4, torch.bfloat16)) < 2**-7  # one rounding to bf
 print("same")
 
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "same" in done.stdout
+    passes_in_triton_interpreter(script)
 
 
 def test_the_geglu_kernels_compute_diffusers_geglu_and_its_gradient():
     """In Triton's interpreter, as above; rows of an odd width, more rows than one program's."""
-    pytest.importorskip("triton")
     script = """
 import torch
 from herdbook.training.layers import GegluFunction
@@ -77,10 +69,7 @@ assert max(gaps((2, 700, 2 * 24), torch.float32)) < 1e-6
 assert max(gaps((2, 33, 2 * 40), torch.bfloat16)) < 2**-7
 print("same")
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "same" in done.stdout
+    passes_in_triton_interpreter(script)
 
 
 def test_fast_layers_swap_every_group_norm_and_geglu_and_keep_the_weights():

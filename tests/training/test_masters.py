@@ -1,13 +1,12 @@
 """The fast path's optimizer: flat float32 masters, a bf16 working copy, one fused update."""
 
 import io
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from herdbook.training.masters import FlatAdamW, dense, flat_views
+
+from tests.training.interpreter import passes_in_triton_interpreter
 
 
 def small_model() -> torch.nn.Module:
@@ -133,7 +132,6 @@ def test_released_parameters_have_their_own_memory_and_save(tmp_path):
 def test_the_triton_kernel_computes_the_tensor_ops_update():
     """Run in Triton's interpreter on the CPU (a GPU runs the compiled kernel; bench/gpu_round.py
     trains with it and prints the probe loss beside the reference path's)."""
-    pytest.importorskip("triton")
     script = """
 import torch
 from herdbook.training import masters
@@ -158,7 +156,4 @@ for name in ("master", "exp_avg", "exp_avg_sq"):
 assert torch.allclose(b.working.float(), b.master, rtol=2**-7, atol=0), "working copy"
 print("same")
 """
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "same" in done.stdout
+    passes_in_triton_interpreter(script)
