@@ -68,7 +68,8 @@ def group_sums(x, sums, HW, C, CG, PER, SPLITS, BLOCK: tl.constexpr):
     total = tl.zeros([BLOCK], tl.float32)
     squares = tl.zeros([BLOCK], tl.float32)
     for offset in range(start, stop, BLOCK):
-        at, inside, _ = _group_block(offset, stop, base, C, CG, BLOCK)
+        # not "_": that name holds a scalar above, and Triton keeps a loop variable's type
+        at, inside, _channel = _group_block(offset, stop, base, C, CG, BLOCK)
         value = tl.load(x + at, mask=inside, other=0.0).to(tl.float32)
         total += value
         squares += value * value
