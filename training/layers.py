@@ -10,6 +10,10 @@ and sampling alike. `fast_layers(model)` puts a model in channels-last memory an
 - diffusers' GEGLU (value * gelu(gate), both halves of one projection) for one kernel each
   way: torch ran the GELU and the product on strided halves (slow, unvectorised kernels) and
   copied the two halves' gradients back together.
+- diffusers' Transformer2DModel and ResnetBlock2D for versions that leave channels-last
+  activations as they are: both copied a tensor to NCHW (`.contiguous()`) just before a 1x1
+  convolution, which copied it back to channels-last, forward and backward (16 transformers'
+  outputs; the shortcut of every ResNet block whose width changes, while training).
 
 Anywhere else (CPU, unsuited input, autocast, no Triton) each layer runs as torch's own.
 """
@@ -26,7 +30,7 @@ BLOCK = 2048  # elements a group program sums per iteration
 TILE_HW, TILE_C = 64, 64  # a tile program's pixels and channels (SD's widths are multiples of 64)
 GROUP_PROGRAMS = 512  # enough programs to fill an H100's 132 multiprocessors at batch 1
 MAX_SPLITS = 16  # each tile program adds up this many partial sums per group
-GEGLU_BLOCK = 2048  # output elements per GEGLU program
+GEGLU_TILE = (8, 256)  # a GEGLU program's rows and columns of output
 
 
 class ChannelsLastGroupNorm(torch.nn.GroupNorm):
@@ -53,18 +57,62 @@ class FusedGEGLU(torch.nn.Module):
         return value * torch.nn.functional.gelu(gate)
 
 
-def fast_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """The model (changed in place) in channels-last memory, its GroupNorms and GEGLUs
-    swapped for the ones above (same parameters: only the class changes)."""
-    from diffusers.models.activations import GEGLU
+class ChannelsLastTransformerOutput:
+    """For diffusers' Transformer2DModel: its output as diffusers computes it, without the
+    NCHW copy. The tokens (batch, height*width, channels) permuted back to (batch, channels,
+    height, width) are a channels-last tensor already."""
 
+    def _get_output_for_continuous_inputs(self, hidden_states, residual, batch_size, height, width, inner_dim):
+        if not self.use_linear_projection:
+            hidden_states = self.proj_out(
+                hidden_states.reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
+            )
+        else:
+            hidden_states = (
+                self.proj_out(hidden_states).reshape(batch_size, height, width, inner_dim).permute(0, 3, 1, 2)
+            )
+        return hidden_states + residual
+
+
+class ChannelsLastShortcut:
+    """For diffusers' ResnetBlock2D: its forward, without the NCHW copy of the shortcut's
+    input that diffusers makes only while training (for DDP's gradient strides, not its math).
+    The block reads ``self.training`` for that alone; dropout is a module of its own."""
+
+    def forward(self, input_tensor, temb, *args, **kwargs):
+        training, self.training = self.training, False
+        try:
+            return super().forward(input_tensor, temb, *args, **kwargs)
+        finally:
+            self.training = training
+
+
+def fast_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """The model (changed in place) in channels-last memory, its GroupNorms, GEGLUs,
+    transformers and ResNet blocks swapped for the ones above (same parameters: only the
+    class changes)."""
+    from diffusers.models.activations import GEGLU
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    swaps = {
+        torch.nn.GroupNorm: ChannelsLastGroupNorm,
+        GEGLU: FusedGEGLU,
+        Transformer2DModel: with_mixin(Transformer2DModel, ChannelsLastTransformerOutput),
+        ResnetBlock2D: with_mixin(ResnetBlock2D, ChannelsLastShortcut),
+    }
     model.to(memory_format=torch.channels_last)
     for module in model.modules():
-        if type(module) is torch.nn.GroupNorm:
-            module.__class__ = ChannelsLastGroupNorm
-        elif type(module) is GEGLU:
-            module.__class__ = FusedGEGLU
+        if type(module) in swaps:
+            module.__class__ = swaps[type(module)]
     return model
+
+
+@functools.cache
+def with_mixin(base: type, mixin: type) -> type:
+    """``base`` with ``mixin``'s methods first, one class per pair. It keeps the base's name:
+    diffusers writes a model's class name into the config it saves."""
+    return type(base.__name__, (mixin, base), {})
 
 
 def on_gpu_with_triton(x: torch.Tensor) -> bool:
@@ -179,7 +227,8 @@ class GegluFunction(torch.autograd.Function):
 
         width = projected.shape[-1] // 2
         out = projected.new_empty((*projected.shape[:-1], width))
-        kernels.geglu[(-(-out.numel() // GEGLU_BLOCK),)](projected, out, out.numel(), width, BLOCK=GEGLU_BLOCK)
+        rows = out.numel() // width
+        kernels.geglu[geglu_grid(rows, width)](projected, out, rows, width, *GEGLU_TILE)
         ctx.save_for_backward(projected)
         return out
 
@@ -190,7 +239,11 @@ class GegluFunction(torch.autograd.Function):
         (projected,) = ctx.saved_tensors
         grad = grad.contiguous()
         dprojected = torch.empty_like(projected)
-        kernels.geglu_grad[(-(-grad.numel() // GEGLU_BLOCK),)](
-            projected, grad, dprojected, grad.numel(), projected.shape[-1] // 2, BLOCK=GEGLU_BLOCK
-        )
+        width = projected.shape[-1] // 2
+        rows = grad.numel() // width
+        kernels.geglu_grad[geglu_grid(rows, width)](projected, grad, dprojected, rows, width, *GEGLU_TILE)
         return dprojected
+
+
+def geglu_grid(rows: int, width: int) -> tuple[int, int]:
+    return (-(-rows // GEGLU_TILE[0]), -(-width // GEGLU_TILE[1]))

@@ -4,6 +4,7 @@ kernels don't run."""
 
 import torch
 from herdbook.training.layers import ChannelsLastGroupNorm, FusedGEGLU, Plan, fast_layers, runs_in_kernels
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.training.interpreter import passes_in_triton_interpreter
 
@@ -95,6 +96,58 @@ def test_fast_layers_swap_every_group_norm_and_geglu_and_keep_the_weights():
     fast_layers(geglu)
     assert type(geglu) is FusedGEGLU and list(geglu.state_dict()) == ["proj.weight", "proj.bias"]
     assert torch.allclose(geglu(tokens), before, atol=1e-6)
+
+
+class CopiesToNCHW(TorchDispatchMode):
+    """Counts copies that turn a channels-last image tensor into an NCHW one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_, torch.ops.aten._to_copy):
+            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
+            if image_layout(source) == "channels-last" and image_layout(out) == "nchw":
+                self.count += 1
+        return out
+
+
+def image_layout(x) -> str | None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] == 1 or x.shape[2] * x.shape[3] == 1:
+        return None  # a layout-free shape: both layouts at once
+    if x.is_contiguous():
+        return "nchw"
+    return "channels-last" if x.is_contiguous(memory_format=torch.channels_last) else None
+
+
+def test_a_fast_unet_keeps_channels_last_activations_and_computes_what_diffusers_does():
+    import copy
+
+    from herdbook.training.tiny import tiny_components
+
+    unet = tiny_components().unet  # training mode, as a round runs it
+    reference = copy.deepcopy(unet).to(memory_format=torch.channels_last)
+    fast = fast_layers(copy.deepcopy(unet))
+    x = torch.randn(2, 4, 16, 16).to(memory_format=torch.channels_last)
+    timesteps, text = torch.tensor([10, 500]), torch.randn(2, 77, 32)
+
+    expected = reference(x, timesteps, text).sample
+    expected.square().mean().backward()
+    with CopiesToNCHW() as copies:
+        assert x.contiguous() is not x and copies.count == 1  # the counter sees such a copy
+        got = fast(x, timesteps, text).sample
+        got.square().mean().backward()
+    # diffusers copied each transformer's output and each widening block's shortcut to NCHW
+    assert copies.count == 1
+    assert torch.allclose(got, expected, atol=1e-6)
+    for (name, mine), theirs in zip(fast.named_parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(mine.grad, theirs.grad, atol=1e-6), name
+    assert fast.training and all(m.training for m in fast.modules())
+    assert fast.state_dict().keys() == reference.state_dict().keys()
+    # swapped classes keep diffusers' names, which its saved configs record
+    assert {"Transformer2DModel", "ResnetBlock2D"} <= {type(m).__name__ for m in fast.modules()}
 
 
 def test_the_kernels_run_only_where_they_can():
