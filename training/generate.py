@@ -46,7 +46,7 @@ def draw(
     negative_prompt: str = "",
 ) -> list[Image.Image]:
     """One image per seed, each from its own generator, so any one can be drawn again alone."""
-    return pipeline(
+    images = pipeline(
         [prompt] * len(seeds),
         negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
         num_inference_steps=steps,
@@ -54,7 +54,17 @@ def draw(
         height=resolution,
         width=resolution,
         generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        output_type="pt",
     ).images
+    return to_pil(images)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """diffusers' conversion of [0, 1] images to 8-bit pixels (the same values), done where the
+    images are: on a GPU the host then copies bytes instead of floats and does no arithmetic,
+    which took ~15 ms of each 4-image call on a CPU."""
+    pixels = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(image) for image in pixels]
 
 
 @torch.no_grad()

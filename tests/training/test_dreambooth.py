@@ -240,6 +240,27 @@ def test_a_graphed_unet_draws_what_the_plain_one_draws(tiny_model):
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, graphed, strict=True))
 
 
+def test_drawn_images_are_the_pipelines_own_pixels(tiny_model):
+    """draw converts to 8-bit pixels itself (on the GPU where there is one): the same pixels
+    diffusers' PIL output gives."""
+    import numpy as np
+    from herdbook.training.components import sampling_pipeline
+    from herdbook.training.generate import draw
+
+    pipeline = sampling_pipeline(load_components(ModelChain(str(tiny_model))), torch.device("cpu"), torch.bfloat16)
+    drawn = draw(pipeline, "an ox", [3, 4], 2, 7.5, 32)
+    theirs = pipeline(
+        ["an ox"] * 2,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        generator=[torch.Generator().manual_seed(seed) for seed in (3, 4)],
+    ).images
+    assert [image.size for image in drawn] == [(32, 32)] * 2 and drawn[0].mode == "RGB"
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, theirs, strict=True))
+    assert not np.array_equal(np.asarray(drawn[0]), np.asarray(drawn[1]))
+
+
 def test_one_process_trains_rounds_of_different_precision_one_after_another(settings_for):
     """A worker runs round after round in one process; accelerate keeps state per process."""
     first = train(settings_for("fp32", steps=1, mixed_precision="no"))
