@@ -1,12 +1,13 @@
 """The Triton kernels behind training.layers, forward and backward: GroupNorm over
-channels-last (N, H, W, C) memory, and GEGLU.
+channels-last (N, H, W, C) memory, and GEGLU; and behind training.masters: the optimizer step
+over flat buffers, reading gradients in place.
 
 GroupNorm has two kinds of program. A *group* program sums one slice of one (image, group)'s elements, taken
 as a flat run of H*W rows of C/G consecutive channels, so any group width fills every lane and
 one compiled kernel serves all of a UNet's shapes. A *tile* program normalises (or
 differentiates) a dense [rows, 64 channels] tile, finding each column's group statistics from
-the group programs' partial sums. Integer sizes are not specialised: a new shape never
-compiles again.
+the group programs' partial sums. Integer sizes are not specialised (but for the tile programs'
+channel count, on being a multiple of 16): a new shape does not compile again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import triton
 import triton.language as tl
 
 SIZES = ["HW", "C", "CG", "PER", "SPLITS"]
+# the tile programs' C is left to specialise: a multiple of 16 (every SD width) lets their loads
+# and stores along channels be 16-byte vectors, and one compile still serves all such widths
+TILE_SIZES = ["HW", "CG", "SPLITS"]
 
 
 @triton.jit
@@ -110,7 +114,7 @@ def _tile(HW, C, CG, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     return image, at, inside, channels, in_channels, rows
 
 
-@triton.jit(do_not_specialize=SIZES)
+@triton.jit(do_not_specialize=TILE_SIZES)
 def normalize(x, y, weight, bias, sums, HW, C, CG, SPLITS, eps, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
     """y = (x - mean) * rstd * w + b over one tile."""
     _, at, inside, channels, in_channels, rows = _tile(HW, C, CG, BLOCK_HW, BLOCK_C)
@@ -122,7 +126,7 @@ def normalize(x, y, weight, bias, sums, HW, C, CG, SPLITS, eps, BLOCK_HW: tl.con
     tl.store(y + at, out.to(y.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
 
 
-@triton.jit(do_not_specialize=[*SIZES, "TILES"])
+@triton.jit(do_not_specialize=[*TILE_SIZES, "TILES"])
 def grad_input(
     x, dy, dx, weight, sums, dsums, channel_sums, HW, C, CG, SPLITS, TILES, eps,
     BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -154,26 +158,31 @@ def _gelu_parts(gate):
     return cdf, pdf
 
 
-@triton.jit(do_not_specialize=["N", "D"])
-def geglu(projected, out, N, D, BLOCK: tl.constexpr):
-    """out[r, c] = projected[r, c] * gelu(projected[r, D + c]) for N = rows * D outputs."""
-    element = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = element < N
-    row = element // D
-    at = element + row * D  # projected[r, c]: rows are 2D long
+@triton.jit
+def _geglu_tile(ROWS, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's [BLOCK_R rows, BLOCK_D columns] of the output, and where their value half
+    sits in ``projected`` (rows 2D long; the gate half is D further on)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    columns = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    inside = (rows < ROWS) & (columns < D)
+    return rows * D + columns, rows * 2 * D + columns, inside
+
+
+# D is left to specialise: as a multiple of 16 (SD's widths are) the loads and stores are vectors
+@triton.jit(do_not_specialize=["ROWS"])
+def geglu(projected, out, ROWS, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[r, c] = projected[r, c] * gelu(projected[r, D + c])."""
+    element, at, inside = _geglu_tile(ROWS, D, BLOCK_R, BLOCK_D)
     value = tl.load(projected + at, mask=inside, other=0.0).to(tl.float32)
     gate = tl.load(projected + at + D, mask=inside, other=0.0).to(tl.float32)
     cdf, _ = _gelu_parts(gate)
     tl.store(out + element, (value * gate * cdf).to(out.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
 
 
-@triton.jit(do_not_specialize=["N", "D"])
-def geglu_grad(projected, grad, dprojected, N, D, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["ROWS"])
+def geglu_grad(projected, grad, dprojected, ROWS, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """Both halves' gradients: d value = g * gelu(gate), d gate = g * value * gelu'(gate)."""
-    element = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = element < N
-    row = element // D
-    at = element + row * D
+    element, at, inside = _geglu_tile(ROWS, D, BLOCK_R, BLOCK_D)
     value = tl.load(projected + at, mask=inside, other=0.0).to(tl.float32)
     gate = tl.load(projected + at + D, mask=inside, other=0.0).to(tl.float32)
     g = tl.load(grad + element, mask=inside, other=0.0).to(tl.float32)
@@ -181,3 +190,59 @@ def geglu_grad(projected, grad, dprojected, N, D, BLOCK: tl.constexpr):
     kind = dprojected.dtype.element_ty
     tl.store(dprojected + at, (g * gate * cdf).to(kind, fp_downcast_rounding="rtne"), mask=inside)
     tl.store(dprojected + at + D, (g * value * (cdf + gate * pdf)).to(kind, fp_downcast_rounding="rtne"), mask=inside)
+
+
+# --- training.masters: one program per chunk of a flat group, its gradient read in place ------
+
+
+@triton.jit
+def _chunk(chunks, sources, COUNT, dtype, ALIGN: tl.constexpr):
+    """This program's chunk: its start in the flat buffers, its length, and its gradient."""
+    chunk = tl.program_id(0)
+    start = tl.multiple_of(tl.load(chunks + chunk), ALIGN)
+    length = tl.multiple_of(tl.load(chunks + COUNT + chunk), ALIGN)
+    param = tl.load(chunks + 2 * COUNT + chunk)
+    within = tl.multiple_of(tl.load(chunks + 3 * COUNT + chunk), ALIGN)
+    # the host checked each address is 16-byte aligned; said here, the loads are vectors
+    grad = tl.multiple_of(tl.load(sources + param).to(tl.pointer_type(dtype)), 16)
+    return start, length, grad + within
+
+
+@triton.jit(do_not_specialize=["COUNT"])
+def chunk_square_sums(chunks, sources, working, sums, COUNT, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
+    _, length, grad = _chunk(chunks, sources, COUNT, working.dtype.element_ty, ALIGN)
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    for offset in range(0, length, BLOCK):
+        offsets = offset + tl.arange(0, BLOCK)
+        g = tl.load(grad + offsets, mask=offsets < length, other=0.0).to(tl.float32)
+        total += g * g
+    tl.store(sums + tl.program_id(0), tl.sum(total, axis=0))
+
+
+@triton.jit(do_not_specialize=["COUNT"])
+def chunk_adamw(
+    chunks, sources, master, exp_avg, exp_avg_sq, working, COUNT, lr_ptr, step_ptr, scale_ptr,
+    beta1, beta2, eps, weight_decay,
+    BLOCK: tl.constexpr, ALIGN: tl.constexpr, WRITE_WORKING: tl.constexpr,
+):  # fmt: skip
+    """torch's AdamW step (decoupled weight decay) on the float32 masters, the gradient times
+    the clipping ``scale``; the working copy gets the new masters rounded to nearest."""
+    start, length, grad = _chunk(chunks, sources, COUNT, working.dtype.element_ty, ALIGN)
+    lr, step, scale = tl.load(lr_ptr), tl.load(step_ptr), tl.load(scale_ptr)
+    decay = 1 - lr * weight_decay
+    step_size = lr / (1 - tl.exp(step * tl.log(beta1)))
+    correction2_sqrt = tl.sqrt(1 - tl.exp(step * tl.log(beta2)))
+    for offset in range(0, length, BLOCK):
+        offsets = offset + tl.arange(0, BLOCK)
+        inside = offsets < length
+        places = start + offsets
+        g = tl.load(grad + offsets, mask=inside).to(tl.float32) * scale
+        p = tl.load(master + places, mask=inside) * decay
+        m = beta1 * tl.load(exp_avg + places, mask=inside) + (1 - beta1) * g
+        v = beta2 * tl.load(exp_avg_sq + places, mask=inside) + (1 - beta2) * g * g
+        p = p - step_size * m / (tl.sqrt(v) / correction2_sqrt + eps)
+        tl.store(master + places, p, mask=inside)
+        tl.store(exp_avg + places, m, mask=inside)
+        tl.store(exp_avg_sq + places, v, mask=inside)
+        if WRITE_WORKING:
+            tl.store(working + places, p.to(working.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
