@@ -125,19 +125,26 @@ def copy_origins(fn, calls: int = 2) -> None:
 
 
 def optimizer_sweep() -> None:
-    """The fused update's block size and warps, timed over 860 M parameters."""
+    """The step's two kernels (training.masters: squares for the norm, then the update) over
+    860 M parameters, by warps per program."""
     import triton
     from herdbook.training import masters
 
-    params = [torch.nn.Parameter(torch.randn(860_000_000, device="cuda"))]
+    params = [torch.nn.Parameter(torch.randn(430_000_000, device="cuda")) for _ in range(2)]
     opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2)
+    for leaf in opt.leaves():
+        leaf.grad = torch.randn_like(leaf)
     flat, group = opt.flat[0], opt.param_groups[0]
-    flat.grad.normal_()
+    masters.point_at_gradients(flat)
     lr, scale = torch.tensor(1e-2, device="cuda"), torch.tensor(1.0, device="cuda")
-    for block, warps in [(1024, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8), (8192, 16)]:
-        update = masters.triton_update(block=block, warps=warps)
-        ms = triton.testing.do_bench(lambda u=update: u(flat, lr, scale, group), return_mode="median")
-        print(f"  block {block:5d} warps {warps:2d}: {ms:6.2f} ms, {28 * 860e6 / ms / 1e9:5.2f} TB/s")
+    for warps in (4, 8):
+        kernels = masters.TritonKernels(warps=warps)
+        ms = triton.testing.do_bench(
+            lambda k=kernels: (k.square_sum(flat), k.update(flat, lr, scale, group)), return_mode="median"
+        )
+        # bytes per parameter: the gradient read twice (2 + 2), masters and both moments read
+        # and written (24), the working copy written (2)
+        print(f"  warps {warps:2d}: {ms:6.2f} ms, {30 * 860e6 / ms / 1e9:5.2f} TB/s")
 
 
 def report(label: str, fn) -> None:
@@ -198,14 +205,14 @@ def training_case(case: str):
 
 
 def kernel_check() -> None:
-    """The Triton update against the same formula as tensor ops, on the GPU, 860 M values."""
+    """The step's kernels against the same formula as tensor ops, on the GPU, 860 M values;
+    gradients read in place, one copied (37 values: no whole number of aligned pieces)."""
     from herdbook.training import masters
 
-    def run(update):
+    def run(kernels):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(n, device="cuda")) for n in (430_000_000, 37, 430_000_000)]
-        opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2)
-        opt.update = update
+        opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2, kernels=kernels)
         for _ in range(3):
             opt.zero_grad()
             for leaf in opt.leaves():
@@ -213,11 +220,11 @@ def kernel_check() -> None:
             opt.step()
         return opt.flat[0]
 
-    a = run(masters.torch_update)
-    b = run(masters.triton_update())
+    a = run(False)
+    b = run(masters.TritonKernels())
     for name in ("master", "exp_avg", "exp_avg_sq"):
         x, y = getattr(a, name), getattr(b, name)
-        print(f"  kernel vs tensor ops, {name}: largest difference {(x - y).abs().max().item():.2e}")
+        print(f"  kernels vs tensor ops, {name}: largest difference {(x - y).abs().max().item():.2e}")
     print(f"  working copy == masters rounded to bf16: {torch.equal(b.working, b.master.to(torch.bfloat16))}")
 
 
@@ -344,6 +351,12 @@ def pipeline_check(steps: int = 25) -> None:
     print(
         f"\n## one draw() of 4 images, {steps} DPM-Solver++ steps: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of kernels"
     )
+    kernels: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[family(e.name)].append(e.device_time / 1e3)
+    for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {name:<14} {sum(times):7.2f} ms {len(times):6d} kernels")
     waits: dict[str, list[float]] = defaultdict(list)
     for e in events:
         if "Synchronize" in e.name or "Memcpy" in e.name:

@@ -4,13 +4,15 @@
 Why: on an H100 a batch-1 full step spent 12.4 of its 41.9 ms casting ~700 weights to bf16 and
 their gradients back, one tensor at a time, and 10.5 ms in torch's fused AdamW
 (bench/step_profile.txt). Here each group of parameters lives in one flat float32 buffer (the
-modules' parameters become views of it), its working copy in a second, flat buffer the
-forward reads through `torch.func.functional_call`, and its gradients (which arrive in the
-working type, as they did before the cast back) are gathered into a third. Per step: one
-gather, one norm, one update that also writes the working copy. The math is torch's AdamW
-(decoupled weight decay) after `clip_grad_norm_`, over float32 masters.
+modules' parameters become views of it) and its working copy in a second, flat buffer the
+forward reads through `torch.func.functional_call`. The gradients arrive in the working type,
+as they did before the cast back. The math is torch's AdamW (decoupled weight decay) after
+`clip_grad_norm_`, over float32 masters.
 
-On CUDA with Triton the update is one kernel; elsewhere the same formula runs as tensor ops.
+On CUDA with Triton a step is two kernels that read each gradient where autograd left it,
+through a table of addresses: one sums squares for the norm, one updates and writes the
+working copy. Gathering the gradients into a flat buffer first cost 1.5 ms of a 30.7 ms step.
+Elsewhere the gradients are gathered and the same formula runs as tensor ops.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from dataclasses import dataclass
 import torch
 
 PADDING = 4096  # elements: the flat buffers' lengths are multiples of this (and of the update's block)
+ALIGN = 16  # elements: each parameter's place in the flat buffers starts at a multiple of this
+CHUNK = 32768  # elements one program of the table kernels takes, in blocks of BLOCK
+BLOCK = 4096
 
 
 @dataclass
@@ -28,22 +33,48 @@ class FlatGroup:
 
     master: torch.Tensor  # float32; the parameters are views of it
     working: torch.Tensor  # the forward's copy (the master itself when the type is float32)
-    grad: torch.Tensor  # the gathered gradients, in the working type
+    grad: torch.Tensor  # gradients that cannot be read in place are copied here (zeros between them)
     exp_avg: torch.Tensor
     exp_avg_sq: torch.Tensor
     step: torch.Tensor  # on the device, so a captured step counts without the host
     leaves: list[torch.Tensor]  # what the forward uses and autograd fills: working views (or the params)
     grad_views: list[torch.Tensor]
+    # the table kernels' work, one column per chunk: flat start, length (a multiple of ALIGN),
+    # parameter, start within the parameter
+    chunks: torch.Tensor
+    sources: torch.Tensor  # per parameter, the address its gradient is read from this step
+    captured_sources: torch.Tensor | None  # pinned: what a captured graph copies into `sources`
+
+
+def aligned(n: int) -> int:
+    return n + -n % ALIGN
+
+
+def flat_length(like: list[torch.Tensor]) -> int:
+    total = sum(aligned(tensor.numel()) for tensor in like)
+    return total + -total % PADDING
 
 
 def flat_views(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
     """Views of ``flat`` shaped and strided like each tensor of ``like`` (channels-last too),
-    one after the other."""
+    one after the other, each starting at a multiple of ALIGN elements."""
     views, offset = [], 0
     for tensor in like:
         views.append(flat.as_strided(tensor.shape, tensor.stride(), offset))
-        offset += tensor.numel()
+        offset += aligned(tensor.numel())
     return views
+
+
+def chunk_table(like: list[torch.Tensor]) -> torch.Tensor:
+    """The table kernels' chunks over ``like``'s places in the flat buffers (see FlatGroup.chunks)."""
+    columns: list[tuple[int, int, int, int]] = []
+    offset = 0
+    for index, tensor in enumerate(like):
+        length = aligned(tensor.numel())
+        for within in range(0, length, CHUNK):
+            columns.append((offset + within, min(CHUNK, length - within), index, within))
+        offset += length
+    return torch.tensor(columns, dtype=torch.int64).T.contiguous()
 
 
 def dense(tensor: torch.Tensor) -> bool:
@@ -59,11 +90,26 @@ def dense(tensor: torch.Tensor) -> bool:
     return True
 
 
+def readable_in_place(grad: torch.Tensor, view: torch.Tensor) -> bool:
+    """Whether the table kernels can read this gradient where it is: laid out as its place in
+    the flat buffers, filling whole ALIGN-element pieces, at an address their vector loads take."""
+    return (
+        grad.dtype == view.dtype
+        and grad.device == view.device
+        and grad.stride() == view.stride()
+        and grad.numel() % ALIGN == 0
+        and grad.data_ptr() % 16 == 0
+    )
+
+
 class FlatAdamW(torch.optim.Optimizer):
     """AdamW with clipping to ``max_norm``, for groups that each give a ``working_dtype``.
 
     The forward must use `leaves(i)` for group i's parameters (`torch.func.functional_call`);
-    for a float32 group those are the parameters themselves. `zero_grad` clears them."""
+    for a float32 group those are the parameters themselves. `zero_grad` clears them.
+
+    ``kernels``: the table kernels (`TritonKernels`), chosen for a CUDA device with Triton
+    when not given; ``False`` for the tensor ops."""
 
     def __init__(
         self,
@@ -73,22 +119,25 @@ class FlatAdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         max_norm: float = 1.0,
+        kernels: TritonKernels | bool | None = None,
     ) -> None:
         defaults = {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps}
         super().__init__(groups, defaults)
         self.max_norm = max_norm
         self.flat: list[FlatGroup] = [self._flatten(group) for group in self.param_groups]
-        self.update = update_kernel(self.flat[0].master.device)
+        if kernels is None:
+            kernels = triton_kernels(self.flat[0].master.device)
+        self.kernels: TritonKernels | None = kernels or None
 
     @torch.no_grad()
     def _flatten(self, group: dict) -> FlatGroup:
         params: list[torch.nn.Parameter] = group["params"]
         if any(not dense(p) or p.dtype != torch.float32 for p in params):
             raise ValueError("FlatAdamW takes float32 parameters laid out densely (contiguous or channels-last)")
-        device, numel = params[0].device, sum(p.numel() for p in params)
-        # padded with zeros (which stay zero) to whole blocks: Triton vectorises the update's
-        # loads only when the length divides evenly; 860 M unpadded values took 14 ms, not 8
-        numel += -numel % PADDING
+        device, numel = params[0].device, flat_length(params)
+        # zeros between and after the parameters stay zero: a zero gradient leaves them be. The
+        # length is a whole number of blocks: a Triton kernel over it vectorises its loads only
+        # when it divides evenly (860 M unpadded values took 14 ms, not 8)
         master = torch.zeros(numel, dtype=torch.float32, device=device)
         for param, view in zip(params, flat_views(master, params), strict=True):
             view.copy_(param)
@@ -104,7 +153,12 @@ class FlatAdamW(torch.optim.Optimizer):
         step = torch.zeros((), dtype=torch.float32, device=device)
         for param, m, v in zip(params, flat_views(exp_avg, params), flat_views(exp_avg_sq, params), strict=True):
             self.state[param] = {"step": step, "exp_avg": m, "exp_avg_sq": v}  # torch AdamW's layout
-        return FlatGroup(master, working, grad, exp_avg, exp_avg_sq, step, leaves, flat_views(grad, params))
+        sources = torch.zeros(len(params), dtype=torch.int64, device=device)
+        captured_sources = torch.zeros_like(sources, device="cpu").pin_memory() if device.type == "cuda" else None
+        return FlatGroup(
+            master, working, grad, exp_avg, exp_avg_sq, step, leaves, flat_views(grad, params),
+            chunk_table(params).to(device), sources, captured_sources,
+        )  # fmt: skip
 
     def leaves(self, group: int = 0) -> list[torch.Tensor]:
         return self.flat[group].leaves
@@ -116,26 +170,25 @@ class FlatAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        for flat in self.flat:
-            views, grads = [], []
-            for view, leaf in zip(flat.grad_views, flat.leaves, strict=True):
-                if leaf.grad is None:
-                    # a parameter the forward did not use gets a zero gradient, so only weight
-                    # decay moves it (torch's AdamW would skip it); every UNet weight is used
-                    view.zero_()
-                else:
-                    views.append(view)
-                    grads.append(leaf.grad)
-            if views:
-                torch._foreach_copy_(views, grads)
-        norms = torch.stack([torch.linalg.vector_norm(flat.grad, dtype=torch.float32) for flat in self.flat])
-        total = torch.linalg.vector_norm(norms)
+        if self.kernels is None:
+            for flat in self.flat:
+                gather_gradients(flat)
+            squares = [torch.linalg.vector_norm(flat.grad, dtype=torch.float32).square() for flat in self.flat]
+        else:
+            for flat in self.flat:
+                point_at_gradients(flat)
+            squares = [self.kernels.square_sum(flat) for flat in self.flat]
+        total = torch.stack(squares).sum().sqrt()
         # clip_grad_norm_'s coefficient: max_norm / (total + 1e-6), never above one
         scale = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
         for group, flat in zip(self.param_groups, self.flat, strict=True):
             flat.step.add_(1)
             lr = group["lr"] if isinstance(group["lr"], torch.Tensor) else torch.tensor(group["lr"])
-            self.update(flat, lr.to(flat.master.device, torch.float32), scale, group)
+            lr = lr.to(flat.master.device, torch.float32)
+            if self.kernels is None:
+                torch_update(flat, lr, scale, group)
+            else:
+                self.kernels.update(flat, lr, scale, group)
 
     @torch.no_grad()
     def release(self) -> None:
@@ -163,21 +216,50 @@ class FlatAdamW(torch.optim.Optimizer):
                     flat.working.copy_(flat.master)
 
 
-# --- the update ---------------------------------------------------------------------------
+def gather_gradients(flat: FlatGroup) -> None:
+    """Every gradient copied into the flat gradient buffer; a parameter the forward did not
+    use gets zero, so only weight decay moves it (torch's AdamW would skip it; every UNet
+    weight is used)."""
+    views, grads = [], []
+    for view, leaf in zip(flat.grad_views, flat.leaves, strict=True):
+        if leaf.grad is None:
+            view.zero_()
+        else:
+            views.append(view)
+            grads.append(leaf.grad)
+    if views:
+        torch._foreach_copy_(views, grads)
 
 
-def update_kernel(device: torch.device):
-    """The fused update for this device: one Triton kernel on CUDA, else tensor ops."""
-    if device.type == "cuda":
-        try:
-            return triton_update()
-        except ImportError:
-            pass
-    return torch_update
+def point_at_gradients(flat: FlatGroup) -> None:
+    """Fills ``flat.sources``: each gradient's own address where the kernels can read it there,
+    else its place in the flat gradient buffer, copied (or zeroed) there first."""
+    addresses = []
+    for view, leaf in zip(flat.grad_views, flat.leaves, strict=True):
+        grad = leaf.grad
+        if grad is None:
+            view.zero_()
+        elif not readable_in_place(grad, view):
+            view.copy_(grad)
+        else:
+            addresses.append(grad.data_ptr())
+            continue
+        addresses.append(view.data_ptr())
+    table = torch.tensor(addresses, dtype=torch.int64)
+    if not flat.sources.is_cuda:
+        flat.sources.copy_(table)
+    elif torch.cuda.is_current_stream_capturing():
+        # a captured copy re-reads its host memory at every replay: these addresses are the
+        # graph's own, and this pinned buffer is kept for it (one captured step per optimizer)
+        flat.captured_sources.copy_(table)
+        flat.sources.copy_(flat.captured_sources, non_blocking=True)
+    else:
+        flat.sources.copy_(table.pin_memory(), non_blocking=True)  # the host does not wait
 
 
 def torch_update(flat: FlatGroup, lr: torch.Tensor, scale: torch.Tensor, group: dict) -> None:
-    """The update as tensor ops: the CPU's, and the reference the kernel is tested against."""
+    """The update as tensor ops over the gathered gradients: the CPU's, and the reference the
+    kernels are tested against."""
     beta1, beta2 = group["betas"]
     grad = flat.grad.float() * scale
     flat.master.mul_(1 - lr * group["weight_decay"])
@@ -191,42 +273,41 @@ def torch_update(flat: FlatGroup, lr: torch.Tensor, scale: torch.Tensor, group: 
         flat.working.copy_(flat.master)
 
 
-def triton_update(block: int = 4096, warps: int = 4):
-    import triton
-    import triton.language as tl
+# --- the table kernels ----------------------------------------------------------------------
 
-    @triton.jit
-    def adamw(
-        master, grad, exp_avg, exp_avg_sq, working, n, lr_ptr, step_ptr, scale_ptr,
-        beta1, beta2, eps, weight_decay,
-        BLOCK: tl.constexpr, WRITE_WORKING: tl.constexpr,
-    ):  # fmt: skip
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        inside = offsets < n
-        lr, step, scale = tl.load(lr_ptr), tl.load(step_ptr), tl.load(scale_ptr)
-        p = tl.load(master + offsets, mask=inside)
-        g = tl.load(grad + offsets, mask=inside).to(tl.float32) * scale
-        m = tl.load(exp_avg + offsets, mask=inside)
-        v = tl.load(exp_avg_sq + offsets, mask=inside)
-        p = p * (1 - lr * weight_decay)
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        correction1 = 1 - tl.exp(step * tl.log(beta1))
-        correction2_sqrt = tl.sqrt(1 - tl.exp(step * tl.log(beta2)))
-        p = p - (lr / correction1) * m / (tl.sqrt(v) / correction2_sqrt + eps)
-        tl.store(master + offsets, p, mask=inside)
-        tl.store(exp_avg + offsets, m, mask=inside)
-        tl.store(exp_avg_sq + offsets, v, mask=inside)
-        if WRITE_WORKING:
-            tl.store(working + offsets, p.to(working.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
 
-    def update(flat: FlatGroup, lr: torch.Tensor, scale: torch.Tensor, group: dict) -> None:
+def triton_kernels(device: torch.device) -> TritonKernels | None:
+    if device.type == "cuda":
+        try:
+            return TritonKernels()
+        except ImportError:
+            pass
+    return None
+
+
+class TritonKernels:
+    """The step's two kernels. Each program takes one chunk (FlatGroup.chunks) and reads its
+    gradient at the address the parameter's source gives, so no gradient is copied."""
+
+    def __init__(self, warps: int = 4) -> None:
+        from herdbook.training import kernels
+
+        self.kernels, self.warps = kernels, warps
+
+    def square_sum(self, flat: FlatGroup) -> torch.Tensor:
+        """The sum of the group's squared gradients, in float32."""
+        count = flat.chunks.shape[1]
+        sums = torch.empty(count, dtype=torch.float32, device=flat.master.device)
+        self.kernels.chunk_square_sums[(count,)](
+            flat.chunks, flat.sources, flat.working, sums, count, BLOCK=BLOCK, ALIGN=ALIGN, num_warps=self.warps
+        )
+        return sums.sum()
+
+    def update(self, flat: FlatGroup, lr: torch.Tensor, scale: torch.Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"]
-        n = flat.master.numel()
-        adamw[(triton.cdiv(n, block),)](
-            flat.master, flat.grad, flat.exp_avg, flat.exp_avg_sq, flat.working, n, lr, flat.step, scale,
-            beta1, beta2, group["eps"], group["weight_decay"],
-            BLOCK=block, WRITE_WORKING=flat.working is not flat.master, num_warps=warps,
+        count = flat.chunks.shape[1]
+        self.kernels.chunk_adamw[(count,)](
+            flat.chunks, flat.sources, flat.master, flat.exp_avg, flat.exp_avg_sq, flat.working, count,
+            lr, flat.step, scale, beta1, beta2, group["eps"], group["weight_decay"],
+            BLOCK=BLOCK, ALIGN=ALIGN, WRITE_WORKING=flat.working is not flat.master, num_warps=self.warps,
         )  # fmt: skip
-
-    return update

@@ -4,7 +4,7 @@ import io
 
 import pytest
 import torch
-from herdbook.training.masters import FlatAdamW, dense, flat_views
+from herdbook.training.masters import ALIGN, PADDING, FlatAdamW, dense, flat_length, flat_views
 
 from tests.training.interpreter import passes_in_triton_interpreter
 
@@ -31,14 +31,19 @@ def loss_of(model, weights=None, seed=0):
     return torch.func.functional_call(model, weights, (x.to(dtype),)).float().pow(2).mean()
 
 
-def test_views_keep_each_parameters_shape_and_layout():
+def test_views_keep_each_parameters_shape_and_layout_at_aligned_places():
     model = small_model()
     params = list(model.parameters())
     assert all(dense(p) for p in params) and not dense(torch.randn(4, 4)[:, :2])
-    flat = torch.arange(sum(p.numel() for p in params), dtype=torch.float32)
+    flat = torch.zeros(flat_length(params))
     views = flat_views(flat, params)
     assert [(v.shape, v.stride()) for v in views] == [(p.shape, p.stride()) for p in params]
-    assert sum(v.numel() for v in views) == flat.numel() and views[-1].flatten()[-1] == flat[-1]
+    assert all(v.storage_offset() % ALIGN == 0 for v in views)
+    for number, view in enumerate(views, start=1):
+        view.fill_(number)
+    # each view has places of its own, and the rest (between and after) is left alone
+    assert [int((flat == n).sum()) for n in range(1, len(views) + 1)] == [p.numel() for p in params]
+    assert flat.numel() % PADDING == 0
 
 
 @pytest.mark.parametrize("grad_scale", [0.01, 100.0])  # under the clipping norm, and far over it
@@ -129,31 +134,37 @@ def test_released_parameters_have_their_own_memory_and_save(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
 
 
-def test_the_triton_kernel_computes_the_tensor_ops_update():
-    """Run in Triton's interpreter on the CPU (a GPU runs the compiled kernel; bench/gpu_round.py
-    trains with it and prints the probe loss beside the reference path's)."""
+def test_the_table_kernels_step_as_the_tensor_ops_do():
+    """Run in Triton's interpreter on the CPU (a GPU runs the compiled kernels; bench/gpu_round.py
+    trains with them and prints the probe loss beside the reference path's). Gradients of every
+    kind: read in place (one over several chunks), copied (a length that is no multiple of the
+    alignment, a transposed layout) and absent."""
     script = """
 import torch
 from herdbook.training import masters
 
-def run(update):
+def run(kernels):
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(n)) for n in (5000, 37, 4096)]
-    opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2)
-    opt.update = update
+    shapes = [(70000,), (37,), (64, 48), (4096,), (5,)]
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    opt = masters.FlatAdamW([{"params": params, "working_dtype": torch.bfloat16}], lr=1e-2, kernels=kernels)
     for step in range(3):
         opt.zero_grad()
-        for leaf in opt.leaves():
+        for leaf in opt.leaves()[:-1]:  # the last parameter gets no gradient
             leaf.grad = (torch.randn(leaf.shape) * 3).to(torch.bfloat16)
+        opt.leaves()[2].grad = opt.leaves()[2].grad.T.contiguous().T  # strides unlike its place
         opt.step()
-    return opt.flat[0]
+    return opt
 
-a, b = run(masters.torch_update), run(masters.triton_update())
+a, b = run(False), run(masters.TritonKernels())
+places = [b.flat[0].grad_views[i].data_ptr() for i in range(5)]
+in_place = [s != p for s, p in zip(b.flat[0].sources.tolist(), places)]
+assert in_place == [True, False, False, True, False], in_place
 for name in ("master", "exp_avg", "exp_avg_sq"):
-    x, y = getattr(a, name), getattr(b, name)
+    x, y = getattr(a.flat[0], name), getattr(b.flat[0], name)
     assert (x - y).abs().max() <= 1e-6 * (1 + x.abs().max()), name
 # the interpreter truncates to bf16 where a GPU rounds to nearest: within one bf16 step
-assert torch.allclose(b.working.float(), b.master, rtol=2**-7, atol=0), "working copy"
+assert torch.allclose(b.flat[0].working.float(), b.flat[0].master, rtol=2**-7, atol=0), "working copy"
 print("same")
 """
     passes_in_triton_interpreter(script)
