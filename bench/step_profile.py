@@ -14,6 +14,7 @@ kernels), "torch" channels-last with torch's own layers, "nchw" torch's default 
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import statistics
 import tempfile
@@ -320,6 +321,20 @@ def layers_check() -> None:
             f"forward+backward {kernel * 1e3:6.1f} us, torch {native * 1e3:6.1f} us",
             flush=True,
         )
+    import triton.testing
+    from herdbook.training.layers import add_bias_
+
+    for shape in [(8, 320, 64, 64), (8, 1280, 16, 16), (4, 128, 512, 512)]:
+        torch.manual_seed(0)
+        out = torch.randn(shape, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        bias = torch.randn(shape[1], device="cuda", dtype=torch.bfloat16)
+        same = torch.equal(add_bias_(out.clone(), bias), out + bias.view(1, -1, 1, 1))
+        kernel = triton.testing.do_bench(lambda o=out, b=bias: add_bias_(o, b))
+        native = triton.testing.do_bench(lambda o=out, b=bias: o.add_(b.view(1, -1, 1, 1)))
+        print(
+            f"  bias {shape!s:<18} same bits as torch's add: {same}; {kernel * 1e3:6.1f} us, torch {native * 1e3:6.1f} us",
+            flush=True,
+        )
 
 
 def pipeline_check(steps: int = 25) -> None:
@@ -357,6 +372,16 @@ def pipeline_check(steps: int = 25) -> None:
             kernels[family(e.name)].append(e.device_time / 1e3)
     for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {name:<14} {sum(times):7.2f} ms {len(times):6d} kernels")
+    # where the GPU sat idle: gaps between one kernel's end and the next one's start
+    timeline = sorted(
+        (e.time_range.start, e.time_range.end, e.name)
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    gaps = [(b[0] - a[1], a[2], b[2]) for a, b in itertools.pairwise(timeline) if b[0] > a[1]]
+    print(f"  GPU idle between kernels: {sum(g for g, _, _ in gaps) / 1e3:.1f} ms in {len(gaps)} gaps; the largest:")
+    for gap, before, after in sorted(gaps, reverse=True)[:10]:
+        print(f"    {gap / 1e3:7.2f} ms  after {before[:60]}  before {after[:60]}")
     waits: dict[str, list[float]] = defaultdict(list)
     for e in events:
         if "Synchronize" in e.name or "Memcpy" in e.name:

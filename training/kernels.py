@@ -1,5 +1,5 @@
 """The Triton kernels behind training.layers, forward and backward: GroupNorm over
-channels-last (N, H, W, C) memory, and GEGLU; and behind training.masters: the optimizer step
+channels-last (N, H, W, C) memory, and GEGLU; a convolution's bias (sampling); and behind training.masters: the optimizer step
 over flat buffers, reading gradients in place.
 
 GroupNorm has two kinds of program. A *group* program sums one slice of one (image, group)'s elements, taken
@@ -190,6 +190,70 @@ def geglu_grad(projected, grad, dprojected, ROWS, D, BLOCK_R: tl.constexpr, BLOC
     kind = dprojected.dtype.element_ty
     tl.store(dprojected + at, (g * gate * cdf).to(kind, fp_downcast_rounding="rtne"), mask=inside)
     tl.store(dprojected + at + D, (g * value * (cdf + gate * pdf)).to(kind, fp_downcast_rounding="rtne"), mask=inside)
+
+
+# C is left to specialise, as in the tile programs: a multiple of 16 makes the access vectors
+@triton.jit(do_not_specialize=["ROWS"])
+def add_bias(out, bias, ROWS, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[r, c] += bias[c], in float32 and rounded once (as torch adds), over a channels-last
+    convolution output seen as ROWS = N*H*W rows of C channels."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    columns = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    inside = (rows < ROWS) & (columns < C)
+    b = tl.load(bias + columns, mask=columns < C, other=0.0).to(tl.float32)
+    value = tl.load(out + rows * C + columns, mask=inside, other=0.0).to(tl.float32) + b
+    tl.store(out + rows * C + columns, value.to(out.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+
+
+# --- sampling attention: heads of width <= 64, forward only ----------------------------------
+
+
+# LQ and LK are token counts; the row strides are left to specialise (multiples of 16: vectors)
+@triton.jit(do_not_specialize=["LQ", "LK", "HEADS"])
+def attention(
+    q, k, v, out, LQ, LK, HEADS, q_row, k_row, v_row, out_row, scale_log2,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """softmax(q k^T / sqrt(D)) v for one head and BLOCK_M queries, keys taken BLOCK_N at a
+    time with a running maximum and sum (flash attention's forward), in float32. Tokens are
+    rows of each tensor (batch, tokens, row): head h is columns h*D to h*D + D, as diffusers'
+    projections leave them, so nothing is transposed or copied."""
+    image = tl.program_id(1) // HEADS
+    head = tl.program_id(1) % HEADS
+    queries = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    in_dims = dims < D
+    q_at = q + image.to(tl.int64) * LQ * q_row + head * D
+    k_at = k + image.to(tl.int64) * LK * k_row + head * D
+    v_at = v + image.to(tl.int64) * LK * v_row + head * D
+    q_tile = tl.load(
+        q_at + queries[:, None] * q_row + dims[None, :], mask=(queries < LQ)[:, None] & in_dims[None, :], other=0.0
+    )
+    running_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    running_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(0, LK, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        in_keys = keys < LK
+        k_tile = tl.load(
+            k_at + keys[None, :] * k_row + dims[:, None], mask=in_keys[None, :] & in_dims[:, None], other=0.0
+        )
+        scores = tl.dot(q_tile, k_tile) * scale_log2  # in log2 units: exp2 is the cheap exponential
+        # masked always, though 4096 keys fill whole steps: one compiled kernel serves both
+        # attentions, which halves what a first sampling call spends compiling (~0.5 s)
+        scores = tl.where(in_keys[None, :], scores, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+        weights = tl.math.exp2(scores - new_max[:, None])
+        shrink = tl.math.exp2(running_max - new_max)
+        running_sum = running_sum * shrink + tl.sum(weights, axis=1)
+        v_tile = tl.load(
+            v_at + keys[:, None] * v_row + dims[None, :], mask=in_keys[:, None] & in_dims[None, :], other=0.0
+        )
+        acc = tl.dot(weights.to(v_tile.dtype), v_tile, acc * shrink[:, None])
+        running_max = new_max
+    acc = acc / running_sum[:, None]
+    out_at = out + image.to(tl.int64) * LQ * out_row + head * D + queries[:, None] * out_row + dims[None, :]
+    tl.store(out_at, acc.to(out.dtype.element_ty), mask=(queries < LQ)[:, None] & in_dims[None, :])
 
 
 # --- training.masters: one program per chunk of a flat group, its gradient read in place ------

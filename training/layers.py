@@ -10,6 +10,10 @@ and sampling alike. `fast_layers(model)` puts a model in channels-last memory an
 - diffusers' GEGLU (value * gelu(gate), both halves of one projection) for one kernel each
   way: torch ran the GELU and the product on strided halves (slow, unvectorised kernels) and
   copied the two halves' gradients back together.
+- Conv2d for one whose bias, when sampling, is added by a kernel in 16-byte vectors: torch
+  adds it after cuDNN's convolution as a broadcast, which runs unvectorised on channels-last
+  output (~6.5 of 35 ms decoding 4 images, ~1.6 of 25.5 ms a sampling UNet call, with the
+  time embedding's adds).
 - diffusers' Transformer2DModel and ResnetBlock2D for versions that leave channels-last
   activations as they are: both copied a tensor to NCHW (`.contiguous()`) just before a 1x1
   convolution, which copied it back to channels-last, forward and backward (16 transformers'
@@ -31,6 +35,10 @@ TILE_HW, TILE_C = 64, 64  # a tile program's pixels and channels (SD's widths ar
 GROUP_PROGRAMS = 512  # enough programs to fill an H100's 132 multiprocessors at batch 1
 MAX_SPLITS = 16  # each tile program adds up this many partial sums per group
 GEGLU_TILE = (8, 256)  # a GEGLU program's rows and columns of output
+BIAS_TILE = (64, 64)  # a bias program's rows (pixels) and channels
+# an attention program's queries and keys per step, and its launch (bench/attention_kernel.txt)
+ATTENTION_TILE = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+ATTENTION_WIDTHS = 64  # heads this wide or narrower (SD's first level: 40)
 
 
 class ChannelsLastGroupNorm(torch.nn.GroupNorm):
@@ -41,6 +49,34 @@ class ChannelsLastGroupNorm(torch.nn.GroupNorm):
         if runs_in_kernels(x, self):
             return GroupNormFunction.apply(x, self.weight, self.bias, self.num_groups, self.eps)
         return super().forward(x)
+
+
+class ChannelsLastConv2d(torch.nn.Conv2d):
+    """torch.nn.Conv2d (same parameters, same state dict) whose bias, without gradients (when
+    sampling), a kernel adds to cuDNN's channels-last output in place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None or torch.is_grad_enabled() or not on_gpu_with_triton(x):
+            return super().forward(x)
+        out = self._conv_forward(x, self.weight, None)
+        if (
+            not out.is_contiguous(memory_format=torch.channels_last)
+            or out.shape[1] % 16
+            or out.dtype != self.bias.dtype
+        ):
+            return out.add_(self.bias.view(1, -1, 1, 1))  # torch's own way, as Conv2d adds it
+        return add_bias_(out, self.bias)
+
+
+def add_bias_(out: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``out`` (channels-last, N x C x H x W) plus ``bias`` per channel, in place."""
+    from herdbook.training import kernels
+
+    channels = out.shape[1]
+    rows = out.numel() // channels
+    grid = (-(-rows // BIAS_TILE[0]), -(-channels // BIAS_TILE[1]))
+    kernels.add_bias[grid](out, bias, rows, channels, *BIAS_TILE)
+    return out
 
 
 class FusedGEGLU(torch.nn.Module):
@@ -87,15 +123,86 @@ class ChannelsLastShortcut:
             self.training = training
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, **tile) -> torch.Tensor:
+    """softmax(q k^T / sqrt(width)) v per head, as torch's scaled_dot_product_attention, over
+    diffusers' projections as they are: (batch, tokens, heads * width), each head's features
+    side by side in a token's row. The result has that layout too."""
+    import math
+
+    from herdbook.training import kernels
+
+    batch, queries, inner = q.shape
+    width = inner // heads
+    tile = {**ATTENTION_TILE, **tile}
+    out = q.new_empty(batch, queries, inner)
+    grid = (-(-queries // tile["BLOCK_M"]), batch * heads)
+    kernels.attention[grid](
+        q, k, v, out, queries, k.shape[1], heads, q.stride(1), k.stride(1), v.stride(1), out.stride(1),
+        math.log2(math.e) / math.sqrt(width), D=width, BLOCK_D=max(16, triton_power_of_2(width)), **tile,
+    )  # fmt: skip
+    return out
+
+
+class SamplingAttention:
+    """diffusers' attention (AttnProcessor2_0's math) with ``attention`` above for narrow heads
+    when nothing needs gradients: in SD-1.5's first-level transformers at 4 images with
+    guidance it took ~5.7 of the UNet call's 6.5 ms of attention with flash, which pads 40-wide
+    heads to 64 and misses the H100's newer matrix instructions. Any other call (masks, norms,
+    gradients, wider heads, no GPU) is diffusers' own processor's."""
+
+    def __init__(self) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.fallback = AttnProcessor2_0()
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
+        if args or kwargs or not self.takes(attn, hidden_states, attention_mask, temb):
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query, key, value = (x.contiguous() for x in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        out = attn.to_out[1](attn.to_out[0](attention(query, key, value, attn.heads)))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+    @staticmethod
+    def takes(attn, hidden_states, attention_mask, temb) -> bool:
+        plain = (
+            hidden_states.dim() == 3
+            and attention_mask is None
+            and temb is None
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and attn.norm_q is None
+            and attn.norm_k is None
+            and not attn.norm_cross
+            and getattr(attn, "inner_kv_dim", attn.inner_dim) == attn.inner_dim
+        )
+        return (
+            plain
+            and not torch.is_grad_enabled()
+            and on_gpu_with_triton(hidden_states)
+            and hidden_states.dtype in (torch.float16, torch.bfloat16)
+            and attn.inner_dim // attn.heads <= ATTENTION_WIDTHS
+        )
+
+
+def triton_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
 def fast_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """The model (changed in place) in channels-last memory, its GroupNorms, GEGLUs,
-    transformers and ResNet blocks swapped for the ones above (same parameters: only the
+    """The model (changed in place) in channels-last memory, its convolutions, GroupNorms,
+    GEGLUs, transformers and ResNet blocks swapped for the ones above (same parameters: only the
     class changes)."""
     from diffusers.models.activations import GEGLU
     from diffusers.models.resnet import ResnetBlock2D
     from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
     swaps = {
+        torch.nn.Conv2d: ChannelsLastConv2d,
         torch.nn.GroupNorm: ChannelsLastGroupNorm,
         GEGLU: FusedGEGLU,
         Transformer2DModel: with_mixin(Transformer2DModel, ChannelsLastTransformerOutput),

@@ -89,6 +89,18 @@ CASES = {
         ("D",),
         ("ld", "st"),
     ),
+    "add_bias": (
+        {**pointers("out bias", "bf16"), **integers("ROWS C")},
+        {"BLOCK_R": 64, "BLOCK_C": 64},
+        ("C",),
+        ("ld", "st"),
+    ),
+    "attention": (
+        {**pointers("q k v out", "bf16"), **integers("LQ LK HEADS q_row k_row v_row out_row"), "scale_log2": "fp32"},
+        {"D": 40, "BLOCK_D": 64, "BLOCK_M": 128, "BLOCK_N": 64},
+        ("q_row", "k_row", "v_row", "out_row"),
+        ("ld", "st"),
+    ),
     "chunk_square_sums": (
         {**TABLE, **pointers("working", "bf16"), **pointers("sums", "fp32"), **integers("COUNT")},
         {"BLOCK": 4096, "ALIGN": ALIGN},

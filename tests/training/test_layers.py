@@ -3,7 +3,14 @@ activations, diffusers' GEGLU) and its gradients; each layer is torch's own wher
 kernels don't run."""
 
 import torch
-from herdbook.training.layers import ChannelsLastGroupNorm, FusedGEGLU, Plan, fast_layers, runs_in_kernels
+from herdbook.training.layers import (
+    ChannelsLastConv2d,
+    ChannelsLastGroupNorm,
+    FusedGEGLU,
+    Plan,
+    fast_layers,
+    runs_in_kernels,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.training.interpreter import passes_in_triton_interpreter
@@ -73,6 +80,71 @@ print("same")
     passes_in_triton_interpreter(script)
 
 
+def test_the_bias_kernel_adds_as_torch_does():
+    """In Triton's interpreter: a convolution's output plus its bias, as torch adds (float32
+    sums rounded once); rows past one program's, channels past one tile's. The interpreter
+    truncates to bf16 where a GPU rounds to nearest (bench/step_profile.py compares bits there)."""
+    script = """
+import torch
+from herdbook.training.layers import add_bias_
+
+for dtype in (torch.float32, torch.bfloat16):
+    torch.manual_seed(0)
+    out = torch.randn(3, 80, 9, 11).to(dtype).to(memory_format=torch.channels_last)
+    bias = torch.randn(80).to(dtype)
+    expected = out + bias.view(1, -1, 1, 1)
+    got = add_bias_(out.clone(), bias)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float32:
+        assert torch.equal(got, expected)
+    else:
+        assert torch.allclose(got.float(), expected.float(), rtol=2**-7, atol=0)
+print("same")
+"""
+    passes_in_triton_interpreter(script)
+
+
+def test_the_attention_kernel_computes_torchs_attention():
+    """In Triton's interpreter: per head, as torch's scaled_dot_product_attention, on
+    diffusers' (batch, tokens, heads * width) projections; self-attention over a query count
+    no program size divides, cross-attention over 77 keys, two head widths."""
+    script = """
+import torch
+import torch.nn.functional as F
+from herdbook.training.layers import attention
+
+def by_heads(x, heads):
+    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+for queries, keys, heads, width in [(150, 150, 2, 40), (130, 77, 3, 24)]:
+    torch.manual_seed(0)
+    q = torch.randn(2, queries, heads * width)
+    k, v = torch.randn(2, keys, heads * width), torch.randn(2, keys, heads * width)
+    expected = F.scaled_dot_product_attention(by_heads(q, heads), by_heads(k, heads), by_heads(v, heads))
+    expected = expected.transpose(1, 2).reshape(2, queries, heads * width)
+    got = attention(q, k, v, heads, BLOCK_M=64, BLOCK_N=32)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-5, (got - expected).abs().max()
+
+# the processor around it computes what diffusers' own does (here made to take the call)
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from herdbook.training import layers
+
+layers.ATTENTION_TILE = {"BLOCK_M": 64, "BLOCK_N": 32}
+layers.SamplingAttention.takes = staticmethod(lambda *args: True)
+torch.manual_seed(0)
+tokens, text = torch.randn(2, 100, 80), torch.randn(2, 77, 32)
+with torch.no_grad():
+    for context in (None, text):
+        attn = Attention(query_dim=80, heads=2, dim_head=40, cross_attention_dim=None if context is None else 32)
+        ours = layers.SamplingAttention()(attn, tokens, context)
+        theirs = AttnProcessor2_0()(attn, tokens, context)
+        assert (ours - theirs).abs().max() < 1e-5
+print("same")
+"""
+    passes_in_triton_interpreter(script)
+
+
 def test_fast_layers_swap_every_group_norm_and_geglu_and_keep_the_weights():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -83,6 +155,7 @@ def test_fast_layers_swap_every_group_norm_and_geglu_and_keep_the_weights():
     fast_layers(model)
     assert [type(m) for m in model if isinstance(m, torch.nn.GroupNorm)] == [ChannelsLastGroupNorm] * 2
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert type(model[0]) is ChannelsLastConv2d
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     # on a CPU the module is torch's GroupNorm
