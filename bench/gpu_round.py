@@ -7,9 +7,9 @@ instance images when given, else six drawn ones):
 - reference-full: herdbook's trainer with the reference example's math and costs: float32,
   the VAE and text encoder run every step, no caching, no graphs (fast_path = off);
 - herdbook-full, herdbook-lora (rank 16): herdbook's defaults (the UNet in bf16 all through
-  on a working copy of float32 master weights, which one fused AdamW pass with clipping
-  updates (training.masters), flash attention, encodings cached, the whole step captured as
-  one CUDA graph);
+  on a working copy of float32 master weights, which two Triton kernels clip and update,
+  reading the gradients in place (training.masters), flash attention, encodings cached, the
+  whole step captured as one CUDA graph);
 - generation: 4 images at 512, guidance 7.5, with 25 DPM-Solver++ steps, 30 (the default)
   and 50 PNDM steps; the first call after loading, then the median of warm calls.
 
@@ -171,7 +171,8 @@ def generation_run(calls: int = 5) -> dict:
             if call == 0 and label == "dpm25":
                 results["first_call_after_loading_s"] = round(time.perf_counter() - loaded, 2)
         results[label] = round(statistics.median(times[1:]), 3)
-    # a variant worth knowing: query, key and value as one projection (base models only)
+    # a variant worth knowing: query, key and value as one projection (base models only), with
+    # diffusers' fused processor (torch's attention) in place of training.layers.SamplingAttention
     from herdbook.training.graphs import GraphedUNet
 
     pipeline = sampling_pipeline(parts, device, inference_dtype(device), "DPMSolverMultistepScheduler")

@@ -242,6 +242,10 @@ def in_layout(model: torch.nn.Module, layout: str) -> torch.nn.Module:
 def sampling_case(layout: str):
     parts = sd15_components()
     unet = in_layout(parts.unet.to(torch.bfloat16).eval(), layout)
+    if not layout:  # herdbook's, as training.components.sampling_pipeline sets it up
+        from herdbook.training.layers import SamplingAttention
+
+        unet.set_attn_processor(SamplingAttention())
     latents = torch.randn(8, 4, 64, 64, device="cuda", dtype=torch.bfloat16)
     hidden = torch.randn(8, 77, 768, device="cuda", dtype=torch.bfloat16)
     t = torch.tensor(500, device="cuda")
