@@ -19,6 +19,9 @@ and sampling alike. `fast_layers(model)` puts a model in channels-last memory an
   convolution, which copied it back to channels-last, forward and backward (16 transformers'
   outputs; the shortcut of every ResNet block whose width changes, while training).
 
+And for sampling, `SamplingAttention`: diffusers' attention with a kernel of its own for narrow
+heads (set by training.components.sampling_pipeline).
+
 Anywhere else (CPU, unsuited input, autocast, no Triton) each layer runs as torch's own.
 """
 
@@ -138,7 +141,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, **t
     grid = (-(-queries // tile["BLOCK_M"]), batch * heads)
     kernels.attention[grid](
         q, k, v, out, queries, k.shape[1], heads, q.stride(1), k.stride(1), v.stride(1), out.stride(1),
-        math.log2(math.e) / math.sqrt(width), D=width, BLOCK_D=max(16, triton_power_of_2(width)), **tile,
+        math.log2(math.e) / math.sqrt(width), D=width, BLOCK_D=max(16, next_power_of_2(width)), **tile,
     )  # fmt: skip
     return out
 
@@ -146,9 +149,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, **t
 class SamplingAttention:
     """diffusers' attention (AttnProcessor2_0's math) with ``attention`` above for narrow heads
     when nothing needs gradients: in SD-1.5's first-level transformers at 4 images with
-    guidance it took ~5.7 of the UNet call's 6.5 ms of attention with flash, which pads 40-wide
-    heads to 64 and misses the H100's newer matrix instructions. Any other call (masks, norms,
-    gradients, wider heads, no GPU) is diffusers' own processor's."""
+    guidance they took ~5.7 of the UNet call's 6.5 ms of attention with flash, which pads
+    40-wide heads to 64 and misses the H100's newer matrix instructions; ~4.1 ms with this
+    kernel (bench/step_profile.txt, run 9). Any other call (masks, norms, gradients, wider
+    heads, no GPU) is diffusers' own processor's."""
 
     def __init__(self) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
@@ -189,7 +193,7 @@ class SamplingAttention:
         )
 
 
-def triton_power_of_2(n: int) -> int:
+def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
