@@ -246,6 +246,18 @@ def is_alive(record: Round, stale_after_seconds: float, now=None) -> bool:
     return record.status == "running" and beat is not None and (now - beat).total_seconds() <= stale_after_seconds
 
 
+def training_elsewhere(record: Round, stale_after_seconds: float, doing: str = "") -> HerdbookError:
+    """The refusal for a round that still beats: which process holds it, and, for a process
+    that was just killed, when the round will count as interrupted (its heartbeat gone stale)."""
+    beat = _aware(record.heartbeat_at or record.started_at)
+    age = (utcnow() - beat).total_seconds()
+    wait = max(1, round(stale_after_seconds - age))
+    return HerdbookError(
+        f"round {record.id} is training in another process (its last heartbeat {age:.0f} s ago){doing}. "
+        f"If that process was stopped, the round counts as interrupted in {wait} s: try again then"
+    )
+
+
 def mark_interrupted_rounds(session: Session, stale_after_seconds: float) -> list[int]:
     """Running rounds whose process stopped beating (killed, machine lost) become interrupted:
     their checkpoint is kept and `herdbook rounds resume` carries on from it."""
@@ -267,7 +279,7 @@ def cancel_round(session: Session, round_id: int, stale_after_seconds: float) ->
     if record.status == "finished":
         raise HerdbookError(f"round {round_id} has finished; nothing to cancel")
     if is_alive(record, stale_after_seconds):
-        raise HerdbookError(f"round {round_id} is training in another process; stop that process first")
+        raise training_elsewhere(record, stale_after_seconds, "; stop that process first")
     record.status, record.finished_at = "cancelled", utcnow()
     record.error = record.error or "cancelled"
     return record
@@ -305,7 +317,7 @@ def resumable(session: Session, round_id: int, stale_after_seconds: float) -> Ro
     if record.status in ("finished", "cancelled"):
         raise HerdbookError(f"round {round_id} is {record.status}; nothing to resume")
     if is_alive(record, stale_after_seconds):
-        raise HerdbookError(f"round {round_id} is training in another process")
+        raise training_elsewhere(record, stale_after_seconds)
     return record
 
 
@@ -325,7 +337,7 @@ def start_round(session: Session, project: Project, round_id: int, stale_after_s
     if record.status == "cancelled":
         raise HerdbookError(f"round {round_id} was cancelled; plan a new round instead")
     if is_alive(record, stale_after_seconds):
-        raise HerdbookError(f"round {round_id} is already training in another process")
+        raise training_elsewhere(record, stale_after_seconds)
     settings = settings_of(record)
     instance = Path(settings.instance_dir)
     if instance.exists():

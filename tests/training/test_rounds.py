@@ -135,3 +135,31 @@ def test_a_started_round_records_the_rating_weights_it_trains_with(project):
         start_round(session, home.project, planned.id)
         weights = session.get(Round, planned.id).settings["rating_weights"]
     assert len(weights) == 3 and all(w > 0.5 for w in weights.values())
+
+
+def test_a_round_still_beating_is_refused_with_when_it_will_count_as_interrupted(project):
+    """Right after a kill -9 the round's heartbeat is fresh: resume refuses, and says when it
+    will count as interrupted, so the user knows to wait rather than hunt for a process."""
+    from datetime import timedelta
+
+    from herdbook.training.rounds import cancel_round, resumable, start_round, utcnow
+
+    from herdbook.errors import HerdbookError
+
+    home, store = project
+    with store.transaction() as session:
+        planned = plan_round(session, home.project, steps=1)
+        start_round(session, home.project, planned.id)
+        session.get(Round, planned.id).heartbeat_at = utcnow() - timedelta(seconds=30)
+    for refuse in (
+        lambda session: resumable(session, planned.id, 120),
+        lambda session: cancel_round(session, planned.id, 120),
+        lambda session: start_round(session, home.project, planned.id, 120),
+    ):
+        with store.transaction() as session, pytest.raises(HerdbookError) as refused:
+            refuse(session)
+        message = str(refused.value)
+        assert "training in another process (its last heartbeat 30 s ago)" in message
+        assert "counts as interrupted in 90 s" in message
+    with store.transaction() as session:
+        assert resumable(session, planned.id, 20).id == planned.id  # stale after 20 s: it may resume
