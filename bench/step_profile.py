@@ -1,7 +1,7 @@
 """Where a batch-1 training step and a 4-image sampling call spend GPU time: kernels by family.
 
 SD-1.5's architecture with random weights, 512 px, the fast path's settings (bf16 all through
-over float32 masters with one fused AdamW pass (training.masters), channels-last). For each case: the captured
+over float32 masters, clipped and updated by two Triton kernels (training.masters), channels-last). For each case: the captured
 (CUDA graph) time, the sum of its kernels' GPU time from an eager profile, and the kernels
 grouped by what they do, so the next change goes where the time is.
 

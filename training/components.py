@@ -185,8 +185,8 @@ def sampling_pipeline(
         from herdbook.training.graphs import GraphedUNet
         from herdbook.training.layers import SamplingAttention, fast_layers
 
-        # measured on an H100 (bench/step_profile.txt): a UNet call at batch 8 31.1 -> 25.4 ms
-        # (flash attention), decoding 4 images 66.1 -> 34.6 ms
+        # measured on an H100 (bench/step_profile.txt, runs 5-9): a UNet call at batch 8
+        # 31.1 -> 20.4 ms (against torch's flash attention), decoding 4 images 66.1 -> 31.2 ms
         unet = fast_layers(pipeline.unet)
         unet.set_attn_processor(SamplingAttention())
         pipeline.unet = GraphedUNet(unet)

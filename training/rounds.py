@@ -239,18 +239,22 @@ def _aware(moment):
     return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def heartbeat_age(record: Round, now=None) -> float | None:
+    """Seconds since the round's process last beat (or started); None if it never did."""
+    beat = _aware(record.heartbeat_at or record.started_at)
+    return None if beat is None else ((now or utcnow()) - beat).total_seconds()
+
+
 def is_alive(record: Round, stale_after_seconds: float, now=None) -> bool:
     """A running round whose process still beats."""
-    beat = _aware(record.heartbeat_at or record.started_at)
-    now = now or utcnow()
-    return record.status == "running" and beat is not None and (now - beat).total_seconds() <= stale_after_seconds
+    age = heartbeat_age(record, now)
+    return record.status == "running" and age is not None and age <= stale_after_seconds
 
 
 def training_elsewhere(record: Round, stale_after_seconds: float, doing: str = "") -> HerdbookError:
-    """The refusal for a round that still beats: which process holds it, and, for a process
-    that was just killed, when the round will count as interrupted (its heartbeat gone stale)."""
-    beat = _aware(record.heartbeat_at or record.started_at)
-    age = (utcnow() - beat).total_seconds()
+    """The refusal for a round that still beats (`is_alive`): which process holds it, and, for
+    a process that was just killed, when the round will count as interrupted."""
+    age = heartbeat_age(record)
     wait = max(1, round(stale_after_seconds - age))
     return HerdbookError(
         f"round {record.id} is training in another process (its last heartbeat {age:.0f} s ago){doing}. "

@@ -60,7 +60,7 @@ class TrainingOptions(StrictSettings):
     # Turn on for GPUs under 20 GB.
     gradient_checkpointing: bool = False
     # auto: the UNet runs in the mixed-precision type on a working copy of float32 master weights
-    # that one fused AdamW pass updates (training.masters), and on one CUDA GPU the whole step is
+    # that two Triton kernels clip and update, reading the gradients in place (training.masters), and on one CUDA GPU the whole step is
     # captured once as a CUDA graph and replayed: the same math without ~4,800 kernel launches
     # and ~1,400 casts a step; off: accelerate's autocast and torch's AdamW, every kernel
     # launched from Python (what runs under several processes anyway)
