@@ -119,7 +119,10 @@ def init(home_path, base_model, instance_prompt, class_prompt, database_url):
     config = ProjectConfig().with_changes(**{k: v for k, v in given.items() if v})
     home = init_home(home_path, config)
     click.echo(f"Created a herdbook project in {home.root}")
-    click.echo(f"  base model:      {config.base_model}")
+    from herdbook.training.rounds import family_label
+
+    kind = family_label(config.base_model) if Path(config.base_model).expanduser().is_dir() else None
+    click.echo(f"  base model:      {config.base_model}" + (f" ({kind})" if kind else ""))
     click.echo(f"  instance prompt: {config.instance_prompt}")
     click.echo("Next: herdbook import DIR --prompts prompts.csv, then herdbook serve")
 
@@ -602,7 +605,12 @@ def quiet_libraries() -> None:
 @click.option("--steps", default=30, show_default=True, type=click.IntRange(1, 500), help="Denoising steps.")
 @click.option("--resolution", type=click.IntRange(8, 4096), help="Pixels per side [default: the project's].")
 @click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
-@click.option("--guidance", "guidance_scale", default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option(
+    "--guidance",
+    "guidance_scale",
+    type=float,
+    help="Classifier-free guidance [default: the model's, 7.5 SD-1.x, 5 SDXL].",
+)
 @click.option("--queue", "queued", is_flag=True, help="Queue the job for `herdbook worker` instead of running here.")
 def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negative_prompt, guidance_scale, queued):
     """Generate candidates from the base model or a finished round; they join the rating queue."""
@@ -656,7 +664,11 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     "--mode", type=click.Choice(["full", "lora"]), help="Full UNet fine-tune or LoRA [default: the project's]."
 )
 @click.option("--steps", type=click.IntRange(1), help="Training steps [default 400].")
-@click.option("--resolution", type=click.IntRange(8, 4096), help="Pixels per side, a multiple of 8 [default 512].")
+@click.option(
+    "--resolution",
+    type=click.IntRange(8, 4096),
+    help="Pixels per side, a multiple of 8 [default: the project's, else the model's: 512 SD-1.x, 1024 SDXL].",
+)
 @click.option("--learning-rate", type=float, help="[default 5e-6 full, 1e-4 LoRA].")
 @click.option("--dataset", default="latest", show_default=True, help="Dataset version to train on.")
 @click.option(
@@ -707,8 +719,7 @@ def train(
     """Run a Dreambooth round on a dataset version's instance images."""
     from herdbook.db.access import record_action
     from herdbook.home import load_home
-    from herdbook.training.rounds import chain_problem, plan_round
-    from herdbook.training.settings import ModelChain
+    from herdbook.training.rounds import plan_round
 
     home = load_home(home_path)
     store = store_of(home)
@@ -728,9 +739,6 @@ def train(
             lr_warmup_steps=lr_warmup_steps,
             train_text_encoder=train_text_encoder,
         )
-        problem = chain_problem(ModelChain.model_validate(record.settings["model"]))
-        if problem:  # refused before the round is recorded (the transaction rolls back)
-            raise HerdbookError(problem)
         round_id, parent, total = record.id, record.parent_id, record.settings["steps"]
         detail = {"round": round_id}
         if queued:

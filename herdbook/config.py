@@ -47,7 +47,8 @@ class ProjectConfig(StrictSettings):
     base_model: str = DEFAULT_BASE_MODEL
     instance_prompt: str = DEFAULT_INSTANCE_PROMPT
     class_prompt: str = DEFAULT_CLASS_PROMPT
-    resolution: int = 512
+    # pixels per side; unset: the base model family's own (512 for SD-1.x, 1024 for SDXL)
+    resolution: int | None = None
     database_url: str = ""  # empty: herdbook.db inside the home; any SQLAlchemy URL works
     # names this project's job queue, so two homes never share one (made by `herdbook init`)
     project_id: str = ""
@@ -59,13 +60,13 @@ class ProjectConfig(StrictSettings):
 
     @field_validator("resolution")
     @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value < 8 or value % 8:
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and (value < 8 or value % 8):
             raise ValueError("must be a multiple of 8, at least 8 (the VAE downsamples by 8)")
         return value
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json"))
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
 
     @classmethod
     def from_toml(cls, text: str, source: str = "herdbook.toml") -> ProjectConfig:

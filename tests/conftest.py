@@ -94,3 +94,11 @@ def tiny_model(tmp_path_factory):
     from tests.training.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory):
+    """A tiny random-weight SDXL pipeline folder (two text encoders, size conditioning)."""
+    from tests.training.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl", family="sdxl")

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from herdbook.training.errors import ModelLoadError
+from herdbook.training.families import SD1, Family, family_of_folder, family_of_index
 from herdbook.training.settings import ModelChain
 from torch.nn.attention import SDPBackend
 
@@ -26,8 +27,24 @@ class Components:
     text_encoder: Any
     tokenizer: Any
     noise_scheduler: Any  # the training schedule (DDPM over the model's betas)
-    # the model's own sampler (SD-1.x ships PNDM); a full round saves it, as diffusers' example does
+    # the model's own sampler (SD-1.x ships PNDM, SDXL Euler); a full round saves it, as diffusers' example does
     inference_scheduler: Any = None
+    family: Family = SD1
+    text_encoder_2: Any = None  # SDXL's second encoder (with a projection) and its tokenizer
+    tokenizer_2: Any = None
+
+    @property
+    def text_encoders(self) -> list:
+        return [getattr(self, name) for name in self.family.encoder_names]
+
+    @property
+    def tokenizers(self) -> list:
+        return [getattr(self, name.replace("text_encoder", "tokenizer")) for name in self.family.encoder_names]
+
+    @property
+    def frozen_parts(self) -> list:
+        """Everything but the UNet."""
+        return [self.vae, *self.text_encoders]
 
 
 SD_SCHEDULE = dict(
@@ -57,6 +74,24 @@ class _SchedulerConfig:
         from diffusers import DDPMScheduler
 
         return DDPMScheduler.load_config(name, **kwargs)
+
+
+class _PipelineIndex:
+    """Reads a pipeline's model_index.json (which names its class), through the same loading path."""
+
+    @staticmethod
+    def from_pretrained(name: str, **kwargs) -> dict:
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(name, **kwargs)
+
+
+def model_family(name: str) -> Family:
+    """The family of the pipeline ``name`` (a folder, or a hub id read from the cache or the hub)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return family_of_folder(folder)
+    return family_of_index(_from_pretrained(_PipelineIndex, name), None, name)
 
 
 def best_device() -> torch.device:
@@ -122,8 +157,10 @@ def model_problem(chain: ModelChain, reachable=hub_reachable) -> str | None:
         if not Path(adapter).exists():
             return f"the LoRA adapter {adapter} is missing (was its round's output moved?)"
     if folder.is_dir():
-        if not (folder / "model_index.json").exists() and not (folder / "unet" / "config.json").exists():
-            return f"{folder} is not a diffusers model folder (no model_index.json)"
+        try:
+            family_of_folder(folder)
+        except ModelLoadError as error:
+            return str(error)
         return None
     if not _is_hub_id(name):
         return f"there is no model folder at {folder}"
@@ -141,17 +178,21 @@ def model_problem(chain: ModelChain, reachable=hub_reachable) -> str | None:
 def load_components(chain: ModelChain, device: torch.device | None = None) -> Components:
     import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
-    schedule = _from_pretrained(_SchedulerConfig, chain.pipeline, subfolder="scheduler")
+    family = model_family(chain.pipeline)
+
+    def load(loader, subfolder: str):
+        return _from_pretrained(loader, chain.pipeline, subfolder=subfolder)
+
+    schedule = load(_SchedulerConfig, "scheduler")
     sampler = getattr(diffusers, str(schedule.get("_class_name")), None) or diffusers.PNDMScheduler
     components = Components(
-        unet=_from_pretrained(UNet2DConditionModel, chain.pipeline, subfolder="unet"),
-        vae=_from_pretrained(AutoencoderKL, chain.pipeline, subfolder="vae"),
-        text_encoder=_from_pretrained(CLIPTextModel, chain.pipeline, subfolder="text_encoder"),
-        tokenizer=_from_pretrained(CLIPTokenizer, chain.pipeline, subfolder="tokenizer"),
+        unet=load(UNet2DConditionModel, "unet"),
+        vae=load(AutoencoderKL, "vae"),
         noise_scheduler=DDPMScheduler.from_config(schedule),
         inference_scheduler=sampler.from_config(schedule),
+        family=family,
+        **family.load_text_parts(load),
     )
     if chain.adapters:
         pipeline = make_pipeline(components)
@@ -162,7 +203,7 @@ def load_components(chain: ModelChain, device: torch.device | None = None) -> Co
             pipeline.fuse_lora()
             pipeline.unload_lora_weights()
     if device is not None:
-        for part in (components.unet, components.vae, components.text_encoder):
+        for part in (components.unet, *components.frozen_parts):
             part.to(device)
     return components
 
@@ -202,13 +243,4 @@ def make_pipeline(components: Components, scheduler: str | None = None):
     noise_scheduler = components.inference_scheduler or components.noise_scheduler
     if scheduler:
         noise_scheduler = getattr(diffusers, scheduler).from_config(noise_scheduler.config)
-    return diffusers.StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=noise_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return components.family.pipeline(components, noise_scheduler)

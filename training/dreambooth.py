@@ -69,12 +69,12 @@ def train(
     if accelerator.is_main_process:
         render_starting_grid(settings, parts, device, weight_dtype)
 
-    # What trains: the whole UNet, or LoRA adapters on its attention (and the text encoder's).
+    # What trains: the whole UNet, or LoRA adapters on its attention (and the text encoders').
     trainable = prepare_trainable(parts, settings, weight_dtype)
-    # The VAE and a frozen text encoder run once per image and prompt (their outputs are
+    # The VAE and frozen text encoders run once per image and prompt (their outputs are
     # cached), so they stay in float32: no speed lost, and a full round saves them unchanged.
-    parts.vae.to(device)
-    parts.text_encoder.to(device)
+    for part in parts.frozen_parts:
+        part.to(device)
 
     # The data: instance (and class) pixels, encoded once unless the settings ask for every step.
     files = image_files(Path(settings.instance_dir))
@@ -87,7 +87,7 @@ def train(
     peaks.end("encode")
 
     fast = use_fast_path(settings, accelerator)
-    models = [parts.unet, parts.text_encoder] if settings.train_text_encoder else [parts.unet]
+    models = [parts.unet, *parts.text_encoders] if settings.train_text_encoder else [parts.unet]
     if fast:  # one process: nothing for accelerate to wrap; the optimizer's buffers live on the device
         for model in models:
             model.to(device)
@@ -110,7 +110,7 @@ def train(
     if not fast:
         *models, optimizer, lr_scheduler = accelerator.prepare(*models, optimizer, lr_scheduler)
     unet = models[0]
-    text_encoder = models[1] if settings.train_text_encoder else parts.text_encoder
+    text_encoders = models[1:] if settings.train_text_encoder else parts.text_encoders
 
     first_step, loss_history = resume(settings, accelerator, trainable, optimizer, lr_scheduler)
     if fast:  # the captured optimizer reads its rate from the GPU; the scheduler fills it in place
@@ -120,7 +120,7 @@ def train(
     # only raised the peak (a full round's 15.7 -> 14.9 GiB on an H100, bench/gpu_round.txt)
     data.offload_encoders(settings.train_text_encoder)
     with mixed_precision(device, weight_dtype):
-        probe_before = probe_loss(unet, text_encoder, data, parts, settings.seed)
+        probe_before = probe_loss(unet, text_encoders, data, parts, settings.seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     global_batch = settings.batch_size * world
 
@@ -132,12 +132,12 @@ def train(
         scheduler = parts.noise_scheduler
         noisy = scheduler.add_noise(latents, noise, timesteps)
         if weights is None:
-            hidden = data.hidden_states(text_encoder, len(latents))
-            prediction = unet(noisy, timesteps, hidden).sample
+            hidden, added = data.conditioning(text_encoders, len(latents))
+            prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
         else:
-            with mixed_precision(device, weight_dtype):  # a trained text encoder keeps autocast
-                hidden = data.hidden_states(text_encoder, len(latents))
-            prediction = forward_in(weights, unet, noisy, timesteps, hidden)
+            with mixed_precision(device, weight_dtype):  # trained text encoders keep autocast
+                hidden, added = data.conditioning(text_encoders, len(latents))
+            prediction = forward_in(weights, unet, noisy, timesteps, hidden, added)
         velocity = (
             scheduler.get_velocity(latents, noise, timesteps)
             if scheduler.config.prediction_type == "v_prediction"
@@ -207,12 +207,13 @@ def train(
         optimizer.release()
     highest = accelerator.gather(torch.tensor([peaks.highest], device=device)).tolist()
     with mixed_precision(device, weight_dtype):
-        probe_after = probe_loss(unet, text_encoder, data, parts, settings.seed)
+        probe_after = probe_loss(unet, text_encoders, data, parts, settings.seed)
     accelerator.wait_for_everyone()
     result = TrainResult(Path(settings.output_dir), loss_history, learning_rates=learning_rates)
     if accelerator.is_main_process:
         parts.unet = accelerator.unwrap_model(unet)
-        parts.text_encoder = accelerator.unwrap_model(text_encoder)
+        for name, encoder in zip(parts.family.encoder_names, text_encoders, strict=True):
+            setattr(parts, name, accelerator.unwrap_model(encoder))
         saving = time.perf_counter()
         result.output = save_output(settings, parts)
         weights_saved = time.perf_counter() - started
@@ -241,6 +242,8 @@ def train(
             "peak_memory_gb_by_phase": peaks.by_phase if device.type == "cuda" else None,
             "peak_memory_gb_per_process": highest if device.type == "cuda" else None,
             "mixed_precision": accelerator.mixed_precision,
+            "family": parts.family.name,
+            "resolution": settings.resolution,
             "first_step": first_step,
             "probe_loss_before": probe_before,
             "probe_loss_after": probe_after,
@@ -298,9 +301,12 @@ class TrainingData:
         self.instance = encode_images(parts, pixels, device) if self.cached else pixels.to(device)
         self.classes = None
         self.prompt_rows: dict[int, torch.Tensor] = {}
-        self.prompt_ids = tokenize(parts.tokenizer, [settings.instance_prompt, settings.class_prompt]).to(device)
+        prompts = [settings.instance_prompt, settings.class_prompt]
+        self.prompt_ids = [ids.to(device) for ids in parts.family.tokenize(parts, prompts)]
         self.embeddings = (
-            embed(parts.text_encoder, self.prompt_ids) if self.cached and not settings.train_text_encoder else None
+            embed(parts, parts.text_encoders, self.prompt_ids)
+            if self.cached and not settings.train_text_encoder
+            else None
         )
 
     @property
@@ -313,7 +319,7 @@ class TrainingData:
         validation images) moves them back to the device itself."""
         if not self.cached or self.device.type != "cuda":
             return
-        for part in [self.parts.vae] + ([] if text_encoder_trains else [self.parts.text_encoder]):
+        for part in [self.parts.vae] + ([] if text_encoder_trains else self.parts.text_encoders):
             part.to("cpu")
         torch.cuda.empty_cache()
 
@@ -354,15 +360,19 @@ class TrainingData:
         timesteps = to_device(take_slice(timesteps_all, global_batch, rank, local), self.device)
         return latents, noise, timesteps
 
-    def hidden_states(self, text_encoder, rows: int) -> torch.Tensor:
-        """The prompts' embeddings for a batch of ``rows`` (instance rows, then class rows)."""
-        if rows not in self.prompt_rows:  # made on the device once, before any graph capture
-            half = rows // 2 if self.with_prior else rows
-            self.prompt_rows[rows] = torch.tensor([0] * half + [1] * (rows - half), device=self.device)
-        index = self.prompt_rows[rows]
+    def conditioning(self, text_encoders: list, rows: int, instance_only: bool = False) -> tuple:
+        """The UNet's text embedding and added conditioning (None for SD-1.x) for a batch of
+        ``rows``: instance rows, then class rows (or instance rows alone)."""
+        key = (rows, instance_only)
+        if key not in self.prompt_rows:  # made on the device once, before any graph capture
+            half = rows // 2 if self.with_prior and not instance_only else rows
+            self.prompt_rows[key] = torch.tensor([0] * half + [1] * (rows - half), device=self.device)
+        index = self.prompt_rows[key]
         if self.embeddings is not None:
-            return self.embeddings.index_select(0, index)
-        return text_encoder(self.prompt_ids.index_select(0, index))[0]
+            embedding = self.embeddings.index_select(index)
+        else:
+            embedding = self.parts.family.embed(text_encoders, [ids.index_select(0, index) for ids in self.prompt_ids])
+        return embedding.hidden, self.parts.family.added_conditioning(embedding, self.settings.resolution)
 
 
 def use_fast_path(settings: RoundSettings, accelerator) -> bool:
@@ -416,7 +426,8 @@ def prepare_trainable(
     parts: Components, settings: RoundSettings, weight_dtype: torch.dtype
 ) -> list[torch.nn.Parameter]:
     parts.vae.requires_grad_(False)
-    parts.text_encoder.requires_grad_(False)
+    for encoder in parts.text_encoders:
+        encoder.requires_grad_(False)
     if settings.mode == "lora":
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -424,7 +435,8 @@ def prepare_trainable(
         # frozen weights in the mixed-precision type halve memory; the adapters train in float32
         parts.unet.to(dtype=weight_dtype)
         if settings.train_text_encoder:
-            parts.text_encoder.to(dtype=weight_dtype)
+            for encoder in parts.text_encoders:
+                encoder.to(dtype=weight_dtype)
 
         def adapter(targets: list[str]) -> LoraConfig:
             return LoraConfig(
@@ -437,17 +449,20 @@ def prepare_trainable(
         parts.unet.add_adapter(adapter(["to_k", "to_q", "to_v", "to_out.0"]))  # the UNet's attention
         if settings.train_text_encoder:
             # through peft itself: transformers' add_adapter demands a peft release newer than PyPI has
-            inject_adapter_in_model(adapter(["q_proj", "k_proj", "v_proj", "out_proj"]), parts.text_encoder)
+            for encoder in parts.text_encoders:
+                inject_adapter_in_model(adapter(["q_proj", "k_proj", "v_proj", "out_proj"]), encoder)
     else:
         parts.unet.requires_grad_(True)
         if settings.train_text_encoder:
-            parts.text_encoder.requires_grad_(True)
+            for encoder in parts.text_encoders:
+                encoder.requires_grad_(True)
     if settings.gradient_checkpointing:
         parts.unet.enable_gradient_checkpointing()
         if settings.train_text_encoder:
-            parts.text_encoder.gradient_checkpointing_enable()
+            for encoder in parts.text_encoders:
+                encoder.gradient_checkpointing_enable()
     parts.unet.train()
-    models = [parts.unet, parts.text_encoder] if settings.train_text_encoder else [parts.unet]
+    models = [parts.unet, *parts.text_encoders] if settings.train_text_encoder else [parts.unet]
     trainable = [p for model in models for p in model.parameters() if p.requires_grad]
     for param in trainable:
         param.data = param.data.float()
@@ -472,8 +487,8 @@ def trainable_groups(parts: Components, settings: RoundSettings, weight_dtype: t
     running under autocast on its float32 weights."""
     groups = [{"params": [p for p in parts.unet.parameters() if p.requires_grad], "working_dtype": weight_dtype}]
     if settings.train_text_encoder:
-        encoder = [p for p in parts.text_encoder.parameters() if p.requires_grad]
-        groups.append({"params": encoder, "working_dtype": torch.float32})
+        encoders = [p for encoder in parts.text_encoders for p in encoder.parameters() if p.requires_grad]
+        groups.append({"params": encoders, "working_dtype": torch.float32})
     return groups
 
 
@@ -481,7 +496,7 @@ def trained_names(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def forward_in(weights: dict[str, torch.Tensor], unet, noisy, timesteps, hidden) -> torch.Tensor:
+def forward_in(weights: dict[str, torch.Tensor], unet, noisy, timesteps, hidden, added=None) -> torch.Tensor:
     """The UNet's prediction computed with ``weights`` (by name) instead of its own parameters,
     with activations in their type all through.
 
@@ -491,18 +506,15 @@ def forward_in(weights: dict[str, torch.Tensor], unet, noisy, timesteps, hidden)
     already in the working type) are the module's own. The prediction comes back in float32."""
     dtype = next(iter(weights.values())).dtype
     arguments = (noisy.to(dtype), timesteps, hidden.to(dtype))
-    return torch.func.functional_call(unet, weights, arguments, strict=False).sample.float()
-
-
-def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
-    return tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
+    added = None if added is None else {name: value.to(dtype) for name, value in added.items()}
+    return torch.func.functional_call(
+        unet, weights, arguments, {"added_cond_kwargs": added}, strict=False
+    ).sample.float()
 
 
 @torch.no_grad()
-def embed(text_encoder, ids: torch.Tensor) -> torch.Tensor:
-    return text_encoder(ids)[0]
+def embed(parts: Components, text_encoders: list, ids: list[torch.Tensor]):
+    return parts.family.embed(text_encoders, ids)
 
 
 @torch.no_grad()
@@ -549,14 +561,14 @@ def take_slice(tensor: torch.Tensor, global_batch: int, rank: int, local: int) -
 
 
 @torch.no_grad()
-def probe_loss(unet, text_encoder, data: TrainingData, parts: Components, seed: int, draws: int = 4) -> float:
+def probe_loss(unet, text_encoders, data: TrainingData, parts: Components, seed: int, draws: int = 4) -> float:
     """The instance loss on fixed noise and timesteps: unlike the per-step loss, it is
     comparable before and after training, so it shows whether the round learnt the images."""
     mean = data.instance_means()
     generator = torch.Generator().manual_seed(seed + 99_991)
     was_training = unet.training
     unet.eval()
-    hidden_one = data.embeddings[:1] if data.embeddings is not None else text_encoder(data.prompt_ids[:1])[0]
+    hidden, added = data.conditioning(text_encoders, len(mean), instance_only=True)
     total = 0.0
     for _ in range(draws):
         latents = mean * parts.vae.config.scaling_factor
@@ -565,8 +577,7 @@ def probe_loss(unet, text_encoder, data: TrainingData, parts: Components, seed: 
             0, parts.noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator
         ).to(latents.device)
         noisy = parts.noise_scheduler.add_noise(latents, noise, timesteps)
-        hidden = hidden_one.expand(len(latents), -1, -1)
-        prediction = unet(noisy, timesteps, hidden).sample
+        prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
         velocity = (
             parts.noise_scheduler.get_velocity(latents, noise, timesteps)
             if parts.noise_scheduler.config.prediction_type == "v_prediction"
@@ -767,20 +778,16 @@ def save_output(settings: RoundSettings, parts: Components) -> Path:
         parts.unet.to(memory_format=torch.contiguous_format)  # safetensors stores plain layouts
         make_pipeline(parts).save_pretrained(folder, safe_serialization=True)
     else:
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         folder = settings.output / "lora"
         unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.unet))
-        text_layers = (
-            convert_state_dict_to_diffusers(get_peft_model_state_dict(parts.text_encoder))
-            if settings.train_text_encoder
-            else None
-        )
-        StableDiffusionPipeline.save_lora_weights(
-            folder, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, safe_serialization=True
-        )
+        encoder_layers = [
+            convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder)) if settings.train_text_encoder else None
+            for encoder in parts.text_encoders
+        ]
+        parts.family.save_lora(folder, unet_layers, encoder_layers)
     checkpoint = checkpoint_path(settings)
     checkpoint.unlink(missing_ok=True)  # a finished round needs no resume point
     return folder
@@ -792,7 +799,7 @@ def render_starting_grid(settings: RoundSettings, parts: Components, device: tor
     folder = Path(settings.parent_validation_dir) if settings.parent_validation_dir else None
     if folder is None or not settings.validation_prompts or (folder / "index.json").exists():
         return
-    for part in (parts.unet, parts.vae, parts.text_encoder):
+    for part in (parts.unet, *parts.frozen_parts):
         part.to(device)
     with mixed_precision(device, dtype):
         render_grid(parts, settings.validation_prompts, settings.validation_seeds, folder, settings, device)

@@ -16,6 +16,7 @@ from herdbook.db.models import Candidate, Round, utcnow
 from herdbook.db.store import beat_while_running
 from herdbook.feedback.curation import export_version, resolve_version
 from herdbook.feedback.images import check_image_data, store_image
+from herdbook.training.errors import ModelLoadError
 from herdbook.training.lineage import RoundNode, chain_for, tree_lines
 from herdbook.training.settings import (
     GenerationSettings,
@@ -40,7 +41,7 @@ class Project:
     base_model: str
     instance_prompt: str
     class_prompt: str
-    resolution: int
+    resolution: int | None  # None: the model family's default
     reference_prompts: tuple[str, ...]
     training: TrainingDefaults
 
@@ -117,6 +118,10 @@ def plan_round(
     else:
         parent_id = resolve_round(session, start)
     chain = chain_for(parent_id, round_nodes(session), project.base_model)
+    problem = chain_problem(chain)
+    if problem:  # refused before anything is recorded
+        raise ModelLoadError(problem)
+    family = model_family(chain.pipeline)
     changes = {k: v for k, v in overrides.items() if v is not None}
     options = defaults.for_round(changes.pop("mode", None))
     if weight_by_rating:
@@ -128,9 +133,11 @@ def plan_round(
             "instance_dir": "",
             "output_dir": "",
             "model": chain,
+            "family": family.name,
             "instance_prompt": project.instance_prompt,
             "class_prompt": project.class_prompt,
-            "resolution": project.resolution,
+            "resolution": project.resolution or family.default_resolution,
+            "guidance_scale": family.default_guidance,
             "validation_prompts": list(project.reference_prompts),
             "parent_validation_dir": str(base_validation_dir(project)) if parent_id is None else "",
             **changes,
@@ -440,6 +447,8 @@ def list_rounds(session: Session) -> list[dict]:
                 "parent": r.parent_id,
                 "dataset_version": r.dataset_version_id,
                 "mode": r.mode,
+                "family": r.settings.get("family") or "sd1",  # rounds from before SDXL were all SD-1.x
+                "resolution": r.settings.get("resolution"),
                 "steps": r.settings.get("steps"),
                 "step": r.step,
                 "status": r.status,
@@ -467,12 +476,34 @@ def lineage(session: Session) -> list[str]:
     return tree_lines(round_nodes(session))
 
 
+def model_family(name: str):
+    """The family of a model (from its folder); raises ModelLoadError for one herdbook cannot use."""
+    from herdbook.training.components import model_family
+
+    return model_family(name)
+
+
+def family_label(name: str) -> str | None:
+    """What the pipeline ``name`` is, e.g. "SDXL, 1024 px"; None where it cannot be read (the model check says why)."""
+    try:
+        family = model_family(name)
+    except HerdbookError:
+        return None
+    return f"{family.label}, {family.default_resolution} px"
+
+
 def generation_settings(
     session: Session, project, prompt: str, round_ref=None, **options
 ) -> tuple[GenerationSettings, int | None]:
+    """What a generation job draws: the size and guidance left unset are the model family's own."""
     chain, round_id = model_for(session, project, round_ref)
     options = {k: v for k, v in options.items() if v is not None}
-    options.setdefault("resolution", project.resolution)
+    if "resolution" not in options and project.resolution:
+        options["resolution"] = project.resolution
+    if "resolution" not in options or "guidance_scale" not in options:
+        family = model_family(chain.pipeline)
+        options.setdefault("resolution", family.default_resolution)
+        options.setdefault("guidance_scale", family.default_guidance)
     return GenerationSettings(prompt=prompt, model=chain, **options), round_id
 
 

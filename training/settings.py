@@ -89,6 +89,7 @@ class RoundSettings(TrainingOptions):
     instance_dir: str
     output_dir: str
     model: ModelChain
+    family: Literal["", "sd1", "sdxl"] = ""  # the model's family, read from its folder when planned
     instance_prompt: str = "an image of the oxenai ox"
     class_prompt: str = "an image of an ox"
     resolution: int = 512

@@ -168,6 +168,14 @@ def _chain_status(pipeline: str, adapters: tuple[str, ...]) -> str | None:
     return chain_problem(ModelChain(pipeline, adapters))
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def family_label(pipeline: str) -> str | None:
+    """What kind of model ``pipeline`` is (its family and size), read from its folder."""
+    from herdbook.training.rounds import family_label
+
+    return family_label(pipeline)
+
+
 def model_status(session, home, ref) -> str | None:
     """Why the model of ``ref`` cannot be loaded, checked at most every 30 s (it may probe the hub)."""
     from herdbook.training.rounds import model_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from herdbook import actions
-from herdbook.app.context import action, model_status
+from herdbook.app.context import action, family_label, model_status
 from herdbook.db.access import Actor
 from herdbook.demo import is_demo_model
 from herdbook.errors import HerdbookError
@@ -18,13 +18,14 @@ def base_model_notice(home, store, what: str, actor: Actor) -> str | None:
                 "generates in seconds, and its images are noise.", icon=":material/science:")  # fmt: skip
     with action(store) as session:
         unusable = model_status(session, home, "base")
+    kind = None if unusable else family_label(home.config.base_model)
     if unusable:
         st.error(f"{what} cannot start from the base model: {unusable}."
                  + (" Set the base model below." if actor.is_admin else " An admin can set another."))  # fmt: skip
     if not actor.is_admin:
         return unusable
     with (
-        st.expander(f"Base model: {home.config.base_model}", expanded=bool(unusable)),
+        st.expander(f"Base model: {home.config.base_model}" + (f" ({kind})" if kind else ""), expanded=bool(unusable)),
         st.form(f"base-model-{what}", border=False),
     ):
         value = st.text_input(
@@ -32,7 +33,8 @@ def base_model_notice(home, store, what: str, actor: Actor) -> str | None:
             key=f"base-model-{what}",
             value=home.config.base_model,
             help="Saved in herdbook.toml as base_model. A hub id needs the hub, or the model in "
-            "the local Hugging Face cache; a folder needs a diffusers pipeline (model_index.json).",
+            "the local Hugging Face cache; a folder needs a diffusers pipeline (model_index.json) of "
+            "Stable Diffusion 1.x or SDXL, which herdbook tells apart by itself.",
         )
         if st.form_submit_button("Save base model", key=f"save-base-model-{what}"):
             try:

@@ -77,6 +77,8 @@ def round_table(rows: list[dict]) -> pd.DataFrame:
                 "From": "base" if r["parent"] is None else f"round {r['parent']}",
                 "Dataset": f"version {r['dataset_version']}" if r["dataset_version"] else "",
                 "Mode": {"full": "full", "lora": "LoRA"}.get(r["mode"], r["mode"]),
+                "Model": {"sd1": "SD 1.x", "sdxl": "SDXL"}.get(r["family"], r["family"]),
+                "Size": shown(r["resolution"]),
                 "Status": r["status"],
                 "Steps done": f"{r['step']} of {r['steps']}",
                 "Started": local_time(r["started"]),

@@ -7,7 +7,7 @@ from herdbook.feedback.votes import cast_vote
 from herdbook.training.components import load_components
 from herdbook.training.rounds import generate_candidates, lineage, list_rounds, plan_round, run_round
 from herdbook.training.settings import ModelChain
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from herdbook.config import ProjectConfig
 from herdbook.errors import ModelLoadError
@@ -70,11 +70,23 @@ def test_rounds_chain_and_generation_from_a_finished_round(project):
         assert from_base.parent_id is None
 
 
-def test_a_round_that_fails_says_why_in_its_record(project, tmp_path):
+def test_a_round_for_a_model_that_cannot_load_is_refused_before_it_is_recorded(project, tmp_path):
     home, store = project
     home.config.base_model = str(tmp_path / "no-such-model")
+    with store.transaction() as session, pytest.raises(ModelLoadError, match="there is no model folder at"):
+        plan_round(session, home.project, start_from="base", steps=1)
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Round)) == 0
+
+
+def test_a_round_that_fails_says_why_in_its_record(project, tmp_path, tiny_model):
+    import shutil
+
+    home, store = project
+    home.config.base_model = str(shutil.copytree(tiny_model, tmp_path / "moved-later"))
     with store.transaction() as session:
         planned = plan_round(session, home.project, start_from="base", steps=1)
+    shutil.rmtree(tmp_path / "moved-later")  # the model went away between planning and training
     with pytest.raises(ModelLoadError, match="no model folder at"):
         run_round(store, home.project, planned.id)
     with store.transaction() as session:
