@@ -105,21 +105,26 @@ def synthetic_instance(folder: Path, n: int = 6) -> Path:
     return folder
 
 
-def training_run(name: str, instance: Path, out: Path, steps: int, **options) -> dict:
+def training_run(
+    name: str, instance: Path, out: Path, steps: int, build=None, floor: float = FLOOR_S_PER_STEP, **options
+) -> dict:
+    """One round. ``build`` makes the model's parts (SD-1.5's by default) and stands in for
+    reading them from disk; None with a ``model`` option loads that folder inside the round."""
     settings = RoundSettings(
         instance_dir=str(instance),
         output_dir=str(out / name),
-        model=ModelChain("sd15-architecture-random-weights"),
+        model=options.pop("model", ModelChain("sd15-architecture-random-weights")),
         steps=steps,
         validation_prompts=[],
         **options,
     )
     built = time.perf_counter()
-    components = sd15_components()
+    components = (build or sd15_components)() if build is not False else None
     torch.cuda.synchronize()
-    build_seconds = time.perf_counter() - built  # stands in for reading the weights from disk
-    for part in (components.unet, components.vae, components.text_encoder):
-        part.to("cpu")  # where from_pretrained leaves them: train() moves them, as it does a real model
+    build_seconds = time.perf_counter() - built
+    if components is not None:
+        for part in (components.unet, *components.frozen_parts):
+            part.to("cpu")  # where from_pretrained leaves them: train() moves them, as it does a real model
     m = train(settings, components).metrics
     row = {
         "name": name,
@@ -135,7 +140,7 @@ def training_run(name: str, instance: Path, out: Path, steps: int, **options) ->
         "end_to_end_s": round(build_seconds + m["seconds_to_weights_saved"], 1),
         "peak_gib": round(m["peak_memory_gb"], 2),
         "peak_gib_by_phase": {phase: round(gib, 2) for phase, gib in m["peak_memory_gb_by_phase"].items()},
-        "floor_share": round(FLOOR_S_PER_STEP / m["median_step_seconds"], 2),
+        "floor_share": round(floor / m["median_step_seconds"], 2),
         "fast_path": m["fast_path"],
         "probe_loss": [round(m["probe_loss_before"], 4), round(m["probe_loss_after"], 4)],
         "s_per_call": None,

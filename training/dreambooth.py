@@ -300,7 +300,7 @@ class TrainingData:
         self.cached = settings.cache_encodings
         self.instance = encode_images(parts, pixels, device) if self.cached else pixels.to(device)
         self.classes = None
-        self.prompt_rows: dict[int, torch.Tensor] = {}
+        self.prompt_rows: dict[tuple, tuple] = {}  # (rows, instance only) -> prompt index, size ids
         prompts = [settings.instance_prompt, settings.class_prompt]
         self.prompt_ids = [ids.to(device) for ids in parts.family.tokenize(parts, prompts)]
         self.embeddings = (
@@ -363,16 +363,20 @@ class TrainingData:
     def conditioning(self, text_encoders: list, rows: int, instance_only: bool = False) -> tuple:
         """The UNet's text embedding and added conditioning (None for SD-1.x) for a batch of
         ``rows``: instance rows, then class rows (or instance rows alone)."""
-        key = (rows, instance_only)
+        family, key = self.parts.family, (rows, instance_only)
         if key not in self.prompt_rows:  # made on the device once, before any graph capture
             half = rows // 2 if self.with_prior and not instance_only else rows
-            self.prompt_rows[key] = torch.tensor([0] * half + [1] * (rows - half), device=self.device)
-        index = self.prompt_rows[key]
+            size_ids = family.size_ids(self.settings.resolution, rows)
+            self.prompt_rows[key] = (
+                torch.tensor([0] * half + [1] * (rows - half), device=self.device),
+                None if size_ids is None else size_ids.to(self.device),
+            )
+        index, size_ids = self.prompt_rows[key]
         if self.embeddings is not None:
             embedding = self.embeddings.index_select(index)
         else:
-            embedding = self.parts.family.embed(text_encoders, [ids.index_select(0, index) for ids in self.prompt_ids])
-        return embedding.hidden, self.parts.family.added_conditioning(embedding, self.settings.resolution)
+            embedding = family.embed(text_encoders, [ids.index_select(0, index) for ids in self.prompt_ids])
+        return embedding.hidden, family.added_conditioning(embedding, size_ids)
 
 
 def use_fast_path(settings: RoundSettings, accelerator) -> bool:

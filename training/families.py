@@ -71,7 +71,12 @@ class Family:
     def embed(self, encoders: list, ids: list[torch.Tensor]) -> PromptEmbedding:
         raise NotImplementedError
 
-    def added_conditioning(self, embedding: PromptEmbedding, resolution: int) -> dict | None:
+    def size_ids(self, resolution: int, rows: int) -> torch.Tensor | None:
+        """Size conditioning for ``rows`` images, if the family has any. Made once, before a
+        CUDA graph is captured: a host tensor copied to the GPU inside a capture would fail."""
+        return None
+
+    def added_conditioning(self, embedding: PromptEmbedding, size_ids: torch.Tensor | None) -> dict | None:
         """The UNet's inputs beside the text embedding, if the family has any."""
         return None
 
@@ -141,13 +146,14 @@ class StableDiffusionXL(Family):
             hidden.append(output.hidden_states[-2])
         return PromptEmbedding(torch.cat(hidden, dim=-1), pooled)
 
-    def added_conditioning(self, embedding: PromptEmbedding, resolution: int) -> dict:
-        """Size conditioning: trained as the images are seen (the whole image at ``resolution``),
-        which is what generation at that size asks for (original = target size, no crop)."""
-        rows = len(embedding.pooled)
-        size = [resolution, resolution, 0, 0, resolution, resolution]
-        time_ids = torch.tensor([size] * rows, dtype=embedding.pooled.dtype, device=embedding.pooled.device)
-        return {"text_embeds": embedding.pooled, "time_ids": time_ids}
+    def size_ids(self, resolution: int, rows: int) -> torch.Tensor:
+        """Original size, crop corner and target size, as the pipeline's ``add_time_ids``: trained
+        as the images are seen (the whole image at ``resolution``), which is what generation at
+        that size asks for (original = target size, no crop)."""
+        return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * rows, dtype=torch.float32)
+
+    def added_conditioning(self, embedding: PromptEmbedding, size_ids: torch.Tensor) -> dict:
+        return {"text_embeds": embedding.pooled, "time_ids": size_ids}
 
     def pipeline(self, parts: Components, scheduler):
         import diffusers

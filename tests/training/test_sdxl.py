@@ -81,7 +81,7 @@ def test_prompts_are_embedded_as_diffusers_sdxl_pipeline_embeds_them(tiny_sdxl_m
         dtype=torch.float32,
         text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim,
     )
-    assert torch.equal(SDXL.added_conditioning(ours, RESOLUTION)["time_ids"], theirs)
+    assert torch.equal(SDXL.added_conditioning(ours, SDXL.size_ids(RESOLUTION, 1))["time_ids"], theirs)
 
 
 def test_a_lora_round_trains_an_adapter_that_plain_diffusers_loads_on_the_base(sdxl_settings, tiny_sdxl_model):
