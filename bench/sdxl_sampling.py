@@ -1,0 +1,158 @@
+"""Where an SDXL sampling call spends its time: 4 images at 1024 (batch 8 with guidance), SDXL-base's
+architecture with random weights, on one GPU.
+
+Per UNet call (the CUDA graph's replay, median): herdbook's sampling set-up against other attention
+choices; the VAE decoding 4 images; then one whole draw() profiled by kernel family, with the GPU's
+idle time between kernels.
+
+    python3 -m bench.sdxl_sampling [--steps 30] [--variants herdbook,flash,cudnn,efficient]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bench.sdxl_round import sdxl_components
+from bench.step_profile import family
+
+BACKENDS = {
+    "flash": [SDPBackend.FLASH_ATTENTION],
+    "cudnn": [SDPBackend.CUDNN_ATTENTION],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+}
+
+
+def timed_replays(call, replays: int = 20) -> float:
+    """Median milliseconds of ``call`` captured as one CUDA graph and replayed."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def unet_calls(parts, variants: list[str]) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from herdbook.training.layers import SamplingAttention, fast_layers
+
+    unet = fast_layers(parts.unet.to("cuda", torch.bfloat16).eval())
+    torch.manual_seed(0)
+    sample = torch.randn(8, 4, 128, 128, device="cuda", dtype=torch.bfloat16)
+    hidden = torch.randn(8, 77, 2048, device="cuda", dtype=torch.bfloat16)
+    added = {
+        "text_embeds": torch.randn(8, 1280, device="cuda", dtype=torch.bfloat16),
+        "time_ids": torch.tensor([[1024, 1024, 0, 0, 1024, 1024]] * 8, device="cuda", dtype=torch.bfloat16),
+    }
+    t = torch.tensor(500, device="cuda")
+
+    def call():
+        return unet(sample, t, hidden, added_cond_kwargs=added, return_dict=False)[0]
+
+    reference = None
+    for variant in variants:
+        if variant == "herdbook":
+            unet.set_attn_processor(SamplingAttention())
+            backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        else:
+            unet.set_attn_processor(AttnProcessor2_0())
+            backends = BACKENDS[variant]
+        with sdpa_kernel(backends):
+            began = time.perf_counter()
+            out = call()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - began
+            ms = timed_replays(call)
+        reference = out if reference is None else reference
+        gap = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
+        print(f"  UNet call, batch 8 at 1024, {variant:<10} {ms:7.1f} ms  (first call {first:5.2f} s, "
+              f"relative gap to the first variant {gap:.1e})", flush=True)  # fmt: skip
+
+
+@torch.no_grad()
+def vae_decode(parts) -> None:
+    from herdbook.training.layers import fast_layers
+
+    vae = fast_layers(parts.vae.to("cuda", torch.bfloat16).eval())
+    latents = torch.randn(4, 4, 128, 128, device="cuda", dtype=torch.bfloat16)
+    ms = timed_replays(lambda: vae.decode(latents, return_dict=False)[0])
+    print(f"  VAE decode of 4 images at 1024: {ms:7.1f} ms", flush=True)
+
+
+def draw_profile(steps: int) -> None:
+    from herdbook.training.components import inference_dtype, sampling_pipeline
+    from herdbook.training.generate import draw
+    from torch.profiler import ProfilerActivity, profile
+
+    parts = sdxl_components()
+    pipeline = sampling_pipeline(parts, torch.device("cuda"), inference_dtype(torch.device("cuda")), graphs=True)
+
+    def call():
+        draw(pipeline, "an image of the oxenai ox", [0, 1, 2, 3], steps, 5.0, 1024)
+
+    for _ in range(2):
+        call()
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    call()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - began
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        call()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in events) / 1e3
+    print(f"\n## one draw() of 4 images at 1024, {steps} steps: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of kernels")
+    kernels: dict[str, list[float]] = defaultdict(list)
+    names: dict[str, float] = defaultdict(float)
+    for e in events:
+        kernels[family(e.name)].append(e.device_time / 1e3)
+        names[e.name] += e.device_time / 1e3
+    for name, times in sorted(kernels.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {name:<14} {sum(times):8.1f} ms {len(times):6d} kernels")
+    print("  the largest kernels:")
+    for name, ms in sorted(names.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"    {ms:8.1f} ms  {family(name):<12} {name[:110]}")
+    timeline = sorted((e.time_range.start, e.time_range.end) for e in events)
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(timeline) if b[0] > a[1]]
+    print(f"  GPU idle between kernels: {sum(gaps) / 1e3:.1f} ms in {len(gaps)} gaps", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--variants", default="herdbook,flash,cudnn,efficient")
+    parser.add_argument("--skip-draw", action="store_true")
+    args = parser.parse_args()
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    parts = sdxl_components()
+    unet_calls(parts, args.variants.split(","))
+    vae_decode(parts)
+    del parts
+    torch.cuda.empty_cache()
+    if not args.skip_draw:
+        draw_profile(args.steps)
+
+
+if __name__ == "__main__":
+    main()
