@@ -188,8 +188,8 @@ def comparison_grid(session: Session, project) -> dict:
             continue
         entries = json.loads(index.read_text())
         images = {(e["prompt"], e["seed"]): folder / e["file"] for e in entries}
-        prompts += [e["prompt"] for e in entries if e["prompt"] not in prompts]
-        seeds += [e["seed"] for e in entries if e["seed"] not in seeds]
+        prompts += [prompt for prompt in dict.fromkeys(e["prompt"] for e in entries) if prompt not in prompts]
+        seeds += [seed for seed in dict.fromkeys(e["seed"] for e in entries) if seed not in seeds]
         columns.append({"label": label, "images": images})
     return {"prompts": prompts, "seeds": seeds, "columns": columns}
 

@@ -107,11 +107,11 @@ def test_the_comparison_grid_holds_the_base_and_each_round_at_the_same_prompts(p
 
     home, store = project
     with store.transaction() as session:
-        planned = plan_round(session, home.project, mode="lora", steps=1, validation_steps=2, validation_seeds=[3])
+        planned = plan_round(session, home.project, mode="lora", steps=1, validation_steps=2, validation_seeds=[3, 4])
     run_round(store, home.project, planned.id)
     with store.transaction() as session:
         grid = comparison_grid(session, home.project)
-    assert grid["prompts"] == ["an ox"] and grid["seeds"] == [3]
+    assert grid["prompts"] == ["an ox"] and grid["seeds"] == [3, 4]  # each once, however many images share them
     assert [c["label"] for c in grid["columns"]] == ["base", "round 1 (lora)"]
     assert all(c["images"][("an ox", 3)].exists() for c in grid["columns"])
 
