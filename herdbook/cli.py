@@ -759,6 +759,7 @@ def train(
 def train_here(store, home, round_id: int, total: int, processes: int = 1) -> None:
     """Run a recorded round in this process with a progress bar (new, or resumed from its checkpoint)."""
     quiet_libraries()
+    from herdbook.training.dreambooth import process_started_at
     from herdbook.training.rounds import run_round
 
     with progress_bar(total, "step", f"Round {round_id}") as bar:
@@ -767,13 +768,18 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
             bar.update(step - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        finished = run_round(store, home.project, round_id, progress=on_step, processes=processes)
+        finished = run_round(
+            store, home.project, round_id, progress=on_step, processes=processes, started_at=process_started_at()
+        )
     m = finished.metrics
     click.echo(f"Round {round_id} finished: {finished.output_path}")
     click.echo(
         f"  {m['seconds_per_step']:.3f} s/step from step {m['first_step']}; "
         f"probe loss {m['probe_loss_before']:.4f} -> {m['probe_loss_after']:.4f}"
     )
+    if m.get("phases"):
+        spent = ", ".join(f"{name} {seconds:.1f}" for name, seconds in m["phases"].items() if seconds >= 0.05)
+        click.echo(f"  {m['phases_total_seconds']:.1f} s in all: {spent}")
 
 
 @main.group(invoke_without_command=True)

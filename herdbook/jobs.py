@@ -174,14 +174,16 @@ def _train(store, home: Home, params: dict, reporter: JobReporter) -> dict:
 
     round_id = params["round_id"]
     reporter.log(f"training round {round_id}")
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
 
     def on_step(step: int, total: int, loss: float) -> None:
         elapsed = time.monotonic() - started
         eta = elapsed / step * (total - step) if step else 0
         reporter.progress(step / total, f"step {step}/{total}, loss {loss:.4f}, ETA {timedelta(seconds=int(eta))}")
 
-    record = run_round(store, home.project, round_id, progress=on_step, processes=params.get("processes", 1))
+    record = run_round(
+        store, home.project, round_id, progress=on_step, processes=params.get("processes", 1), started_at=started_at
+    )
     reporter.log(f"round {round_id} finished: {record.output_path}")
     return {"round_id": round_id, "output": record.output_path}
 

@@ -45,8 +45,15 @@ class TrainResult:
 
 @sdpa_kernel(PRECOMPILED_ATTENTION)
 def train(
-    settings: RoundSettings, components: Components | None = None, progress: Progress | None = None
+    settings: RoundSettings,
+    components: Components | None = None,
+    progress: Progress | None = None,
+    started_at: float | None = None,
 ) -> TrainResult:
+    """``started_at``: when the user's action began (time.time(): a command's process start, a
+    job's pickup), so the round's phases count what the user waited for before the loop too."""
+    clock = PhaseClock(started_at)
+    clock.end("start-up")  # the process's imports and the caller's work: everything before this call
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -60,14 +67,17 @@ def train(
     device = accelerator.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    clock.end("libraries and GPU")
     torch.manual_seed(settings.seed)
     parts = components or load_components(settings.model)
+    clock.end("model load")
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     if accelerator.is_main_process:
         settings.save()
 
     if accelerator.is_main_process:
         render_starting_grid(settings, parts, device, weight_dtype)
+    clock.end("starting model's grid")
 
     # What trains: the whole UNet, or LoRA adapters on its attention (and the text encoders').
     trainable = prepare_trainable(parts, settings, weight_dtype)
@@ -85,6 +95,7 @@ def train(
     weights = rating_weights(files, settings.rating_weights)
     peaks = PhasePeaks(device)
     peaks.end("encode")
+    clock.end("to GPU and encode")
 
     fast = use_fast_path(settings, accelerator)
     models = [parts.unet, *parts.text_encoders] if settings.train_text_encoder else [parts.unet]
@@ -169,6 +180,7 @@ def train(
     checkpoints = CheckpointWriter(checkpoint_path(settings), background=device.type == "cuda")
     train_started = time.perf_counter()
     peaks.end("models and probe")
+    clock.end("optimizer and probe")
     step_seconds: list[float] = []
     learning_rates: list[float] = []
     checkpoint_seconds = 0.0
@@ -201,6 +213,8 @@ def train(
     record(losses.read())
 
     train_seconds = time.perf_counter() - train_started
+    first_steps = sum(step_seconds[: CapturedStep.WARMUP + 1])
+    clock.end("steps", split={"first steps (compile, capture)": first_steps})
     peaks.end("steps")
     checkpoints.cancel()
     if fast:  # the parameters are views of the optimizer's flat buffers; saving needs their own
@@ -219,7 +233,9 @@ def train(
         weights_saved = time.perf_counter() - started
         peaks.end("save")
         save_seconds = time.perf_counter() - saving
+        clock.end("probe and save")
         result.validation = validation_images(settings, parts, device, weight_dtype)
+        clock.end("validation grid")
         steps_run = settings.steps - first_step + 1
         timed = sorted(step_seconds[3:] or step_seconds)  # the first steps warm up (and capture the graph)
         result.metrics = {
@@ -247,12 +263,53 @@ def train(
             "first_step": first_step,
             "probe_loss_before": probe_before,
             "probe_loss_after": probe_after,
+            # what the user waited for, phase by phase; they add up to phases_total_seconds
+            "phases": clock.phases,
+            "phases_total_seconds": clock.total,
         }
         (settings.output / "metrics.json").write_text(
             json.dumps({**result.metrics, "loss_history": loss_history}, indent=2)
         )
     accelerator.end_training()
     return result
+
+
+class PhaseClock:
+    """Consecutive phases of wall-clock time from ``started_at`` (time.time(); now if None):
+    each ``end`` closes the phase running since the last, so the phases add up to the total."""
+
+    def __init__(self, started_at: float | None = None) -> None:
+        self.started = self.last = time.time() if started_at is None else started_at
+        self.phases: dict[str, float] = {}
+
+    def end(self, phase: str, split: dict[str, float] | None = None) -> None:
+        """Close ``phase``; ``split`` names parts of it measured inside (moved out of it)."""
+        now = time.time()
+        seconds = now - self.last
+        for part, part_seconds in (split or {}).items():
+            part_seconds = min(part_seconds, seconds)
+            self.phases[part] = round(self.phases.get(part, 0.0) + part_seconds, 3)
+            seconds -= part_seconds
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + seconds, 3)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return round(self.last - self.started, 3)
+
+
+def process_started_at() -> float | None:
+    """When this process started (time.time()), from Linux's /proc; None elsewhere."""
+    import os
+
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class LaggedLosses:

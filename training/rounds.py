@@ -375,11 +375,13 @@ def run_round(
     progress: Progress | None = None,
     report_every: float = 5.0,
     processes: int = 1,
+    started_at: float | None = None,
 ) -> Round:
     """Train a planned round; its record follows along (step, loss) and ends finished or failed.
 
     With ``processes`` > 1 the round runs under accelerate's launcher (one process per GPU);
-    the record is then written when the launch returns."""
+    the record is then written when the launch returns. ``started_at`` (time.time()) is when the
+    user's action began: the round's phases then count the wait before training too."""
     from herdbook.training.dreambooth import train
 
     with store.transaction() as session:
@@ -402,7 +404,10 @@ def run_round(
             progress(step, total, loss)
 
     try:
-        result = train(settings, components, progress=on_step) if processes == 1 else launched(settings, processes)
+        if processes == 1:
+            result = train(settings, components, progress=on_step, started_at=started_at)
+        else:
+            result = launched(settings, processes)
     except BaseException as error:
         beating.set()
         with store.transaction() as session:
@@ -458,6 +463,7 @@ def list_rounds(session: Session) -> list[dict]:
                 "seconds_per_step": r.metrics.get("seconds_per_step"),
                 "train_seconds": r.metrics.get("train_seconds"),
                 "peak_memory_gb": r.metrics.get("peak_memory_gb"),
+                "phases": r.metrics.get("phases"),  # seconds the user waited, by phase
                 "output": r.output_path,
                 "error": r.error,
             }

@@ -136,6 +136,20 @@ def rounds_section(home, store, actor: Actor) -> None:
                                  help="Remove the round, its checkpoint and logs", on_click=forget,
                                  args=(home, store, actor, row["id"]))  # fmt: skip
     st.dataframe(round_table(rows), hide_index=True, width="stretch")
+    times = time_table(rows)
+    if times is not None:
+        st.caption("Where each round's time went, in seconds, from the start of its command or job")
+        st.dataframe(times, width="stretch")
+
+
+def time_table(rows: list[dict]) -> pd.DataFrame | None:
+    """Where each finished round's time went, phase by phase, from the user's click or command."""
+    timed = [r for r in rows if r.get("phases")]
+    if not timed:
+        return None
+    frame = pd.DataFrame([{"Round": r["id"], **r["phases"]} for r in timed]).set_index("Round")
+    frame["in all"] = frame.sum(axis=1)
+    return frame.round(1)
 
 
 def loss_chart(store) -> None:

@@ -56,6 +56,7 @@ def test_an_sdxl_round_trains_from_the_cli_and_generates_candidates_of_its_size(
     assert "Round 1 (lora)" in run("train", "--mode", "lora", "--home", home).output
     rounds = json.loads(run("rounds", "--json", "--home", home).output)
     assert (rounds[0]["family"], rounds[0]["status"], rounds[0]["resolution"]) == ("sdxl", "finished", RESOLUTION)
+    assert rounds[0]["phases"]["start-up"] > 0 and rounds[0]["phases"]["steps"] > 0  # from the command's start
     assert (
         "Added 2 candidate(s)" in run("generate", "--prompt", "an ox", "-n", "2", "--round", "1", "--home", home).output
     )
@@ -87,6 +88,8 @@ def test_the_rounds_and_generate_pages_work_on_an_sdxl_home(sdxl_home):
     assert not at.error
     table = at.dataframe[0].value
     assert (table["Model"].tolist(), table["Status"].tolist()) == (["SDXL"], ["finished"])
+    times = at.dataframe[1].value  # where the round's time went
+    assert {"model load", "steps", "in all"} <= set(times.columns) and times["in all"].iloc[0] > 0
     grid = [caption for row in at.get("image") for caption in row.captions]
     assert grid == ["base · seed 0", "round 1 (lora) · seed 0", "base · seed 1", "round 1 (lora) · seed 1"]
     assert any("(SDXL, 1024 px)" in expander.label for expander in at.expander)  # the base model, as read

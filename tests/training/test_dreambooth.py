@@ -278,3 +278,28 @@ def test_the_bf16_fast_step_learns_what_bf16_autocast_learns(settings_for, mode)
     fast_losses = [loss for _, loss in fast.loss_history]
     assert fast_losses == pytest.approx([loss for _, loss in reference.loss_history], rel=0.05, abs=2e-3)
     assert fast.metrics["probe_loss_after"] == pytest.approx(reference.metrics["probe_loss_after"], rel=0.05)
+
+
+def test_a_round_records_where_the_users_wait_went_and_the_phases_add_up(settings_for):
+    """From when the user's action began (here 2 s before the call) to the validation grid."""
+    import time
+
+    settings = settings_for("timed", steps=3, validation_prompts=["an ox"], validation_seeds=[0])
+    metrics = train(settings, started_at=time.time() - 2.0).metrics
+    phases = metrics["phases"]
+    assert list(phases)[:3] == ["start-up", "libraries and GPU", "model load"]
+    assert {"steps", "probe and save", "validation grid"} <= set(phases)
+    assert phases["start-up"] >= 2.0 and all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) == pytest.approx(metrics["phases_total_seconds"], abs=0.01)
+    assert metrics["phases_total_seconds"] >= 2.0 + metrics["train_seconds"]
+    saved = json.loads((settings.output / "metrics.json").read_text())
+    assert saved["phases"] == phases
+
+
+def test_the_process_start_is_read_from_the_system():
+    import time
+
+    from herdbook.training.dreambooth import process_started_at
+
+    started = process_started_at()
+    assert started is not None and 0 < time.time() - started < 24 * 3600
