@@ -37,9 +37,10 @@ def queue_name(project_id: str) -> str:
     return f"herdbook-{project_id}"
 
 
-def make_queue(home: Home) -> Queue:
+def make_queue(home: Home, cache=None) -> Queue:
     """The huey instance for a home, with the one task it runs registered on it. A message
-    carries the project id and the job id; each worker runs it against its own home."""
+    carries the project id and the job id; each worker runs it against its own home, with
+    ``cache`` (a training.pipelines.PipelineCache) keeping models loaded between its jobs."""
     from huey import RedisHuey, SqliteHuey
 
     queue_url = home.config.jobs.queue
@@ -54,7 +55,7 @@ def make_queue(home: Home) -> Queue:
     def run_queued(project_id: str, job_id: int) -> None:
         if project_id != home.project_id:
             raise JobError(f"job {job_id} belongs to project {project_id}, not this worker's {home.project_id}")
-        run_job(home, job_id)
+        run_job(home, job_id, cache)
 
     return Queue(huey, huey.task(name="herdbook.run_job")(run_queued))
 
@@ -72,16 +73,20 @@ def submit(session: Session, home: Home, kind: str, params: dict) -> Job:
     return job
 
 
-def run_job(home: Home, job_id: int) -> None:
-    """What a worker runs: the job's work, with its record kept current."""
+def run_job(home: Home, job_id: int, cache=None) -> None:
+    """What a worker runs: the job's work, with its record kept current. The home's config is
+    read again for each job: the base model may have changed since the worker started."""
+    from herdbook.home import load_home
+
+    home = load_home(home.root)
     store = home.open_store()
     try:
-        _run_job(store, home, job_id)
+        _run_job(store, home, job_id, cache)
     finally:
         store.close()
 
 
-def _run_job(store, home: Home, job_id: int) -> None:
+def _run_job(store, home: Home, job_id: int, cache=None) -> None:
     with store.transaction() as session:
         job = session.get(Job, job_id)
         if job is None or job.status != "queued":
@@ -94,7 +99,7 @@ def _run_job(store, home: Home, job_id: int) -> None:
     heart.start()
     reporter = JobReporter(store, job_id)
     try:
-        result = WORK[kind](store, home, params, reporter)
+        result = WORK[kind](store, home, params, reporter, cache)
     except BaseException as error:  # a job's failure is data for the user, not a crash of the worker
         beating.set()
         with store.transaction() as session:
@@ -146,8 +151,12 @@ class JobReporter:
 # --- the work of each kind ---------------------------------------------------------------
 
 
-def _generate(store, home: Home, params: dict, reporter: JobReporter) -> dict:
-    from herdbook.training.rounds import generate_candidates
+def _generate(store, home: Home, params: dict, reporter: JobReporter, cache=None) -> dict:
+    from herdbook.training.rounds import current_models, generate_candidates
+
+    if cache is not None:  # models the project no longer has (a deleted round, a replaced base) go
+        with store.transaction() as session:
+            cache.keep_only(current_models(session, home.project))
 
     reporter.log(
         f"generating {params.get('count', 4)} image(s) for {params['prompt']!r} from {params.get('round') or 'base'}"
@@ -158,7 +167,8 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter) -> dict:
         home.project,
         params["prompt"],
         params.get("round"),
-        progress=lambda done, total: reporter.progress(done / total, f"{done}/{total} images"),
+        progress=lambda done, total: reporter.progress(done / total, f"{done}/{total} images stored"),
+        cache=cache,
         **{
             k: params[k]
             for k in ("negative_prompt", "count", "seed", "steps", "resolution", "guidance_scale")
@@ -169,8 +179,11 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter) -> dict:
     return {"candidate_ids": ids}
 
 
-def _train(store, home: Home, params: dict, reporter: JobReporter) -> dict:
+def _train(store, home: Home, params: dict, reporter: JobReporter, cache=None) -> dict:
     from herdbook.training.rounds import run_round
+
+    if cache is not None:
+        cache.clear()  # the round needs the GPU memory the loaded models hold
 
     round_id = params["round_id"]
     reporter.log(f"training round {round_id}")
@@ -253,13 +266,19 @@ def run_worker(home: Home, workers: int = 1, announce=print) -> None:
                 announce(f"round {round_id} was interrupted: queued to resume from its checkpoint")
     finally:
         store.close()
-    consumer = make_queue(home).huey.create_consumer(workers=workers, worker_type="thread", periodic=False)
+    from herdbook.training.pipelines import PipelineCache
+
+    # huey backs off polling an idle queue up to 10 s by default: a click waited that long for
+    # its job to start. Polling a local SQLite file 4 times a second costs nothing; Redis blocks.
+    consumer = make_queue(home, PipelineCache()).huey.create_consumer(
+        workers=workers, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=0.25
+    )
     consumer.run()
 
 
-def run_next_job(home: Home) -> bool:
+def run_next_job(home: Home, cache=None) -> bool:
     """Run one queued job in this process (for scripts and tests); False when none was queued."""
-    huey = make_queue(home).huey
+    huey = make_queue(home, cache).huey
     task = huey.dequeue()
     if task is None:
         return False

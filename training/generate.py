@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -68,12 +68,10 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 @torch.no_grad()
-def generate_images(
-    settings: GenerationSettings, pipeline=None, progress: Callable[[int, int], None] | None = None
-) -> list[GeneratedImage]:
-    """Image i uses seed ``settings.seed + i``: any one image can be made again on its own."""
+def generate_batches(settings: GenerationSettings, pipeline=None) -> Iterator[list[GeneratedImage]]:
+    """The images batch by batch, each as soon as it is drawn. Image i uses seed
+    ``settings.seed + i``: any one image can be made again on its own."""
     pipeline = pipeline or load_pipeline(settings)
-    made: list[GeneratedImage] = []
     for start in range(0, settings.count, settings.batch_size):
         seeds = [settings.seed + i for i in range(start, min(settings.count, start + settings.batch_size))]
         images = draw(
@@ -85,7 +83,15 @@ def generate_images(
             settings.resolution,
             settings.negative_prompt,
         )
-        made += [GeneratedImage(image, seed) for image, seed in zip(images, seeds, strict=True)]
+        yield [GeneratedImage(image, seed) for image, seed in zip(images, seeds, strict=True)]
+
+
+def generate_images(
+    settings: GenerationSettings, pipeline=None, progress: Callable[[int, int], None] | None = None
+) -> list[GeneratedImage]:
+    made: list[GeneratedImage] = []
+    for images in generate_batches(settings, pipeline):
+        made += images
         if progress is not None:
             progress(len(made), settings.count)
     return made

@@ -552,14 +552,31 @@ def record_generated(
     return added
 
 
+def current_models(session: Session, project: Project) -> set[ModelChain]:
+    """Every model generation can start from now: the base and each finished round's."""
+    nodes = round_nodes(session)
+    finished = [round_id for round_id, node in nodes.items() if node.status == "finished"]
+    return {chain_for(round_id, nodes, project.base_model) for round_id in [None, *finished]}
+
+
 def generate_candidates(
-    store, project: Project, prompt: str, round_ref=None, pipeline=None, progress=None, **options
+    store, project: Project, prompt: str, round_ref=None, pipeline=None, progress=None, cache=None, **options
 ) -> list[int]:
-    """Generate and record candidates; the model loads outside any transaction."""
-    from herdbook.training.generate import generate_images
+    """Generate and record candidates, each batch stored as soon as it is drawn; the model loads
+    (or comes from ``cache``, a training.pipelines.PipelineCache) outside any transaction."""
+    from contextlib import nullcontext
+
+    from herdbook.training.generate import generate_batches
 
     with store.transaction() as session:
         settings, round_id = generation_settings(session, project, prompt, round_ref, **options)
-    images = generate_images(settings, pipeline=pipeline, progress=progress)
-    with store.transaction() as session:
-        return [c.id for c in record_generated(session, project, settings, round_id, images)]
+    ids: list[int] = []
+    drawn = 0
+    with cache.using(settings) if cache is not None else nullcontext(pipeline) as loaded:
+        for images in generate_batches(settings, pipeline=loaded):
+            with store.transaction() as session:
+                ids += [c.id for c in record_generated(session, project, settings, round_id, images)]
+            drawn += len(images)
+            if progress is not None:
+                progress(drawn, settings.count)
+    return ids

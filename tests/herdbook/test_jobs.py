@@ -116,6 +116,7 @@ def test_queues_are_named_by_project_and_a_worker_runs_jobs_against_its_own_home
     # queue file is copied where a Redis queue would be shared
     elsewhere = Home(tmp_path / "gpu-box", first.config.with_changes(database_url=first.database_url))
     elsewhere.root.mkdir()
+    elsewhere.config.save(elsewhere.config_path)  # the README's "copy herdbook.toml into a home folder there"
     for queue_file in first.root.glob("jobs.sqlite*"):  # with its write-ahead log
         shutil.copy(queue_file, elsewhere.root / queue_file.name)
         shutil.copy(queue_file, second.root / queue_file.name)
@@ -124,3 +125,42 @@ def test_queues_are_named_by_project_and_a_worker_runs_jobs_against_its_own_home
     with store.transaction() as session:
         assert get_job(session, job.id).status == "finished"
     store.close()
+
+
+@pytest.mark.slow
+def test_a_worker_keeps_a_model_loaded_between_jobs_until_it_is_replaced_or_a_round_needs_the_memory(
+    tiny_home, tiny_model, tmp_path
+):
+    from herdbook.feedback.curation import sync
+    from herdbook.feedback.votes import cast_vote
+    from herdbook.training.pipelines import PipelineCache
+    from herdbook.training.rounds import plan_round
+    from herdbook.training.settings import ModelChain
+
+    from herdbook.home import load_home, set_base_model
+
+    cache, store = PipelineCache(), tiny_home.open_store()
+
+    def generate(seed: int) -> Job:
+        with store.transaction() as session:
+            job = submit(session, tiny_home, "generate", {"prompt": "an ox", "round": "base", "count": 2, "steps": 2,
+                                                          "seed": seed})  # fmt: skip
+        assert run_next_job(tiny_home, cache)
+        with store.transaction() as session:
+            return get_job(session, job.id)
+
+    assert generate(0).status == generate(2).status == "finished"
+    assert cache.loads == 1  # the second job drew on the model the first one loaded
+    other = shutil.copytree(tiny_model, tmp_path / "other-base")
+    set_base_model(tiny_home.root, str(other))  # the worker reads the config again for each job
+    assert generate(4).status == "finished"
+    assert cache.loads == 2 and cache.models == [ModelChain(str(other))]  # the replaced base is gone
+    with store.transaction() as session:
+        for candidate in session.scalars(select(Candidate.id)).all():
+            cast_vote(session, candidate, "ann", "accept")
+        home = load_home(tiny_home.root)
+        sync(session, home.dataset_repo, home.root, home.config.selection)
+        planned = plan_round(session, home.project, steps=1, checkpoint_every=0, validation_prompts=[])
+        submit(session, home, "train", {"round_id": planned.id})
+    assert run_next_job(tiny_home, cache)
+    assert cache.models == []  # freed for the round
