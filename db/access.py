@@ -5,11 +5,10 @@ Without any user the app is open (and `herdbook serve` keeps it on loopback); th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from herdbook.db.errors import Forbidden, HerdbookError, NotFound
 from herdbook.db.models import Action, User
 from sqlalchemy import select
@@ -17,9 +16,21 @@ from sqlalchemy.orm import Session
 
 ROLES = ("rater", "admin")
 MIN_PASSWORD = 8
-_hasher = PasswordHasher()  # argon2id with the library's current recommended cost
-# Verified when a name is unknown, so a wrong name costs what a wrong password costs.
-_NOBODY = _hasher.hash("no such user, but the same work")
+
+
+@functools.cache
+def _hasher():
+    """argon2id with the library's current recommended cost. Made on first use: importing argon2
+    and hashing the stand-in below cost every command ~0.3 s, `herdbook vote` included."""
+    from argon2 import PasswordHasher
+
+    return PasswordHasher()
+
+
+@functools.cache
+def _nobody() -> str:
+    """Verified when a name is unknown, so a wrong name costs what a wrong password costs."""
+    return _hasher().hash("no such user, but the same work")
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ def add_user(session: Session, name: str, role: str, password: str) -> User:
         raise HerdbookError(f"the password is too short: at least {MIN_PASSWORD} characters")
     if _user(session, name) is not None:
         raise HerdbookError(f"there is already a user {name!r} (names are matched whatever their case)")
-    user = User(name=name, name_key=name.lower(), role=role, password_hash=_hasher.hash(password))
+    user = User(name=name, name_key=name.lower(), role=role, password_hash=_hasher().hash(password))
     session.add(user)
     session.flush()
     return user
@@ -69,7 +80,7 @@ def set_password(session: Session, name: str, password: str) -> None:
         raise NotFound(f"no user {name!r} (see `herdbook users`)")
     if len(password) < MIN_PASSWORD:
         raise HerdbookError(f"the password is too short: at least {MIN_PASSWORD} characters")
-    user.password_hash = _hasher.hash(password)
+    user.password_hash = _hasher().hash(password)
 
 
 def remove_user(session: Session, name: str) -> None:
@@ -88,15 +99,17 @@ def list_users(session: Session) -> list[dict]:
 
 def authenticate(session: Session, name: str, password: str) -> Actor | None:
     """The user as an Actor when the password is theirs, else None (which, is not said)."""
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     user = _user(session, name or "")
     try:
-        _hasher.verify(user.password_hash if user else _NOBODY, password or "")
+        _hasher().verify(user.password_hash if user else _nobody(), password or "")
     except (VerificationError, InvalidHashError):
         return None
     if user is None:
         return None
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+    if _hasher().check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher().hash(password)
     return Actor(user.name, user.role, signed_in=True)
 
 

@@ -647,15 +647,25 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
         click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
     quiet_libraries()
+    from herdbook.training.phases import PhaseClock, process_started_at
     from herdbook.training.rounds import generate_candidates
 
+    clock = PhaseClock(process_started_at())
+    clock.end("start-up")
     with progress_bar(count, "image", "Generating") as bar:
         ids = generate_candidates(
-            store, home.project, prompt, round_ref, progress=lambda done, total: bar.update(done - bar.n), **options
+            store,
+            home.project,
+            prompt,
+            round_ref,
+            progress=lambda done, total: bar.update(done - bar.n),
+            clock=clock,
+            **options,
         )
     click.echo(
         f"Added {len(ids)} candidate(s) from {round_ref}: ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}"
     )
+    click.echo(f"  {clock.total:.1f} s in all: " + ", ".join(f"{k} {v:.1f}" for k, v in clock.phases.items()))
 
 
 @main.command()
@@ -759,7 +769,7 @@ def train(
 def train_here(store, home, round_id: int, total: int, processes: int = 1) -> None:
     """Run a recorded round in this process with a progress bar (new, or resumed from its checkpoint)."""
     quiet_libraries()
-    from herdbook.training.dreambooth import process_started_at
+    from herdbook.training.phases import process_started_at
     from herdbook.training.rounds import run_round
 
     with progress_bar(total, "step", f"Round {round_id}") as bar:

@@ -152,7 +152,10 @@ class JobReporter:
 
 
 def _generate(store, home: Home, params: dict, reporter: JobReporter, cache=None) -> dict:
+    from herdbook.training.phases import PhaseClock
     from herdbook.training.rounds import current_models, generate_candidates
+
+    clock = PhaseClock()
 
     if cache is not None:  # models the project no longer has (a deleted round, a replaced base) go
         with store.transaction() as session:
@@ -169,14 +172,15 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter, cache=None
         params.get("round"),
         progress=lambda done, total: reporter.progress(done / total, f"{done}/{total} images stored"),
         cache=cache,
+        clock=clock,
         **{
             k: params[k]
             for k in ("negative_prompt", "count", "seed", "steps", "resolution", "guidance_scale")
             if k in params
         },
     )
-    reporter.log(f"added {len(ids)} candidate(s)")
-    return {"candidate_ids": ids}
+    reporter.log(f"added {len(ids)} candidate(s) in {clock.total:.1f} s")
+    return {"candidate_ids": ids, "phases": clock.phases}
 
 
 def _train(store, home: Home, params: dict, reporter: JobReporter, cache=None) -> dict:

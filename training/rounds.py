@@ -18,6 +18,7 @@ from herdbook.feedback.curation import export_version, resolve_version
 from herdbook.feedback.images import check_image_data, store_image
 from herdbook.training.errors import ModelLoadError
 from herdbook.training.lineage import RoundNode, chain_for, tree_lines
+from herdbook.training.phases import PhaseClock
 from herdbook.training.settings import (
     GenerationSettings,
     ModelChain,
@@ -560,23 +561,38 @@ def current_models(session: Session, project: Project) -> set[ModelChain]:
 
 
 def generate_candidates(
-    store, project: Project, prompt: str, round_ref=None, pipeline=None, progress=None, cache=None, **options
+    store,
+    project: Project,
+    prompt: str,
+    round_ref=None,
+    pipeline=None,
+    progress=None,
+    cache=None,
+    clock: PhaseClock | None = None,
+    **options,
 ) -> list[int]:
     """Generate and record candidates, each batch stored as soon as it is drawn; the model loads
-    (or comes from ``cache``, a training.pipelines.PipelineCache) outside any transaction."""
+    (or comes from ``cache``, a training.pipelines.PipelineCache) outside any transaction.
+    ``clock`` (training.phases) gets the phases: settings, model load, drawing and storing."""
     from contextlib import nullcontext
 
-    from herdbook.training.generate import generate_batches
+    from herdbook.training.generate import generate_batches, load_pipeline
 
+    clock = clock or PhaseClock()
     with store.transaction() as session:
         settings, round_id = generation_settings(session, project, prompt, round_ref, **options)
+    clock.end("settings")
     ids: list[int] = []
     drawn = 0
+    if pipeline is None and cache is None:
+        pipeline = load_pipeline(settings)
     with cache.using(settings) if cache is not None else nullcontext(pipeline) as loaded:
+        clock.end("model load")
         for images in generate_batches(settings, pipeline=loaded):
             with store.transaction() as session:
                 ids += [c.id for c in record_generated(session, project, settings, round_id, images)]
             drawn += len(images)
             if progress is not None:
                 progress(drawn, settings.count)
+    clock.end("drawing and storing")
     return ids

@@ -299,7 +299,7 @@ def test_a_round_records_where_the_users_wait_went_and_the_phases_add_up(setting
 def test_the_process_start_is_read_from_the_system():
     import time
 
-    from herdbook.training.dreambooth import process_started_at
+    from herdbook.training.phases import process_started_at
 
     started = process_started_at()
     assert started is not None and 0 < time.time() - started < 24 * 3600
