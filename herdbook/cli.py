@@ -579,6 +579,15 @@ def datasets_export(ctx, version, dest, home_path, clear):
     click.echo(f"Exported {len(written)} instance image(s) to {dest}")
 
 
+def background_loading(chain) -> None:
+    """Start reading the model's weight files and importing the training libraries, each in a
+    thread, while this process does what needs neither (the database, the dataset export)."""
+    from herdbook.training.models import import_training_in_background, prefetch
+
+    prefetch(chain)
+    import_training_in_background()
+
+
 def quiet_libraries() -> None:
     """diffusers and transformers log config notes on every load; users want the progress bar."""
     import warnings
@@ -646,9 +655,12 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
             )
         click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
-    quiet_libraries()
     from herdbook.training.phases import PhaseClock, process_started_at
-    from herdbook.training.rounds import generate_candidates
+    from herdbook.training.rounds import generate_candidates, model_for
+
+    with store.transaction() as session:
+        background_loading(model_for(session, home.project, round_ref)[0])
+    quiet_libraries()
 
     clock = PhaseClock(process_started_at())
     clock.end("start-up")
@@ -767,10 +779,15 @@ def train(
 
 
 def train_here(store, home, round_id: int, total: int, processes: int = 1) -> None:
-    """Run a recorded round in this process with a progress bar (new, or resumed from its checkpoint)."""
-    quiet_libraries()
+    """Run a recorded round in this process with a progress bar (new, or resumed from its checkpoint).
+
+    The model's files are read and the training libraries imported in the background meanwhile:
+    the dataset's export waits on child processes, and the imports alone take seconds."""
     from herdbook.training.phases import process_started_at
-    from herdbook.training.rounds import run_round
+    from herdbook.training.rounds import round_model, run_round
+
+    with store.transaction() as session:
+        background_loading(round_model(session, round_id))
 
     with progress_bar(total, "step", f"Round {round_id}") as bar:
 
@@ -779,7 +796,13 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
             bar.set_postfix(loss=f"{loss:.4f}")
 
         finished = run_round(
-            store, home.project, round_id, progress=on_step, processes=processes, started_at=process_started_at()
+            store,
+            home.project,
+            round_id,
+            progress=on_step,
+            processes=processes,
+            started_at=process_started_at(),
+            prepare=quiet_libraries,
         )
     m = finished.metrics
     click.echo(f"Round {round_id} finished: {finished.output_path}")

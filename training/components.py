@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from herdbook.training.errors import ModelLoadError
-from herdbook.training.families import SD1, Family, family_of_folder, family_of_index
+from herdbook.training.families import SD1, Family
+from herdbook.training.models import _from_pretrained, model_family
 from herdbook.training.settings import ModelChain
 from torch.nn.attention import SDPBackend
 
@@ -76,24 +76,6 @@ class _SchedulerConfig:
         return DDPMScheduler.load_config(name, **kwargs)
 
 
-class _PipelineIndex:
-    """Reads a pipeline's model_index.json (which names its class), through the same loading path."""
-
-    @staticmethod
-    def from_pretrained(name: str, **kwargs) -> dict:
-        from diffusers import DiffusionPipeline
-
-        return DiffusionPipeline.load_config(name, **kwargs)
-
-
-def model_family(name: str) -> Family:
-    """The family of the pipeline ``name`` (a folder, or a hub id read from the cache or the hub)."""
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return family_of_folder(folder)
-    return family_of_index(_from_pretrained(_PipelineIndex, name), None, name)
-
-
 def best_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -102,77 +84,6 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def _is_hub_id(name: str) -> bool:
-    """Hub ids look like ``org/name``; anything else is meant as a folder."""
-    return not name.startswith((".", "/", "~")) and name.count("/") == 1
-
-
-def _from_pretrained(loader, name: str, **kwargs):
-    """One component. A local folder loads as it is; a hub id is looked for in the local cache
-    first, then on the hub, and a failure names what was looked for and what to do."""
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return loader.from_pretrained(str(folder), **kwargs)
-    if not _is_hub_id(name):
-        raise ModelLoadError(f"no model folder at {folder}")
-    try:
-        return loader.from_pretrained(name, local_files_only=True, **kwargs)
-    except (OSError, ValueError):
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelLoadError(
-                f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it where the hub "
-                f"is reachable (`huggingface-cli download {name}`) or set base_model to a local folder"
-            ) from None
-    try:
-        return loader.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"could not load {name} ({kwargs.get('subfolder', 'pipeline')}) from the Hugging Face hub or its cache: "
-            f"{str(error).splitlines()[0]}. On a machine without the hub, point base_model at a local diffusers folder."
-        ) from error
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection (its endpoint, or HF_ENDPOINT)."""
-    import socket
-    from urllib.parse import urlsplit
-
-    host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def model_problem(chain: ModelChain, reachable=hub_reachable) -> str | None:
-    """Why ``chain`` cannot be loaded, found cheaply before any job is queued (a folder that is
-    not there, a hub id neither cached nor downloadable, a missing adapter); None when it can
-    be tried. The cause is the real one: "the hub is unreachable" is not "config.json missing"."""
-    name = chain.pipeline
-    folder = Path(name).expanduser()
-    for adapter in chain.adapters:
-        if not Path(adapter).exists():
-            return f"the LoRA adapter {adapter} is missing (was its round's output moved?)"
-    if folder.is_dir():
-        try:
-            family_of_folder(folder)
-        except ModelLoadError as error:
-            return str(error)
-        return None
-    if not _is_hub_id(name):
-        return f"there is no model folder at {folder}"
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(name, "model_index.json"), str):
-        return None  # in the local cache
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"
-    if not reachable():
-        return f"the Hugging Face hub is unreachable from this machine and {name} is not in its cache"
-    return None
 
 
 def load_components(chain: ModelChain, device: torch.device | None = None) -> Components:

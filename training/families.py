@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from herdbook.training.errors import ModelLoadError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a family computes: checking a model's family needs none
+    import torch
     from herdbook.training.components import Components
 
 
@@ -138,6 +138,8 @@ class StableDiffusionXL(Family):
     encoder_classes = ("CLIPTextModel", "CLIPTextModelWithProjection")
 
     def embed(self, encoders: list, ids: list[torch.Tensor]) -> PromptEmbedding:
+        import torch
+
         # as diffusers' StableDiffusionXLPipeline.encode_prompt does (no clip skip)
         hidden, pooled = [], None
         for encoder, token_ids in zip(encoders, ids, strict=True):
@@ -150,6 +152,8 @@ class StableDiffusionXL(Family):
         """Original size, crop corner and target size, as the pipeline's ``add_time_ids``: trained
         as the images are seen (the whole image at ``resolution``), which is what generation at
         that size asks for (original = target size, no crop)."""
+        import torch
+
         return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * rows, dtype=torch.float32)
 
     def added_conditioning(self, embedding: PromptEmbedding, size_ids: torch.Tensor) -> dict:

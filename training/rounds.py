@@ -18,6 +18,7 @@ from herdbook.feedback.curation import export_version, resolve_version
 from herdbook.feedback.images import check_image_data, store_image
 from herdbook.training.errors import ModelLoadError
 from herdbook.training.lineage import RoundNode, chain_for, tree_lines
+from herdbook.training.models import hub_reachable, model_family, model_problem
 from herdbook.training.phases import PhaseClock
 from herdbook.training.settings import (
     GenerationSettings,
@@ -210,8 +211,6 @@ def model_ready(session: Session, project: Project, ref: str | int | None = "bas
 
 def chain_problem(chain: ModelChain, reachable=None) -> str | None:
     """``model_problem`` with where to set the base model."""
-    from herdbook.training.components import hub_reachable, model_problem
-
     problem = model_problem(chain, reachable or hub_reachable)
     if problem is None:
         return None
@@ -234,6 +233,11 @@ def training_available() -> str | None:
     if missing:
         return f"{', '.join(missing)} not installed: pip install 'herdbook[train]'"
     return None
+
+
+def round_model(session: Session, round_id: int) -> ModelChain:
+    """The model a recorded round starts from."""
+    return settings_of(_round(session, round_id)).model
 
 
 def settings_of(record: Round) -> RoundSettings:
@@ -377,16 +381,16 @@ def run_round(
     report_every: float = 5.0,
     processes: int = 1,
     started_at: float | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> Round:
     """Train a planned round; its record follows along (step, loss) and ends finished or failed.
 
     With ``processes`` > 1 the round runs under accelerate's launcher (one process per GPU);
     the record is then written when the launch returns. ``started_at`` (time.time()) is when the
-    user's action began: the round's phases then count the wait before training too."""
-    from herdbook.training.dreambooth import train
-
+    user's action began: the round's phases then count the wait before training too. ``prepare``
+    runs once the round's data are in place, before the trainer is imported."""
     with store.transaction() as session:
-        settings = start_round(session, project, round_id)
+        settings = start_round(session, project, round_id)  # exports the dataset: no torch needed yet
     last_report = [0.0]
     beating = threading.Event()
     heart = threading.Thread(target=beat_while_running, args=(store, Round, round_id, beating, HEARTBEAT_SECONDS))
@@ -405,7 +409,11 @@ def run_round(
             progress(step, total, loss)
 
     try:
+        if prepare is not None:
+            prepare()
         if processes == 1:
+            from herdbook.training.dreambooth import train
+
             result = train(settings, components, progress=on_step, started_at=started_at)
         else:
             result = launched(settings, processes)
@@ -481,13 +489,6 @@ def loss_histories(session: Session) -> dict[str, list]:
 
 def lineage(session: Session) -> list[str]:
     return tree_lines(round_nodes(session))
-
-
-def model_family(name: str):
-    """The family of a model (from its folder); raises ModelLoadError for one herdbook cannot use."""
-    from herdbook.training.components import model_family
-
-    return model_family(name)
 
 
 def family_label(name: str) -> str | None:

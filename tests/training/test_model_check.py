@@ -2,7 +2,7 @@
 
 import json
 
-from herdbook.training.components import model_problem
+from herdbook.training.models import model_problem
 from herdbook.training.settings import ModelChain
 
 from tests.herdbook.test_cli import run

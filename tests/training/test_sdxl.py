@@ -5,10 +5,11 @@ import json
 
 import pytest
 import torch
-from herdbook.training.components import load_components, model_family, sampling_pipeline
+from herdbook.training.components import load_components, sampling_pipeline
 from herdbook.training.dreambooth import train
 from herdbook.training.errors import ModelLoadError
 from herdbook.training.families import SD1, SDXL
+from herdbook.training.models import model_family
 from herdbook.training.settings import ModelChain
 
 from tests.training.tiny import RESOLUTION
