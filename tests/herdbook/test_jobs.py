@@ -149,8 +149,11 @@ def test_a_worker_keeps_a_model_loaded_between_jobs_until_it_is_replaced_or_a_ro
         with store.transaction() as session:
             return get_job(session, job.id)
 
-    assert generate(0).status == generate(2).status == "finished"
+    first, second = generate(0), generate(2)
+    assert first.status == second.status == "finished"
     assert cache.loads == 1  # the second job drew on the model the first one loaded
+    assert set(second.result["phases"]) == {"settings", "model load", "drawing and storing"}
+    assert second.result["phases"]["model load"] < first.result["phases"]["model load"]
     other = shutil.copytree(tiny_model, tmp_path / "other-base")
     set_base_model(tiny_home.root, str(other))  # the worker reads the config again for each job
     assert generate(4).status == "finished"

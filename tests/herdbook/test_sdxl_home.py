@@ -57,9 +57,9 @@ def test_an_sdxl_round_trains_from_the_cli_and_generates_candidates_of_its_size(
     rounds = json.loads(run("rounds", "--json", "--home", home).output)
     assert (rounds[0]["family"], rounds[0]["status"], rounds[0]["resolution"]) == ("sdxl", "finished", RESOLUTION)
     assert rounds[0]["phases"]["start-up"] > 0 and rounds[0]["phases"]["steps"] > 0  # from the command's start
-    assert (
-        "Added 2 candidate(s)" in run("generate", "--prompt", "an ox", "-n", "2", "--round", "1", "--home", home).output
-    )
+    output = run("generate", "--prompt", "an ox", "-n", "2", "--round", "1", "--home", home).output
+    assert "Added 2 candidate(s)" in output
+    assert "s in all: start-up" in output and "model load" in output  # where the wait went
     with load_home(home).open_store().transaction() as session:
         made = session.scalars(select(Candidate).where(Candidate.round_id == 1)).all()
         assert [(c.width, c.height) for c in made] == [(RESOLUTION, RESOLUTION)] * 2
