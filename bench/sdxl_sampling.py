@@ -20,7 +20,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.sdxl_round import sdxl_components
-from bench.step_profile import family
+from bench.step_profile import family, profiled_call
 
 BACKENDS = {
     "flash": [SDPBackend.FLASH_ATTENTION],
@@ -102,25 +102,11 @@ def vae_decode(parts) -> None:
 def draw_profile(steps: int) -> None:
     from herdbook.training.components import inference_dtype, sampling_pipeline
     from herdbook.training.generate import draw
-    from torch.profiler import ProfilerActivity, profile
 
     parts = sdxl_components()
     pipeline = sampling_pipeline(parts, torch.device("cuda"), inference_dtype(torch.device("cuda")), graphs=True)
-
-    def call():
-        draw(pipeline, "an image of the oxenai ox", [0, 1, 2, 3], steps, 5.0, 1024)
-
-    for _ in range(2):
-        call()
-    torch.cuda.synchronize()
-    began = time.perf_counter()
-    call()
-    torch.cuda.synchronize()
-    wall = time.perf_counter() - began
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        call()
-        torch.cuda.synchronize()
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    wall, events = profiled_call(lambda: draw(pipeline, "an image of the oxenai ox", [0, 1, 2, 3], steps, 5.0, 1024))
+    events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     busy = sum(e.device_time for e in events) / 1e3
     print(f"\n## one draw() of 4 images at 1024, {steps} steps: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of kernels")
     kernels: dict[str, list[float]] = defaultdict(list)

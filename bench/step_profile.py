@@ -341,19 +341,9 @@ def layers_check() -> None:
         )
 
 
-def pipeline_check(steps: int = 25) -> None:
-    """One whole sampling call as herdbook makes it (training.generate.draw): its wall time
-    against its kernels' GPU time, and what made the host wait for the GPU, by caller."""
-    from herdbook.training.components import inference_dtype, sampling_pipeline
-    from herdbook.training.generate import draw
+def profiled_call(call) -> tuple[float, list]:
+    """Seconds of one warm ``call`` (after two warm-ups), and the profiler's events of another."""
     from torch.profiler import ProfilerActivity, profile
-
-    pipeline = sampling_pipeline(
-        sd15_components(), torch.device("cuda"), inference_dtype(torch.device("cuda")), graphs=True
-    )
-
-    def call():
-        draw(pipeline, "an image of the oxenai ox", [0, 1, 2, 3], steps, 7.5, 512)
 
     for _ in range(2):
         call()
@@ -365,7 +355,20 @@ def pipeline_check(steps: int = 25) -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         call()
         torch.cuda.synchronize()
-    events = prof.events()
+    return wall, prof.events()
+
+
+def pipeline_check(steps: int = 25) -> None:
+    """One whole sampling call as herdbook makes it (training.generate.draw): its wall time
+    against its kernels' GPU time, and what made the host wait for the GPU, by caller."""
+    from herdbook.training.components import inference_dtype, sampling_pipeline
+    from herdbook.training.generate import draw
+
+    pipeline = sampling_pipeline(
+        sd15_components(), torch.device("cuda"), inference_dtype(torch.device("cuda")), graphs=True
+    )
+
+    wall, events = profiled_call(lambda: draw(pipeline, "an image of the oxenai ox", [0, 1, 2, 3], steps, 7.5, 512))
     busy = sum(e.device_time for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3
     print(
         f"\n## one draw() of 4 images, {steps} DPM-Solver++ steps: {wall * 1e3:.0f} ms wall, {busy:.0f} ms of kernels"

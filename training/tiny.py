@@ -15,7 +15,7 @@ RESOLUTION = 32  # pixels; the tiny VAE halves it once
 
 
 def tiny_components(seed: int = 0):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from herdbook.training.components import Components, sd_inference_scheduler, sd_training_scheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -32,16 +32,7 @@ def tiny_components(seed: int = 0):
         norm_num_groups=4,
         attention_head_dim=4,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=0,
@@ -61,10 +52,27 @@ def tiny_components(seed: int = 0):
     return Components(unet, vae, text_encoder, tokenizer, scheduler, sd_inference_scheduler())
 
 
+def tiny_vae(scaling_factor: float = 0.18215):
+    """A VAE that halves the image once (SD-1.x's scaling factor unless given)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=RESOLUTION,
+        scaling_factor=scaling_factor,
+    )
+
+
 def tiny_sdxl_components(seed: int = 0):
     """A tiny SDXL, as diffusers' SDXL tests build one: two text encoders (the second with a
     projection), their hidden states joined for cross-attention, and "text_time" conditioning."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from herdbook.training.components import SD_SCHEDULE, Components, sd_training_scheduler
     from herdbook.training.families import SDXL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -88,17 +96,7 @@ def tiny_sdxl_components(seed: int = 0):
         addition_time_embed_dim=4,
         projection_class_embeddings_input_dim=6 * 4 + width,  # six size numbers + the pooled text
     )
-    vae = AutoencoderKL(
-        block_out_channels=[8, 16],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=RESOLUTION,
-        scaling_factor=0.13025,  # SDXL's
-    )
+    vae = tiny_vae(scaling_factor=0.13025)  # SDXL's
     config = CLIPTextConfig(
         bos_token_id=0,
         eos_token_id=2,
