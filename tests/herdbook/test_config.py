@@ -9,12 +9,9 @@ def test_defaults_are_the_reference_run():
     config = ProjectConfig()
     assert config.base_model == "CompVis/stable-diffusion-v1-4"
     assert config.instance_prompt == "an image of the oxenai ox"
-    assert (config.resolution, config.training.steps, config.training.learning_rate, config.training.batch_size) == (
-        512,
-        400,
-        5e-6,
-        1,
-    )
+    assert (config.training.steps, config.training.learning_rate, config.training.batch_size) == (400, 5e-6, 1)
+    assert config.resolution is None  # the model family's own: 512 px for SD-1.x, 1024 for SDXL
+    assert "resolution" not in config.to_toml()
 
 
 def test_config_round_trips_through_toml(tmp_path):
