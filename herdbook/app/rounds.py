@@ -78,7 +78,7 @@ def round_table(rows: list[dict]) -> pd.DataFrame:
                 "Dataset": f"version {r['dataset_version']}" if r["dataset_version"] else "",
                 "Mode": {"full": "full", "lora": "LoRA"}.get(r["mode"], r["mode"]),
                 "Model": {"sd1": "SD 1.x", "sdxl": "SDXL"}.get(r["family"], r["family"]),
-                "Size": shown(r["resolution"]),
+                "Size (px)": shown(r["resolution"]),
                 "Status": r["status"],
                 "Steps done": f"{r['step']} of {r['steps']}",
                 "Started": local_time(r["started"]),
@@ -138,18 +138,19 @@ def rounds_section(home, store, actor: Actor) -> None:
     st.dataframe(round_table(rows), hide_index=True, width="stretch")
     times = time_table(rows)
     if times is not None:
-        st.caption("Where each round's time went, in seconds, from the start of its command or job")
-        st.dataframe(times, width="stretch")
+        st.caption("Where each round's time went, from the start of its command or job (the newest first)")
+        st.dataframe(times, width="content", height=35 * (len(times) + 1) + 3)  # every phase, no scrolling
 
 
-def time_table(rows: list[dict]) -> pd.DataFrame | None:
-    """Where each finished round's time went, phase by phase, from the user's click or command."""
-    timed = [r for r in rows if r.get("phases")]
+def time_table(rows: list[dict], newest: int = 5) -> pd.DataFrame | None:
+    """Where the newest rounds' time went, from the user's click or command: a row per phase
+    (the total first), a column per round, so it fits a narrow window however many phases."""
+    timed = [r for r in rows if r.get("phases")][-newest:][::-1]
     if not timed:
         return None
-    frame = pd.DataFrame([{"Round": r["id"], **r["phases"]} for r in timed]).set_index("Round")
-    frame["in all"] = frame.sum(axis=1)
-    return frame.round(1)
+    columns = {f"round {r['id']}": {"in all": sum(r["phases"].values()), **r["phases"]} for r in timed}
+    frame = pd.DataFrame(columns).fillna(0.0)
+    return frame.map(lambda seconds: f"{seconds:.1f} s")
 
 
 def loss_chart(store) -> None:

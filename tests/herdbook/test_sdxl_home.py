@@ -88,8 +88,9 @@ def test_the_rounds_and_generate_pages_work_on_an_sdxl_home(sdxl_home):
     assert not at.error
     table = at.dataframe[0].value
     assert (table["Model"].tolist(), table["Status"].tolist()) == (["SDXL"], ["finished"])
-    times = at.dataframe[1].value  # where the round's time went
-    assert {"model load", "steps", "in all"} <= set(times.columns) and times["in all"].iloc[0] > 0
+    times = at.dataframe[1].value  # where the round's time went: a row per phase, the total first
+    assert list(times.columns) == ["round 1"] and times.index[0] == "in all"
+    assert {"model load", "steps"} <= set(times.index) and times.loc["in all", "round 1"].endswith(" s")
     grid = [caption for row in at.get("image") for caption in row.captions]
     assert grid == ["base · seed 0", "round 1 (lora) · seed 0", "base · seed 1", "round 1 (lora) · seed 1"]
     assert any("(SDXL, 1024 px)" in expander.label for expander in at.expander)  # the base model, as read
