@@ -143,6 +143,12 @@ class JobReporter:
             job.progress, job.message, job.heartbeat_at = max(0.0, min(1.0, fraction)), message, utcnow()
             job.log = _clip(job.log + self.flush_text())
 
+    def partial_result(self, result: dict) -> None:
+        """What the job has made so far (the Generate page shows its images as they are stored)."""
+        with self.store.transaction() as session:
+            job = session.get(Job, self.job_id)
+            job.result, job.heartbeat_at = result, utcnow()
+
     def flush_text(self) -> str:
         text, self.pending = "".join(self.pending), []
         return text
@@ -173,6 +179,7 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter, cache=None
         progress=lambda done, total: reporter.progress(done / total, f"{done}/{total} images stored"),
         cache=cache,
         clock=clock,
+        stored=lambda ids: reporter.partial_result({"candidate_ids": ids}),
         **{
             k: params[k]
             for k in ("negative_prompt", "count", "seed", "steps", "resolution", "guidance_scale")

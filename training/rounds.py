@@ -570,11 +570,13 @@ def generate_candidates(
     progress=None,
     cache=None,
     clock: PhaseClock | None = None,
+    stored: Callable[[list[int]], None] | None = None,
     **options,
 ) -> list[int]:
-    """Generate and record candidates, each batch stored as soon as it is drawn; the model loads
-    (or comes from ``cache``, a training.pipelines.PipelineCache) outside any transaction.
-    ``clock`` (training.phases) gets the phases: settings, model load, drawing and storing."""
+    """Generate and record candidates, each batch stored as soon as it is drawn (``stored`` hears
+    the ids so far after each); the model loads (or comes from ``cache``, a
+    training.pipelines.PipelineCache) outside any transaction. ``clock`` (training.phases) gets
+    the phases: settings, model load, drawing and storing."""
     from contextlib import nullcontext
 
     from herdbook.training.generate import generate_batches, load_pipeline
@@ -593,6 +595,8 @@ def generate_candidates(
             with store.transaction() as session:
                 ids += [c.id for c in record_generated(session, project, settings, round_id, images)]
             drawn += len(images)
+            if stored is not None:
+                stored(list(ids))
             if progress is not None:
                 progress(drawn, settings.count)
     clock.end("drawing and storing")

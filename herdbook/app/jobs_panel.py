@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import streamlit as st
 
 from herdbook.app.context import action
+from herdbook.feedback.catalog import cards
 from herdbook.jobs import list_jobs, mark_lost_jobs
 
 
@@ -16,10 +17,13 @@ def jobs_panel(home, store, kind: str) -> None:
         mark_lost_jobs(session, home.config.jobs.stale_after_seconds)
         jobs = [j for j in list_jobs(session, limit=20) if j.kind == kind][:5]
         rows = [(j.id, j.status, j.progress, j.message, j.error, j.log, j.created_at) for j in jobs]
+        # the images of the newest generation job, as they are stored
+        made = (jobs[0].result or {}).get("candidate_ids", []) if jobs and kind == "generate" else []
+        images = cards(session, made)
     if not rows:
         st.caption("No jobs yet.")
         return
-    for job_id, status, progress, message, error, log, created in rows:
+    for number, (job_id, status, progress, message, error, log, created) in enumerate(rows):
         label = f"Job {job_id}: {status}"
         if status == "running":
             st.progress(progress, text=f"{label} · {message}")
@@ -27,11 +31,15 @@ def jobs_panel(home, store, kind: str) -> None:
             waited = (datetime.now(UTC) - created.replace(tzinfo=created.tzinfo or UTC)).total_seconds()
             st.info(f"{label} · {message}" + (" — is `herdbook worker` running?" if waited > 15 else ""))
         elif status == "finished":
-            st.success(f"{label}")
+            count = f" · {len(images)} image(s) added to the rating queue (Rate page)" if number == 0 and images else ""
+            st.success(f"{label}{count}")
         elif status == "failed":
             st.error(f"{label}: {error}")
         else:
             st.warning(f"{label}: {error}")
+        if number == 0 and images:
+            st.image([str(home.root / card.path) for card in images], caption=[f"#{card.id}" for card in images],
+                     width=128)  # fmt: skip
         if log and status in ("running", "failed"):
             with st.expander("Log", expanded=False):
                 st.code(log[-3000:], language=None)

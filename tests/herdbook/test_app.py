@@ -379,3 +379,18 @@ def test_a_round_that_cannot_be_deleted_says_why_and_the_page_stays(demo_home):
     at.button(key="delete-1").click().run()
     assert any("delete those first" in e.value for e in at.error)
     assert "Dreambooth rounds" in [h.value for h in at.header] and at.dataframe  # not a blank page
+
+
+def test_a_generation_jobs_images_show_on_the_generate_page_with_their_count(demo_home):
+    from herdbook.jobs import run_next_job
+
+    at = page("generate").run()
+    at.text_input(key="prompt").input("an ox in the rain")
+    at.number_input[0].set_value(2)
+    at.button(key="generate").click().run()
+    assert run_next_job(demo_home)  # what the worker does
+    at = page("generate").run()
+    assert "2 image(s) added to the rating queue" in at.success[0].value
+    with demo_home.open_store().transaction() as session:
+        made = session.scalars(select(Job)).one().result["candidate_ids"]
+    assert [c for image in at.get("image") for c in image.captions] == [f"#{i}" for i in made]

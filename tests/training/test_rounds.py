@@ -175,3 +175,10 @@ def test_a_round_still_beating_is_refused_with_when_it_will_count_as_interrupted
         assert "counts as interrupted in 90 s" in message
     with store.transaction() as session:
         assert resumable(session, planned.id, 20).id == planned.id  # stale after 20 s: it may resume
+
+
+def test_generated_candidates_are_stored_batch_by_batch(project):
+    home, store = project
+    heard: list[list[int]] = []
+    ids = generate_candidates(store, home.project, "an ox", "base", count=6, steps=2, seed=50, stored=heard.append)
+    assert [len(batch) for batch in heard] == [4, 6] and heard[-1] == ids  # 4 a batch: told after each
