@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
@@ -587,17 +588,34 @@ def generate_candidates(
     clock.end("settings")
     ids: list[int] = []
     drawn = 0
+
+    def store_batch(images) -> tuple[list[int], int]:
+        with store.transaction() as session:
+            return [c.id for c in record_generated(session, project, settings, round_id, images)], len(images)
+
+    def stored_now(batch: tuple[list[int], int]) -> None:
+        nonlocal drawn
+        ids.extend(batch[0])
+        drawn += batch[1]
+        if stored is not None:
+            stored(list(ids))
+        if progress is not None:
+            progress(drawn, settings.count)
+
     if pipeline is None and cache is None:
         pipeline = load_pipeline(settings)
-    with cache.using(settings) if cache is not None else nullcontext(pipeline) as loaded:
+    # each batch is stored (PNG, hashes, rows) while the next one is drawn
+    with (
+        cache.using(settings) if cache is not None else nullcontext(pipeline) as loaded,
+        ThreadPoolExecutor(1, thread_name_prefix="herdbook-store") as storer,
+    ):
         clock.end("model load")
+        storing = None
         for images in generate_batches(settings, pipeline=loaded):
-            with store.transaction() as session:
-                ids += [c.id for c in record_generated(session, project, settings, round_id, images)]
-            drawn += len(images)
-            if stored is not None:
-                stored(list(ids))
-            if progress is not None:
-                progress(drawn, settings.count)
+            if storing is not None:
+                stored_now(storing.result())
+            storing = storer.submit(store_batch, images)
+        if storing is not None:
+            stored_now(storing.result())
     clock.end("drawing and storing")
     return ids
