@@ -9,6 +9,7 @@ so ``herdbook status`` stays quick.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -90,6 +91,9 @@ def main():
       herdbook sync                      commit the curated dataset to Oxen
       herdbook train                     run a Dreambooth round on it
     """
+    # transformers warns at import that image processors lack torchvision, which herdbook never
+    # uses: every train and demo began with two such lines. A user's own setting wins.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 @main.command()
@@ -366,6 +370,7 @@ def demo_config(root: Path):
         return config
     from herdbook.training.tiny import RESOLUTION, save_tiny_pipeline
 
+    quiet_libraries()  # no progress bar for writing a model of a few kilobytes
     model = save_tiny_pipeline(root / "models" / DEMO_MODEL)
     click.echo(f"Built a tiny random-weight demo model in {model} (its images are noise)")
     return config.with_changes(

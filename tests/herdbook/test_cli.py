@@ -286,3 +286,19 @@ def test_users_are_added_with_a_password_from_stdin_and_sign_in_opens_the_networ
     assert json.loads(run("users", "--json", "--home", home).output)[0]["role"] == "admin"
     logged = run("log", "--home", home).output
     assert "(cli): add user" in logged and "name=Ann" in logged
+
+
+def test_the_demo_starts_without_library_noise(tmp_path):
+    """A fresh process, as a user runs it: libraries read their verbosity when first imported."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "herdbook.cli", "demo", "--home", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Drew 36 cartoon oxen" in done.stdout
+    assert "torchvision" not in done.stderr and "Writing model shards" not in done.stderr, done.stderr
