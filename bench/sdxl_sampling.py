@@ -1,7 +1,7 @@
 """Where an SDXL sampling call spends its time: 4 images at 1024 (batch 8 with guidance), SDXL-base's
 architecture with random weights, on one GPU.
 
-Per UNet call (the CUDA graph's replay, median): herdbook's sampling set-up against other attention
+Per UNet call (the CUDA graph's replay, median of 30, captured as the trainer captures a step): herdbook's sampling set-up against other attention
 choices; the VAE decoding 4 images; then one whole draw() profiled by kernel family, with the GPU's
 idle time between kernels.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import time
 from collections import defaultdict
 
@@ -20,35 +19,13 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.sdxl_round import sdxl_components
-from bench.step_profile import family, profiled_call
+from bench.step_profile import captured_ms, family, profiled_call
 
 BACKENDS = {
     "flash": [SDPBackend.FLASH_ATTENTION],
     "cudnn": [SDPBackend.CUDNN_ATTENTION],
     "efficient": [SDPBackend.EFFICIENT_ATTENTION],
 }
-
-
-def timed_replays(call, replays: int = 20) -> float:
-    """Median milliseconds of ``call`` captured as one CUDA graph and replayed."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -82,7 +59,7 @@ def unet_calls(parts, variants: list[str]) -> None:
             out = call()
             torch.cuda.synchronize()
             first = time.perf_counter() - began
-            ms = timed_replays(call)
+            ms = captured_ms(call)
         reference = out if reference is None else reference
         gap = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
         print(f"  UNet call, batch 8 at 1024, {variant:<10} {ms:7.1f} ms  (first call {first:5.2f} s, "
@@ -95,7 +72,7 @@ def vae_decode(parts) -> None:
 
     vae = fast_layers(parts.vae.to("cuda", torch.bfloat16).eval())
     latents = torch.randn(4, 4, 128, 128, device="cuda", dtype=torch.bfloat16)
-    ms = timed_replays(lambda: vae.decode(latents, return_dict=False)[0])
+    ms = captured_ms(lambda: vae.decode(latents, return_dict=False)[0])
     print(f"  VAE decode of 4 images at 1024: {ms:7.1f} ms", flush=True)
 
 

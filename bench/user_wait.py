@@ -59,12 +59,17 @@ def save_model(kind: str, folder: Path) -> dict:
     return {"saved_s": round(time.perf_counter() - began, 1), "gib_on_disk": round(size / 2**30, 2)}
 
 
-def cold_caches(out: Path, name: str) -> dict:
-    """Fresh compile caches for one run, and the page cache dropped where this process may."""
-    env = {
+def caches(out: Path, name: str) -> dict:
+    """The compile caches of the runs called ``name``: the same name, the same (warm) caches."""
+    return {
         "TRITON_CACHE_DIR": str(out / "caches" / name / "triton"),
         "CUDA_CACHE_PATH": str(out / "caches" / name / "cuda"),
     }
+
+
+def cold_caches(out: Path, name: str) -> dict:
+    """Fresh compile caches for one run, and the page cache dropped where this process may."""
+    env = caches(out, name)
     subprocess.run(["sync"], check=False)
     with contextlib.suppress(OSError):  # not root, or not Linux: the model files may stay in memory
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -203,9 +208,7 @@ def main() -> None:
     rows = []
     if "full" in runs:
         rows.append(train_run("train-full-cold", home, cold_caches(args.out, "full"), "--mode", "full", *steps))
-        warm = {"TRITON_CACHE_DIR": str(args.out / "caches" / "full" / "triton"),
-                "CUDA_CACHE_PATH": str(args.out / "caches" / "full" / "cuda")}  # fmt: skip
-        rows.append(train_run("train-full-warm", home, warm, "--mode", "full", *steps))
+        rows.append(train_run("train-full-warm", home, caches(args.out, "full"), "--mode", "full", *steps))
     if "lora" in runs:
         rows.append(train_run("train-lora-cold", home, cold_caches(args.out, "lora"), "--mode", "lora", *steps))
     if "generate" in runs:

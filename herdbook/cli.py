@@ -640,10 +640,11 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
         "negative_prompt": negative_prompt,
         "guidance_scale": guidance_scale,
     }
-    from herdbook.training.rounds import model_ready
+    from herdbook.training.rounds import chain_problem, model_for
 
     with store.transaction() as session:
-        problem = model_ready(session, home.project, round_ref)  # fail now, not in the worker
+        model, _ = model_for(session, home.project, round_ref)
+    problem = chain_problem(model)  # fail now, not in the worker
     if problem:
         raise HerdbookError(problem)
     if queued:
@@ -661,10 +662,9 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
         click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
     from herdbook.training.phases import PhaseClock, process_started_at
-    from herdbook.training.rounds import generate_candidates, model_for
+    from herdbook.training.rounds import generate_candidates
 
-    with store.transaction() as session:
-        background_loading(model_for(session, home.project, round_ref)[0])
+    background_loading(model)
     quiet_libraries()
 
     clock = PhaseClock(process_started_at())

@@ -39,7 +39,7 @@ class Components:
 
     @property
     def tokenizers(self) -> list:
-        return [getattr(self, name.replace("text_encoder", "tokenizer")) for name in self.family.encoder_names]
+        return [getattr(self, name) for name in self.family.tokenizer_names]
 
     @property
     def frozen_parts(self) -> list:

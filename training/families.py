@@ -44,13 +44,19 @@ class Family:
     encoder_names: tuple[str, ...]  # the text encoders' subfolders, in the pipeline's order
     encoder_classes: tuple[str, ...]  # their transformers classes
 
+    @property
+    def tokenizer_names(self) -> tuple[str, ...]:
+        """Each text encoder's tokenizer, as diffusers names its subfolder."""
+        return tuple(name.replace("text_encoder", "tokenizer") for name in self.encoder_names)
+
     def load_text_parts(self, load) -> dict[str, Any]:
         """The tokenizers and text encoders by pipeline name, each through ``load(class, subfolder)``."""
         import transformers
 
         parts = {}
-        for subfolder, class_name in zip(self.encoder_names, self.encoder_classes, strict=True):
-            tokenizer = subfolder.replace("text_encoder", "tokenizer")
+        for subfolder, tokenizer, class_name in zip(
+            self.encoder_names, self.tokenizer_names, self.encoder_classes, strict=True
+        ):
             parts[tokenizer] = load(transformers.CLIPTokenizer, tokenizer)
             parts[subfolder] = load(getattr(transformers, class_name), subfolder)
         return parts
@@ -186,7 +192,6 @@ class StableDiffusionXL(Family):
 
 
 SD1, SDXL = StableDiffusion1(), StableDiffusionXL()
-FAMILIES = {family.name: family for family in (SD1, SDXL)}
 PIPELINE_CLASSES = {
     "StableDiffusionPipeline": SD1,
     "StableDiffusionImg2ImgPipeline": SD1,
@@ -194,10 +199,6 @@ PIPELINE_CLASSES = {
     "StableDiffusionXLImg2ImgPipeline": SDXL,
 }
 SUPPORTED = "Stable Diffusion 1.x/2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline)"
-
-
-def family_named(name: str) -> Family:
-    return FAMILIES[name]
 
 
 def family_of_index(index: dict | None, unet_config: dict | None, where: str) -> Family:

@@ -203,13 +203,6 @@ def model_choices(session: Session) -> list[str]:
     return ["base", *[str(i) for i in finished]]
 
 
-def model_ready(session: Session, project: Project, ref: str | int | None = "base", reachable=None) -> str | None:
-    """None when the model of ``ref`` (base, latest, a round) can be loaded; else why not and
-    where to set it. A cheap check, made before anything is queued."""
-    chain, _ = model_for(session, project, ref)
-    return chain_problem(chain, reachable)
-
-
 def chain_problem(chain: ModelChain, reachable=None) -> str | None:
     """``model_problem`` with where to set the base model."""
     problem = model_problem(chain, reachable or hub_reachable)
