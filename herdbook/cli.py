@@ -617,7 +617,11 @@ def quiet_libraries() -> None:
 @click.option("--round", "round_ref", default="base", show_default=True, help="Model: base, latest, or a round number.")
 @click.option("--seed", default=0, show_default=True, help="Image i uses seed + i.")
 @click.option("--steps", default=30, show_default=True, type=click.IntRange(1, 500), help="Denoising steps.")
-@click.option("--resolution", type=click.IntRange(8, 4096), help="Pixels per side [default: the project's].")
+@click.option(
+    "--resolution",
+    type=click.IntRange(8, 4096),
+    help="Pixels per side [default: the project's, else the model's: 512 SD-1.x, 1024 SDXL].",
+)
 @click.option("--negative", "negative_prompt", default="", help="Negative prompt.")
 @click.option(
     "--guidance",
