@@ -123,14 +123,15 @@ def sampling_pipeline(
     components: Components,
     device: torch.device,
     dtype: torch.dtype | None = None,
-    scheduler: str = "DPMSolverMultistepScheduler",
+    scheduler: str | None = None,
     graphs: bool = False,
 ):
     """A pipeline ready to draw images: on the device, with diffusers' own progress bar off.
 
     ``graphs``: on a CUDA GPU, with the weights in ``dtype`` (no autocast), the UNet's call is
-    captured as a CUDA graph per batch shape and replayed (training.graphs.GraphedUNet)."""
-    pipeline = make_pipeline(components, scheduler)
+    captured as a CUDA graph per batch shape and replayed (training.graphs.GraphedUNet).
+    ``scheduler``: a diffusers class name; by default the family's sampler (Family.default_scheduler)."""
+    pipeline = make_pipeline(components, scheduler or components.family.default_scheduler)
     pipeline = pipeline.to(device) if dtype is None else pipeline.to(device, dtype)
     pipeline.set_progress_bar_config(disable=True)
     if graphs and dtype is not None and device.type == "cuda":
@@ -148,7 +149,7 @@ def sampling_pipeline(
 
 def make_pipeline(components: Components, scheduler: str | None = None):
     """A plain diffusers pipeline over the components (no safety checker: the raters are the
-    filter), sampling with ``scheduler`` or else the model's own sampler."""
+    filter), sampling with ``scheduler`` or else the model's own sampler (what a saved folder keeps)."""
     import diffusers
 
     noise_scheduler = components.inference_scheduler or components.noise_scheduler

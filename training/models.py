@@ -7,6 +7,7 @@ quarter of a round's wait; bench/startup.txt)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -32,6 +33,18 @@ def model_family(name: str) -> Family:
     if folder.is_dir():
         return family_of_folder(folder)
     return family_of_index(_from_pretrained(_PipelineIndex, name), None, name)
+
+
+def model_sampler(name: str) -> str | None:
+    """The sampler class the pipeline ``name`` ships with (its model_index.json's scheduler)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        index_file = folder / "model_index.json"
+        index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
+    else:
+        index = _from_pretrained(_PipelineIndex, name)
+    entry = index.get("scheduler")
+    return str(entry[1]) if isinstance(entry, list) and len(entry) == 2 and entry[1] else None
 
 
 def _is_hub_id(name: str) -> bool:

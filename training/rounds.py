@@ -19,7 +19,7 @@ from herdbook.feedback.curation import export_version, resolve_version
 from herdbook.feedback.images import check_image_data, store_image
 from herdbook.training.errors import ModelLoadError
 from herdbook.training.lineage import RoundNode, chain_for, tree_lines
-from herdbook.training.models import hub_reachable, model_family, model_problem
+from herdbook.training.models import hub_reachable, model_family, model_problem, model_sampler
 from herdbook.training.phases import PhaseClock
 from herdbook.training.settings import (
     GenerationSettings,
@@ -497,15 +497,16 @@ def family_label(name: str) -> str | None:
 def generation_settings(
     session: Session, project, prompt: str, round_ref=None, **options
 ) -> tuple[GenerationSettings, int | None]:
-    """What a generation job draws: the size and guidance left unset are the model family's own."""
+    """What a generation job draws: the size, guidance and sampler left unset are the model family's own."""
     chain, round_id = model_for(session, project, round_ref)
     options = {k: v for k, v in options.items() if v is not None}
     if "resolution" not in options and project.resolution:
         options["resolution"] = project.resolution
-    if "resolution" not in options or "guidance_scale" not in options:
-        family = model_family(chain.pipeline)
-        options.setdefault("resolution", family.default_resolution)
-        options.setdefault("guidance_scale", family.default_guidance)
+    family = model_family(chain.pipeline)
+    options.setdefault("resolution", family.default_resolution)
+    options.setdefault("guidance_scale", family.default_guidance)
+    # named, not left to the pipeline, so each candidate records the sampler that drew it
+    options.setdefault("scheduler", family.default_scheduler or model_sampler(chain.pipeline))
     return GenerationSettings(prompt=prompt, model=chain, **options), round_id
 
 

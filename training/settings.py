@@ -147,7 +147,8 @@ class GenerationSettings(StrictSettings):
     guidance_scale: NonNegativeFloat = 7.5
     resolution: int = 512
     batch_size: PositiveInt = 4
-    scheduler: str = "DPMSolverMultistepScheduler"
+    # a diffusers sampler class; None: the model family's (SD-1.x: DPM-Solver++, SDXL: the model's own)
+    scheduler: str | None = None
     # auto: on a CUDA GPU the UNet's call is captured as a CUDA graph and replayed; off: eager
     fast_path: Literal["auto", "off"] = "auto"
 

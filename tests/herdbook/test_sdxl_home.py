@@ -65,6 +65,7 @@ def test_an_sdxl_round_trains_from_the_cli_and_generates_candidates_of_its_size(
         assert [(c.width, c.height) for c in made] == [(RESOLUTION, RESOLUTION)] * 2
         assert {c.generation["resolution"] for c in made} == {RESOLUTION}
         assert {c.generation["guidance_scale"] for c in made} == {5.0}  # SDXL's own default
+        assert {c.generation["scheduler"] for c in made} == {"EulerDiscreteScheduler"}  # the model's own sampler
 
 
 def test_an_sdxl_project_without_a_size_trains_and_draws_at_1024(sdxl_home):

@@ -39,6 +39,7 @@ def test_generated_candidates_record_how_to_make_them_again(project):
     first = candidates[0]
     assert first.prompt == "an ox" and first.round_id is None
     assert first.generation["steps"] == 2 and first.generation["model"] == str(home.config.base_model)
+    assert first.generation["scheduler"] == "DPMSolverMultistepScheduler"  # SD-1.x's sampler, named
     assert (home.root / first.path).exists() and first.source_name == "base-seed-7.png"
 
 
