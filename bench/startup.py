@@ -1,14 +1,26 @@
 """What a herdbook command's start-up costs before any model work: each heavy import, and CUDA's
 start, each timed in a fresh process (twice: the first also fills the page and bytecode caches).
 
-    python3 -m bench.startup
+It first says whether each heavy package has bytecode beside its sources: pip byte-compiles what
+it installs, but an image built otherwise may hold sources only in a folder Python can't write,
+and then every process compiles them again. ``--bytecode DIR`` compiles them into DIR first
+(PYTHONPYCACHEPREFIX), as pip would have, and times the imports with it.
+
+    python3 -m bench.startup [--bytecode DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import os
 import subprocess
 import sys
+import sysconfig
 import time
+from pathlib import Path
+
+PACKAGES = ["torch", "transformers", "diffusers", "accelerate", "peft", "triton", "safetensors", "huggingface_hub"]
 
 STEPS = [
     ("python alone", "pass"),
@@ -28,22 +40,59 @@ STEPS = [
 ]
 
 
-def timed(code: str) -> float:
+def package_folders() -> dict[str, Path]:
+    folders = {}
+    for name in PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            folders[name] = Path(spec.origin).parent
+    return folders
+
+
+def bytecode_state(folder: Path) -> str:
+    """How many of a package's sources have this Python's bytecode beside them."""
+    tag = sys.implementation.cache_tag
+    sources = list(folder.rglob("*.py"))
+    compiled = {p.name.split(".")[0] for p in folder.rglob(f"*.{tag}.pyc")}
+    have = sum(1 for p in sources if p.stem in compiled)
+    writable = "writable" if os.access(folder, os.W_OK) else "read-only"
+    return f"{have} of {len(sources)} sources compiled, {writable}"
+
+
+def timed(code: str, env: dict) -> float:
     """Seconds the fresh process took; NaN if it failed (no GPU here, a package missing)."""
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
     return time.perf_counter() - began if done.returncode == 0 else float("nan")
 
 
 def main() -> None:
-    print(f"{'what':<34} {'first':>7} {'again':>7}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bytecode", type=Path, help="byte-compile the heavy packages into this folder first")
+    args = parser.parse_args()
+    env = dict(os.environ)
+    folders = package_folders()
+    print(f"site-packages: {sysconfig.get_paths()['purelib']}")
+    for name, folder in folders.items():
+        print(f"  {name:<16} {bytecode_state(folder)}  ({folder})")
+    if args.bytecode:
+        env["PYTHONPYCACHEPREFIX"] = str(args.bytecode)
+        began = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "-j", "0", *map(str, folders.values())],
+            env=env,
+            capture_output=True,
+        )
+        print(f"byte-compiled into {args.bytecode} in {time.perf_counter() - began:.1f} s")
+    print(f"\n{'what':<34} {'first':>7} {'again':>7}")
     for name, code in STEPS:
-        print(f"{name:<34} {timed(code):6.2f}s {timed(code):6.2f}s", flush=True)
+        print(f"{name:<34} {timed(code, env):6.2f}s {timed(code, env):6.2f}s", flush=True)
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import herdbook.training.dreambooth, herdbook.cli"],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     rows = []
     for line in done.stderr.splitlines():

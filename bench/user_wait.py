@@ -1,7 +1,8 @@
 """What a user waits for: herdbook's own commands as child processes, each timed from spawn to exit.
 
-A real home on a saved model folder (SD-1.5's architecture with random weights written with
-``save_pretrained``, so loading reads real files; or the tiny model, for a dry run on a CPU):
+A real home on a saved model folder (SD-1.5's or SDXL-base's architecture with random weights
+written with ``save_pretrained``, so loading reads real files; or the tiny model, for a dry run on
+a CPU):
 ``herdbook init``, ``import`` (the six instance images, rated), ``sync``, then
 
 - train-full-cold / train-lora-cold: ``herdbook train --mode full|lora --from base`` with fresh
@@ -14,7 +15,10 @@ A real home on a saved model folder (SD-1.5's architecture with random weights w
 Each run carries the phases the command recorded itself (a round's metrics, generation's closing
 line, a job's result). Prints a table and writes bench/results/user_wait-DATE.json.
 
-    python3 -m bench.user_wait [--model sd15|tiny] [--steps 400] [--out DIR]
+With ``--model sdxl`` the runs are #23's: ``train --mode lora`` (rank 16, lr 1e-4, 1024 px: the
+project's defaults for an SDXL base) and ``generate -n 4`` at 1024.
+
+    python3 -m bench.user_wait [--model sd15|sdxl|tiny] [--steps 400] [--out DIR]
 """
 
 from __future__ import annotations
@@ -39,8 +43,12 @@ PROMPT = "an image of the oxenai ox"
 
 def save_model(kind: str, folder: Path) -> dict:
     """The base model as a diffusers folder: SD-1.5's architecture in float32 (what the hub's main
-    branch holds), or the tiny one."""
+    branch holds), SDXL-base's in float16 (the hub's fp16 variant), or the tiny one."""
     began = time.perf_counter()
+    if kind == "sdxl":
+        from bench.sdxl_round import save_model as save_sdxl
+
+        return save_sdxl(folder)
     if kind == "tiny":
         from herdbook.training.tiny import save_tiny_pipeline
 
@@ -179,15 +187,15 @@ def worker_runs(home: Path, env: dict, round_ref: str) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["sd15", "tiny"], default="sd15")
+    parser.add_argument("--model", choices=["sd15", "sdxl", "tiny"], default="sd15")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--instance", type=Path, default=ROOT / ".bench-data" / "instance")
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp()))
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--runs", default="full,lora,generate,worker")
+    parser.add_argument("--runs", help="of full,lora,generate,worker [all; sdxl: lora,generate]")
     args = parser.parse_args()
     tiny = args.model == "tiny"
-    runs = args.runs.split(",")
+    runs = (args.runs or ("lora,generate" if args.model == "sdxl" else "full,lora,generate,worker")).split(",")
     device = "cpu"
     if not tiny:
         import torch
@@ -228,7 +236,7 @@ def main() -> None:
         print(f"{row['name']:<26} {row['wall_s']:>12.2f} s  {phases}")
     args.results.mkdir(parents=True, exist_ok=True)
     today = datetime.date.today().isoformat()
-    path = args.results / f"user_wait-{today}{'-tiny' if tiny else ''}.json"
+    path = args.results / f"user_wait-{today}{'' if args.model == 'sd15' else '-' + args.model}.json"
     path.write_text(json.dumps({"device": device, "date": today, "model": args.model, "runs": rows}, indent=2))
     print(f"wrote {path}")
 
