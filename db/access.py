@@ -40,6 +40,7 @@ class Actor:
     name: str
     role: str = "admin"
     signed_in: bool = False
+    operator: bool = False  # the CLI's user: holds the home's files, so no sign-in could stop them
 
     @property
     def is_admin(self) -> bool:
@@ -118,6 +119,23 @@ def still_signed_in(session: Session, actor: Actor) -> Actor | None:
     changed role applies at once (a browser session may outlive either)."""
     user = _user(session, actor.name)
     return Actor(user.name, user.role, signed_in=True) if user is not None else None
+
+
+def as_now(session: Session, actor: Actor) -> Actor:
+    """The actor as the users table has them at this moment, for each action: a browser tab
+    keeps the actor of its last page load, and users may have been added, removed or changed
+    since. No users: the app is open and everyone acts as an admin. Users: only a signed-in
+    user who still exists acts, with the role they have now."""
+    if actor.operator:
+        return actor
+    if not sign_in_required(session):
+        return Actor(actor.name, "admin")
+    if not actor.signed_in:
+        raise Forbidden("this app asks everyone to sign in now: reload the page and sign in")
+    user = _user(session, actor.name)
+    if user is None:
+        raise Forbidden(f"{actor.name} is no longer a user here: reload the page")
+    return Actor(user.name, user.role, signed_in=True)
 
 
 def record_action(session: Session, actor: Actor, action: str, **detail: Any) -> None:

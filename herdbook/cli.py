@@ -64,7 +64,7 @@ def operator():
 
     from herdbook.db.access import Actor
 
-    return Actor(f"{getpass.getuser()} (cli)", "admin")
+    return Actor(f"{getpass.getuser()} (cli)", "admin", operator=True)
 
 
 def printable(text: str) -> str:
