@@ -26,17 +26,17 @@ def signed_home(demo_home):  # noqa: F811
 
 
 def test_a_rater_votes_as_themselves_and_can_do_nothing_an_admin_does(signed_home):
-    demo_home = signed_home
-    store = demo_home.open_store()
+    home = signed_home
+    store = home.open_store()
     with store.transaction() as session:
         actions.vote(session, RATER, 1, "accept")
         assert current_vote(session, 1, "kim") == "accept"
     attempts = [
-        lambda s: actions.sync_dataset(s, RATER, demo_home),
-        lambda s: actions.queue_generation(s, RATER, demo_home, {"prompt": "an ox", "count": 1}),
-        lambda s: actions.start_round(s, RATER, demo_home),
-        lambda s: actions.cancel_round(s, RATER, demo_home, 1),
-        lambda s: actions.change_base_model(s, RATER, demo_home, "somewhere/else"),
+        lambda s: actions.sync_dataset(s, RATER, home),
+        lambda s: actions.queue_generation(s, RATER, home, {"prompt": "an ox", "count": 1}),
+        lambda s: actions.start_round(s, RATER, home),
+        lambda s: actions.cancel_round(s, RATER, home, 1),
+        lambda s: actions.change_base_model(s, RATER, home, "somewhere/else"),
     ]
     for attempt in attempts:
         with pytest.raises(Forbidden), store.transaction() as session:
@@ -46,17 +46,17 @@ def test_a_rater_votes_as_themselves_and_can_do_nothing_an_admin_does(signed_hom
         assert session.scalar(select(func.count()).select_from(Job)) == 0
         assert session.scalar(select(func.count()).select_from(Round)) == 0
         assert recent_actions(session) == []
-    assert "somewhere/else" not in demo_home.config_path.read_text()
+    assert "somewhere/else" not in home.config_path.read_text()
     store.close()
 
 
 def test_admin_actions_are_recorded_with_who_did_them(signed_home):
-    demo_home = signed_home
-    store = demo_home.open_store()
+    home = signed_home
+    store = home.open_store()
     with store.transaction() as session:
         actions.vote(session, ADMIN, 1, "accept")
-        actions.sync_dataset(session, ADMIN, demo_home)
-        record, job = actions.start_round(session, ADMIN, demo_home, steps=3)
+        actions.sync_dataset(session, ADMIN, home)
+        record, job = actions.start_round(session, ADMIN, home, steps=3)
     with store.transaction() as session:
         done = [(a.actor, a.action, a.detail) for a in reversed(recent_actions(session))]
     assert done[0][:2] == ("ann", "sync") and done[0][2]["version"] == 1
