@@ -6,6 +6,7 @@ each app action wrap their work in ``with store.transaction() as session``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -125,12 +126,20 @@ def open_store(url: str, *, create: bool = False, upgrade: bool = True) -> Store
     curated one). A damaged file or one from a newer herdbook is refused, named."""
     engine = make_engine(url)
     database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if database and database != ":memory:" and not create and not Path(database).exists():
-        engine.dispose()
-        raise StoreError(
-            f"no database at {database}: the home's herdbook.db is missing. Restore it from a backup "
-            "(nothing else holds the votes); `herdbook init` makes a new, empty home elsewhere"
-        )
+    if database and database != ":memory:":
+        path = Path(database)
+        # an empty file is what a failed copy or a full disk leaves: opening it as a database
+        # would migrate it into an empty one, and a sync would commit an empty dataset
+        empty = path.exists() and path.stat().st_size == 0
+        if not create and (empty or not path.exists()):
+            engine.dispose()
+            raise StoreError(
+                f"{'the database at ' + database + ' is empty (0 bytes)' if empty else 'no database at ' + database}"
+                ": the home's herdbook.db is missing. Restore it from a backup (nothing else holds the votes); "
+                "`herdbook init` makes a new, empty home elsewhere"
+            )
+        if create and not path.exists():
+            private_file(path)
     try:
         revision = current_revision(engine)
     except DBAPIError as error:
@@ -151,6 +160,13 @@ def open_store(url: str, *, create: bool = False, upgrade: bool = True) -> Store
     return Store(engine, sessionmaker(engine, expire_on_commit=False))
 
 
+def private_file(path: Path) -> None:
+    """A new, empty file only its owner may read: the database holds password hashes (SQLite
+    gives its -wal and -shm files the database's own mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def _has_tables(engine: Engine) -> bool:
     with engine.connect() as connection:
         return bool(inspect(connection).get_table_names())
@@ -166,6 +182,7 @@ def copy_database(store: Store, dest: Path) -> None:
         )
     if dest.exists():
         raise StoreError(f"{dest} exists already; a backup never overwrites")
+    private_file(dest)  # VACUUM INTO fills an empty file and keeps its mode: the hashes stay private
     with store.engine.connect() as connection:
         connection.exec_driver_sql("VACUUM INTO ?", (str(dest),))
 
@@ -174,8 +191,11 @@ def integrity_problems(store: Store) -> list[str]:
     """SQLite's own check of the file: empty when the database is sound."""
     if store.engine.dialect.name != "sqlite":
         return []
-    with store.engine.connect() as connection:
-        rows = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check")]
+    try:
+        with store.engine.connect() as connection:
+            rows = [row[0] for row in connection.exec_driver_sql("PRAGMA integrity_check")]
+    except DBAPIError as error:  # damage can stop the check itself
+        return [str(error.orig).splitlines()[0] if error.orig else type(error).__name__]
     return [] if rows == ["ok"] else rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -164,6 +165,22 @@ def rater_agreement(session: Session) -> dict:
             prompt: plain(result) for prompt, result in agreement_by_prompt(by_prompt).items() if result.items
         },
     }
+
+
+def damaged_files(session: Session, root: Path) -> list[tuple[int, str, str]]:
+    """Candidates whose image file is there but no longer hashes to what was stored: (id,
+    source name, path). Reads every file, so it is for checks, not for every command."""
+    rows = session.execute(
+        select(Candidate.id, Candidate.source_name, Candidate.path, Candidate.sha256).order_by(Candidate.id)
+    )
+    damaged = []
+    for cid, name, path, sha256 in rows:
+        file = root / path
+        if file.is_file():
+            with file.open("rb") as handle:
+                if hashlib.file_digest(handle, "sha256").hexdigest() != sha256:
+                    damaged.append((cid, name, path))
+    return damaged
 
 
 def missing_files(session: Session, root: Path) -> list[tuple[int, str, str]]:

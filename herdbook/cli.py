@@ -46,6 +46,8 @@ class HerdbookGroup(click.Group):
 
 def store_of(home):
     """The home's store, closed when the command ends, whatever way it ends."""
+    for problem, fix in home.readable_by_others():
+        click.secho(f"warning: {problem}: {fix}", fg="yellow", err=True)
     store = home.open_store()
     click.get_current_context().call_on_close(store.close)
     return store

@@ -25,19 +25,24 @@ def examine(home_path: str | Path | None) -> list[Finding]:
     except HerdbookError as error:
         return [Finding(False, f"config: {error}", "correct herdbook.toml (each line above names the setting)")]
     findings = [Finding(True, f"config {home.config_path} reads")]
+    findings += [Finding(False, problem, fix) for problem, fix in home.readable_by_others()]
     findings += _database(home)
     return findings
 
 
 def _database(home) -> list[Finding]:
-    from herdbook.db.store import integrity_problems
-    from herdbook.feedback.catalog import missing_files
+    from herdbook.db.store import SCHEMA_REVISION, current_revision, integrity_problems
+    from herdbook.feedback.catalog import damaged_files, missing_files
 
     try:
-        store = home.open_store()
+        store = home.open_store(upgrade=False)  # doctor only reads: an older schema stays as it is
     except HerdbookError as error:
         return [Finding(False, f"database: {error}", "restore herdbook.db from a backup (`herdbook restore`)")]
     try:
+        if current_revision(store.engine) != SCHEMA_REVISION:
+            return [
+                Finding(True, "database is from an older herdbook; any other command upgrades it, then check again")
+            ]
         problems = integrity_problems(store)
         findings = [
             Finding(not problems, "database is sound" if not problems else f"database: {'; '.join(problems[:3])}",
@@ -52,6 +57,17 @@ def _database(home) -> list[Finding]:
                     False,
                     f"{len(missing)} candidate file(s) missing, e.g. #{missing[0][0]} {missing[0][2]}",
                     "restore candidates/ from a backup; syncs leave these images out meanwhile",
+                )
+            )
+            damaged = damaged_files(session, home.root)
+            findings.append(
+                Finding(True, "every candidate's image file holds the bytes it was stored with")
+                if not damaged
+                else Finding(
+                    False,
+                    f"{len(damaged)} candidate file(s) damaged (their bytes changed since import), "
+                    f"e.g. #{damaged[0][0]} {damaged[0][2]}",
+                    "restore candidates/ from a backup",
                 )
             )
             findings += _versions(home, session)

@@ -74,11 +74,26 @@ class Home:
             training=c.training,
         )
 
-    def open_store(self, create: bool = False):
-        """The home's database; only `herdbook init` creates one."""
+    def open_store(self, create: bool = False, upgrade: bool = True):
+        """The home's database; only `herdbook init` creates one. ``upgrade=False`` leaves an
+        older schema as it is (for checks that promise only to read)."""
         from herdbook.db.store import open_store
 
-        return open_store(self.database_url, create=create)
+        return open_store(self.database_url, create=create, upgrade=upgrade)
+
+    def readable_by_others(self) -> list[tuple[str, str]]:
+        """What other local users can read and should not: the database (votes, password
+        hashes) and a config that holds a password. (What, the command that fixes it) each."""
+        private = [self.root / "herdbook.db"] if not self.config.database_url else []
+        if self.config.holds_secret:
+            private.append(self.config_path)
+        lines = []
+        for path in private:
+            if path.exists() and path.stat().st_mode & 0o077:
+                mode = oct(path.stat().st_mode & 0o777)[2:]
+                held = "a password" if path == self.config_path else "the votes and password hashes"
+                lines.append((f"{path} holds {held} and others may read it (mode {mode})", f"chmod 600 {path}"))
+        return lines
 
     @property
     def dataset_repo(self):

@@ -62,3 +62,39 @@ def test_doctor_reports_a_damaged_database_and_a_bad_config(tmp_path):
     assert "selection.top_k = 'ten'" in doctor.output and "correct herdbook.toml" in doctor.output
     selected = run("select", "--home", home, ok=False)
     assert selected.exit_code == 1 and "Traceback" not in selected.output
+
+
+def test_an_empty_database_file_is_missing_and_nothing_creates_one(tmp_path):
+    home = voted_home(tmp_path)
+    run("sync", "--home", home)
+    database = home / "herdbook.db"
+    for leftover in home.glob("herdbook.db-*"):
+        leftover.unlink()
+    database.write_bytes(b"")
+    doctor = run("doctor", "--home", home, ok=False)
+    assert doctor.exit_code == 1 and "is empty (0 bytes)" in doctor.output and "database is sound" not in doctor.output
+    synced = run("sync", "--home", home, ok=False)
+    assert synced.exit_code == 1 and "restore it from a backup" in synced.output.lower()
+    assert database.stat().st_size == 0  # neither migrated into an empty database
+
+
+def test_doctor_finds_a_candidate_file_whose_bytes_changed(tmp_path):
+    home = voted_home(tmp_path)
+    damaged = candidate_file(home, 3)
+    damaged.write_bytes(damaged.read_bytes()[:100])  # truncated
+    doctor = run("doctor", "--home", home, ok=False)
+    assert doctor.exit_code == 1 and "1 candidate file(s) damaged" in doctor.output and "#3" in doctor.output
+
+
+def test_a_password_in_a_config_others_can_read_is_named_with_the_fix(tmp_path):
+    home = voted_home(tmp_path)
+    config = home / "herdbook.toml"
+    config.write_text(config.read_text().replace('remote = ""', 'remote = "https://me:hunter22@hub.example/team/ox"'))
+    config.chmod(0o644)  # edited by hand: herdbook did not write it
+    doctor = run("doctor", "--home", home, ok=False)
+    assert doctor.exit_code == 1 and f"chmod 600 {config}" in doctor.output
+    assert "hunter22" not in doctor.output
+    status = run("status", "--home", home)
+    assert f"warning: {config} holds a password" in status.output and "hunter22" not in status.output
+    config.chmod(0o600)
+    assert "warning" not in run("status", "--home", home).output
