@@ -28,7 +28,7 @@ from herdbook.training.settings import (
     TrainingDefaults,
     class_images_key,
 )
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 Progress = Callable[[int, int, float], None]
@@ -338,9 +338,13 @@ def _round(session: Session, round_id: int) -> Round:
     return record
 
 
-def start_round(session: Session, project: Project, round_id: int, stale_after_seconds: float = 120) -> RoundSettings:
-    """Mark the round running and put its instance images in place. A pending, interrupted or
-    failed round starts (or resumes from its checkpoint); a finished, cancelled or live one is refused."""
+def claim_round(session: Session, round_id: int, stale_after_seconds: float = 120) -> Round:
+    """Mark the round running for this process alone; commit before touching its files.
+
+    A pending, interrupted or failed round may start (or resume from its checkpoint); a
+    finished, cancelled or live one is refused. The check and the mark are one conditional
+    UPDATE, so of two processes resuming the same round at once the second is refused (both
+    once cleared its instance folder while the other was filling it)."""
     record = _round(session, round_id)
     if record.status == "finished":
         raise HerdbookError(f"round {round_id} has already finished")
@@ -348,6 +352,23 @@ def start_round(session: Session, project: Project, round_id: int, stale_after_s
         raise HerdbookError(f"round {round_id} was cancelled; plan a new round instead")
     if is_alive(record, stale_after_seconds):
         raise training_elsewhere(record, stale_after_seconds)
+    now = utcnow()
+    seen = Round.heartbeat_at.is_(None) if record.heartbeat_at is None else Round.heartbeat_at == record.heartbeat_at
+    claimed = session.execute(
+        update(Round)
+        .where(Round.id == round_id, Round.status == record.status, seen)
+        .values(status="running", started_at=record.started_at or now, heartbeat_at=now, error=None)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        raise HerdbookError(f"round {round_id} was just started by another process; one round trains in one process")
+    session.refresh(record)
+    return record
+
+
+def start_round(session: Session, project: Project, round_id: int) -> RoundSettings:
+    """Put the instance images of a round this process claimed (`claim_round`) in place."""
+    record = _round(session, round_id)
     settings = settings_of(record)
     instance = Path(settings.instance_dir)
     if instance.exists():
@@ -361,8 +382,6 @@ def start_round(session: Session, project: Project, round_id: int, stale_after_s
                 Path(row["path"]).name: 0.5 + float(row["score"]) for row in csv.DictReader(handle)
             }
         record.settings = settings.model_dump(mode="json")  # the weights it trained with, for reproducing it
-    record.status, record.started_at, record.error = "running", record.started_at or utcnow(), None
-    record.heartbeat_at = utcnow()
     return settings
 
 
@@ -383,6 +402,8 @@ def run_round(
     the record is then written when the launch returns. ``started_at`` (time.time()) is when the
     user's action began: the round's phases then count the wait before training too. ``prepare``
     runs once the round's data are in place, before the trainer is imported."""
+    with store.transaction() as session:
+        claim_round(session, round_id)
     with store.transaction() as session:
         settings = start_round(session, project, round_id)  # exports the dataset: no torch needed yet
     last_report = [0.0]

@@ -140,11 +140,12 @@ def test_a_bad_setting_is_refused_before_any_round_is_recorded(project):
 
 
 def test_a_started_round_records_the_rating_weights_it_trains_with(project):
-    from herdbook.training.rounds import start_round
+    from herdbook.training.rounds import claim_round, start_round
 
     home, store = project
     with store.transaction() as session:
         planned = plan_round(session, home.project, weight_by_rating=True, steps=1)
+        claim_round(session, planned.id)
         start_round(session, home.project, planned.id)
         weights = session.get(Round, planned.id).settings["rating_weights"]
     assert len(weights) == 3 and all(w > 0.5 for w in weights.values())
@@ -155,19 +156,19 @@ def test_a_round_still_beating_is_refused_with_when_it_will_count_as_interrupted
     will count as interrupted, so the user knows to wait rather than hunt for a process."""
     from datetime import timedelta
 
-    from herdbook.training.rounds import cancel_round, resumable, start_round, utcnow
+    from herdbook.training.rounds import cancel_round, claim_round, resumable, utcnow
 
     from herdbook.errors import HerdbookError
 
     home, store = project
     with store.transaction() as session:
         planned = plan_round(session, home.project, steps=1)
-        start_round(session, home.project, planned.id)
+        claim_round(session, planned.id)
         session.get(Round, planned.id).heartbeat_at = utcnow() - timedelta(seconds=30)
     for refuse in (
         lambda session: resumable(session, planned.id, 120),
         lambda session: cancel_round(session, planned.id, 120),
-        lambda session: start_round(session, home.project, planned.id, 120),
+        lambda session: claim_round(session, planned.id, 120),
     ):
         with store.transaction() as session, pytest.raises(HerdbookError) as refused:
             refuse(session)
@@ -183,3 +184,47 @@ def test_generated_candidates_are_stored_batch_by_batch(project):
     heard: list[list[int]] = []
     ids = generate_candidates(store, home.project, "an ox", "base", count=6, steps=2, seed=50, stored=heard.append)
     assert [len(batch) for batch in heard] == [4, 6] and heard[-1] == ids  # 4 a batch: told after each
+
+
+def test_two_processes_resuming_one_round_at_once_run_it_once(project, monkeypatch):
+    """The second resume of an interrupted round arrives while the first is exporting its
+    instance images: it is refused before it touches them (it used to clear the folder the
+    first was filling)."""
+    import threading
+
+    from herdbook.training import rounds
+
+    from herdbook.errors import HerdbookError
+
+    home, store = project
+    with store.transaction() as session:
+        planned = plan_round(session, home.project, steps=1)
+        session.get(Round, planned.id).status = "interrupted"
+    exporting, second_done, entered = threading.Event(), threading.Event(), []
+    export = rounds.export_version
+
+    def slow_export(*args, **kwargs):
+        entered.append(threading.current_thread().name)
+        exporting.set()
+        second_done.wait(timeout=60)  # the first holds here until the second has tried
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "export_version", slow_export)
+
+    def first():
+        with store.transaction() as session:
+            rounds.claim_round(session, planned.id)
+        with store.transaction() as session:
+            rounds.start_round(session, home.project, planned.id)
+
+    thread = threading.Thread(target=first, name="first")
+    thread.start()
+    assert exporting.wait(timeout=60)
+    try:
+        with pytest.raises(HerdbookError, match="training in another process"), store.transaction() as session:
+            rounds.claim_round(session, planned.id)
+    finally:
+        second_done.set()
+        thread.join(timeout=60)
+    assert entered == ["first"]
+    assert (home.root / "rounds" / f"round-{planned.id:03d}" / "instance" / "instance.csv").exists()
