@@ -817,10 +817,11 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
         )
     m = finished.metrics
     click.echo(f"Round {round_id} finished: {finished.output_path}")
-    click.echo(
-        f"  {m['seconds_per_step']:.3f} s/step from step {m['first_step']}; "
-        f"probe loss {m['probe_loss_before']:.4f} -> {m['probe_loss_after']:.4f}"
-    )
+    if m["steps_run"]:
+        click.echo(
+            f"  {m['seconds_per_step']:.3f} s/step from step {m['first_step']}; "
+            f"probe loss {m['probe_loss_before']:.4f} -> {m['probe_loss_after']:.4f}"
+        )
     if m.get("phases"):
         spent = ", ".join(f"{name} {seconds:.1f}" for name, seconds in m["phases"].items() if seconds >= 0.05)
         click.echo(f"  {m['phases_total_seconds']:.1f} s in all: {spent}")
@@ -865,7 +866,7 @@ def rounds_resume(ctx, round_id, home_path, queued):
     """Carry an interrupted, failed or pending round on from its last checkpoint."""
     from herdbook.db.access import record_action
     from herdbook.home import load_home
-    from herdbook.training.rounds import mark_interrupted_rounds, resumable
+    from herdbook.training.rounds import mark_interrupted_rounds, resumable, resume_point
 
     home = load_home(home_path or ctx.obj.get("home_path"))
     store = store_of(home)
@@ -873,6 +874,7 @@ def rounds_resume(ctx, round_id, home_path, queued):
         mark_interrupted_rounds(session, home.config.jobs.stale_after_seconds)
         record = resumable(session, round_id, home.config.jobs.stale_after_seconds)
         total = record.settings["steps"]
+        carrying_on = resume_point(record)
         record_action(session, operator(), "resume round", round=round_id)
         if queued:
             from herdbook.jobs import submit
@@ -881,7 +883,7 @@ def rounds_resume(ctx, round_id, home_path, queued):
     if queued:
         click.echo(f"Round {round_id} queued to resume as job {job.id}")
         return
-    click.echo(f"Resuming round {round_id} from its last checkpoint (last recorded at step {record.step})")
+    click.echo(f"Resuming round {round_id} {carrying_on}")
     train_here(store, home, round_id, total)
 
 

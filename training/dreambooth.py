@@ -30,7 +30,7 @@ from herdbook.training.layers import fast_layers
 from herdbook.training.losses import batch_indices, diffusion_target, dreambooth_loss, step_generator
 from herdbook.training.masters import FlatAdamW
 from herdbook.training.phases import PhaseClock
-from herdbook.training.settings import RoundSettings
+from herdbook.training.settings import ModelChain, RoundSettings
 from torch.nn.attention import sdpa_kernel
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
@@ -71,6 +71,9 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     clock.end("libraries and GPU")
     torch.manual_seed(settings.seed)
+    saved = saved_output(settings)
+    if saved is not None:  # killed after the weights were safe: only the validation grid is left
+        return finish_saved_round(settings, saved, accelerator, clock)
     parts = components or load_components(settings.model)
     clock.end("model load")
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -235,7 +238,7 @@ def train(
         # the weights are written while the validation grid is drawn: both only read them (a full
         # round's ~4 GB took ~5 s to write on the H200 machine, its grid ~5 s to draw)
         with ThreadPoolExecutor(1, thread_name_prefix="herdbook-save") as pool:
-            saved = pool.submit(save_output, settings, parts)
+            saved = pool.submit(save_output, settings, parts, loss_history)
             result.validation = validation_images(settings, parts, device, weight_dtype)
             result.output = saved.result()
         weights_saved = time.perf_counter() - started
@@ -663,7 +666,7 @@ def ensure_class_images(
 
 
 def checkpoint_path(settings: RoundSettings) -> Path:
-    return settings.output / "checkpoint" / "latest.pt"
+    return settings.checkpoint_file
 
 
 class CheckpointWriter:
@@ -800,8 +803,16 @@ def resume(settings, accelerator, trainable, optimizer, lr_scheduler) -> tuple[i
 # --- outputs ----------------------------------------------------------------------------
 
 
-def save_output(settings: RoundSettings, parts: Components) -> Path:
-    """A diffusers pipeline folder (full) or a LoRA adapter plain diffusers can load on the parent."""
+def saved_output(settings: RoundSettings) -> dict | None:
+    """What save_output recorded once the round's weights were on disk, if it got that far."""
+    path = settings.weights_saved_file
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_output(settings: RoundSettings, parts: Components, loss_history: list) -> Path:
+    """A diffusers pipeline folder (full) or a LoRA adapter plain diffusers can load on the parent,
+    then a record that it is complete: a round killed after this resumes from the saved weights
+    (the checkpoint goes once they are safe)."""
     if settings.mode == "full":
         folder = settings.output / "model"
         parts.unet.to(memory_format=torch.contiguous_format)  # safetensors stores plain layouts
@@ -817,9 +828,44 @@ def save_output(settings: RoundSettings, parts: Components) -> Path:
             for encoder in parts.text_encoders
         ]
         parts.family.save_lora(folder, unet_layers, encoder_layers)
-    checkpoint = checkpoint_path(settings)
-    checkpoint.unlink(missing_ok=True)  # a finished round needs no resume point
+    record = settings.weights_saved_file
+    partial = record.with_suffix(".part")
+    partial.write_text(json.dumps({"folder": folder.name, "steps": settings.steps, "loss_history": loss_history}))
+    partial.replace(record)
+    checkpoint_path(settings).unlink(missing_ok=True)  # the saved weights are the resume point now
     return folder
+
+
+def finish_saved_round(settings: RoundSettings, saved: dict, accelerator, clock: PhaseClock) -> TrainResult:
+    """What is left of a round whose weights were saved before its process stopped: the
+    validation grid, drawn from the saved weights, and the metrics. No step runs again."""
+    folder = settings.output / saved["folder"]
+    if settings.mode == "full":
+        chain = ModelChain(str(folder))
+    else:
+        chain = ModelChain(settings.model.pipeline, (*settings.model.adapters, str(folder)))
+    loss_history = [tuple(x) for x in saved["loss_history"]]
+    result = TrainResult(folder, loss_history)
+    if accelerator.is_main_process:
+        parts = load_components(chain)
+        clock.end("model load")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+        result.validation = validation_images(settings, parts, accelerator.device, dtype)
+        clock.end("validation grid")
+        result.metrics = {
+            "steps_run": 0,
+            "resumed_from_saved_weights": True,
+            "family": parts.family.name,
+            "resolution": settings.resolution,
+            "phases": clock.phases,
+            "phases_total_seconds": clock.total,
+        }
+        (settings.output / "metrics.json").write_text(
+            json.dumps({**result.metrics, "loss_history": loss_history}, indent=2)
+        )
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
 
 
 @torch.no_grad()

@@ -238,6 +238,16 @@ def settings_of(record: Round) -> RoundSettings:
     return RoundSettings.from_dict(record.settings)
 
 
+def resume_point(record: Round) -> str:
+    """Where a resume of ``record`` carries on from, as the files on disk say."""
+    settings = settings_of(record)
+    if settings.weights_saved_file.exists():
+        return "from its saved weights: only its validation grid is left to draw"
+    if settings.checkpoint_file.exists():
+        return f"from its last checkpoint (last recorded at step {record.step})"
+    return "from the start: it has no checkpoint yet"
+
+
 HEARTBEAT_SECONDS = 5.0  # a training round's record is touched this often while it runs
 
 

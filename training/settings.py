@@ -113,6 +113,15 @@ class RoundSettings(TrainingOptions):
     def output(self) -> Path:
         return Path(self.output_dir)
 
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.output / "checkpoint" / "latest.pt"
+
+    @property
+    def weights_saved_file(self) -> Path:
+        """Written once the round's weights are complete on disk; a resume then only finishes."""
+        return self.output / "weights-saved.json"
+
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 

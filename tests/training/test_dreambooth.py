@@ -105,6 +105,37 @@ def test_a_resumed_round_ends_where_an_uninterrupted_one_does(settings_for):
     assert not (interrupted.output / "checkpoint" / "latest.pt").exists()
 
 
+def test_a_round_stopped_after_its_weights_were_saved_resumes_without_training_again(settings_for, monkeypatch):
+    """Killed while the validation grid was drawn: the checkpoint is gone, the weights are
+    safe, and a resume draws the grid from them instead of running every step again."""
+    from herdbook.db.models import Round
+    from herdbook.training import dreambooth
+    from herdbook.training.rounds import resume_point
+
+    settings = settings_for("stopped", steps=6, checkpoint_every=3, validation_prompts=["an ox"], validation_seeds=[0])
+    draw_grid = dreambooth.validation_images
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while the grid is drawn
+
+    monkeypatch.setattr(dreambooth, "validation_images", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(settings)
+    assert settings.weights_saved_file.exists() and not settings.checkpoint_file.exists()
+    saved_weights = unet_weights(settings.output / "model")
+    record = Round(settings=settings.model_dump(mode="json"), step=6)
+    assert resume_point(record) == "from its saved weights: only its validation grid is left to draw"
+
+    monkeypatch.setattr(dreambooth, "validation_images", draw_grid)
+    steps_run = []
+    resumed = train(settings, progress=lambda step, total, loss: steps_run.append(step))
+    assert steps_run == [] and resumed.metrics["steps_run"] == 0
+    assert [step for step, _ in resumed.loss_history] == list(range(1, 7))  # the first run's losses, kept
+    after = unet_weights(resumed.output)
+    assert all(torch.equal(saved_weights[k], after[k]) for k in saved_weights)
+    assert (settings.output / "validation" / "p0-s0.png").exists() and resumed.validation
+
+
 def test_prior_preservation_generates_class_images_once(settings_for, tmp_path):
     class_dir = tmp_path / "class"
     train(settings_for("one", prior_preservation=True, class_dir=str(class_dir), steps=2))
