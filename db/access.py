@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from herdbook.db.errors import Forbidden, HerdbookError, NotFound
+from herdbook.db.errors import Forbidden, HerdbookError, NotFound, SignInRefused
 from herdbook.db.models import Action, User
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -96,6 +97,88 @@ def list_users(session: Session) -> list[dict]:
         {"name": u.name, "role": u.role, "created": u.created_at.isoformat(timespec="seconds")}
         for u in session.scalars(select(User).order_by(User.name_key))
     ]
+
+
+# Repeated failed sign-ins cost time, then lock: per user name (whoever tries it) and per client
+# (whatever names it tries). Counted since the last success or `herdbook users unlock`, over the
+# last hour; a refused try is not checked and not counted. So per hour an attacker gets at most
+# 10 guesses at one name, and one client at most 30 guesses over all names.
+@dataclass(frozen=True)
+class Throttle:
+    free: int  # failures in a row before any wait
+    lock_after: int  # failures in a row that lock until unlocked or the window has passed
+    window_seconds: float = 3600
+
+
+BY_NAME = Throttle(free=3, lock_after=10)
+BY_CLIENT = Throttle(free=10, lock_after=30)
+SIGN_IN_ACTIONS = ("failed sign-in", "signed in", "unlock sign-in")
+
+
+def wait_before_next_try(failures: list[datetime], now: datetime, rule: Throttle) -> float:
+    """Seconds before another try may be checked, given the times of the failures in a row
+    (oldest first): none for the first few, then doubling from 2 s, then the rest of the window."""
+    recent = [at for at in failures if (now - at).total_seconds() < rule.window_seconds]
+    if len(recent) < rule.free:
+        return 0.0
+    if len(recent) >= rule.lock_after:
+        wait = rule.window_seconds
+    else:
+        wait = min(2.0 ** (len(recent) - rule.free + 1), rule.window_seconds)
+    return max(0.0, wait - (now - recent[-1]).total_seconds())
+
+
+def failures_in_a_row(attempts: list[tuple[datetime, str]]) -> list[datetime]:
+    """The failures after the last success or unlock, from (time, action) oldest first."""
+    failures: list[datetime] = []
+    for at, action in attempts:
+        failures = [*failures, at] if action == "failed sign-in" else []
+    return failures
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _recent_sign_ins(session: Session, now: datetime) -> list[Action]:
+    since = now - timedelta(seconds=max(BY_NAME.window_seconds, BY_CLIENT.window_seconds))
+    rows = session.scalars(
+        select(Action).where(Action.action.in_(SIGN_IN_ACTIONS), Action.at >= since).order_by(Action.id)
+    )
+    return list(rows)
+
+
+def sign_in(session: Session, name: str, password: str, client: str, now: datetime | None = None) -> Actor | None:
+    """The user if the password is theirs, None if not (which of the two was wrong is not said);
+    SignInRefused, unchecked and unrecorded, while the name or the client is held back by
+    earlier failures. Each checked try goes into the action log (`herdbook log`), so the caller
+    commits a failure as it commits a success."""
+    now = now or datetime.now(UTC)
+    key = " ".join((name or "").split()).lower()[:64]
+    recent = _recent_sign_ins(session, now)
+    by_name = [(_aware(a.at), a.action) for a in recent if a.actor.lower() == key]
+    # an unlock of any name also clears the clients (on loopback every browser is one client)
+    by_client = [
+        (_aware(a.at), a.action) for a in recent if a.detail.get("client") == client or a.action == "unlock sign-in"
+    ]
+    for rule, attempts, whose in ((BY_NAME, by_name, "this name"), (BY_CLIENT, by_client, "this browser's address")):
+        wait = wait_before_next_try(failures_in_a_row(attempts), now, rule)
+        if wait > 0:
+            if wait > 300:
+                raise SignInRefused(
+                    f"Sign-in for {whose} is locked after {rule.lock_after} failed tries: an admin can run "
+                    f"`herdbook users unlock NAME`, or it opens again in {wait / 60:.0f} min"
+                )
+            raise SignInRefused(f"Too many failed sign-ins for {whose}: try again in {wait:.0f} s")
+    actor = authenticate(session, name, password)
+    outcome = "signed in" if actor else "failed sign-in"
+    session.add(Action(at=now, actor=key or "(no name)", action=outcome, detail={"client": client}))
+    return actor
+
+
+def unlock_sign_in(session: Session, name: str) -> None:
+    """Forget a name's failed sign-ins (and the clients'), as an admin decides."""
+    session.add(Action(actor=" ".join(name.split()).lower()[:64], action="unlock sign-in", detail={}))
 
 
 def authenticate(session: Session, name: str, password: str) -> Actor | None:

@@ -66,5 +66,9 @@ def describe(error: ValidationError, source: str = "") -> str:
     return "\n".join(prefix + line for line in lines)
 
 
+class SignInRefused(HerdbookError):
+    """A sign-in that did not succeed: a wrong name or password, or too many failures before it."""
+
+
 class Forbidden(HerdbookError):
     """The signed-in user's role does not allow the action (raters rate; admins also run things)."""

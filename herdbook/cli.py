@@ -1057,6 +1057,22 @@ def users_password(ctx, name, home_path):
     click.echo(f"Password of {printable(name)} changed")
 
 
+@users.command("unlock")
+@click.argument("name")
+@home_option
+@click.pass_context
+def users_unlock(ctx, name, home_path):
+    """Let NAME sign in again after failed tries held it back (and the browsers that tried)."""
+    from herdbook.db.access import record_action, unlock_sign_in
+    from herdbook.home import load_home
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    with store_of(home).transaction() as session:
+        unlock_sign_in(session, name)
+        record_action(session, operator(), "unlock user", name=name)
+    click.echo(f"{printable(name)} may sign in again")
+
+
 @users.command("remove")
 @click.argument("name")
 @home_option

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 
-from herdbook.db.access import Actor, authenticate, sign_in_required, still_signed_in
+from herdbook.db.access import Actor, sign_in, sign_in_required, still_signed_in
 from herdbook.errors import HerdbookError
 from herdbook.feedback.votes import clean_rater_name
 from herdbook.home import Home, load_home, resolve_home
@@ -136,19 +136,21 @@ def who(store, need_name: bool = False) -> Actor:
             st.caption(f"Signed in as **{actor.name}** ({actor.role})")
             st.button("Sign out", key="sign-out", on_click=st.session_state.pop, args=("actor", None))
         return actor
-    sign_in(store)
+    sign_in_form(store)
     st.stop()
 
 
-def sign_in(store) -> None:
+def sign_in_form(store) -> None:
     st.subheader("Sign in")
     with st.form("sign-in"):
         name = st.text_input("Name", key="sign_in_name")
         password = st.text_input("Password", type="password", key="sign_in_password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        with action(store) as session:
-            actor = authenticate(session, name, password)
+        address = st.context.ip_address  # as the app's server saw it; on loopback every browser shares one
+        client = address if isinstance(address, str) and address else "unknown"
+        with action(store) as session:  # a sign-in held back by earlier failures says so and stops here
+            actor = sign_in(session, name, password, client=client)
         if actor is None:
             st.error("That name and password do not match a user.")
             return

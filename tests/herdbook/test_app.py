@@ -310,6 +310,21 @@ def signed_in_app(demo_home, name: str, password: str, rater_param: str | None =
     return at.button[0].click().run()
 
 
+def test_repeated_wrong_passwords_are_held_back_and_logged(demo_home):
+    from herdbook.db.access import add_user, recent_actions
+
+    with demo_home.open_store().transaction() as session:
+        add_user(session, "Kim", "rater", "kim's password")
+    for _ in range(3):
+        at = signed_in_app(demo_home, "kim", "a guess")
+        assert "do not match" in at.error[0].value
+    at = signed_in_app(demo_home, "kim", "kim's password")  # right, but too soon after three guesses
+    assert "Too many failed sign-ins for this name: try again in" in at.error[0].value
+    assert not any(b.key == "accept" for b in at.button)
+    with demo_home.open_store().transaction() as session:
+        assert [a.action for a in recent_actions(session)] == ["failed sign-in"] * 3
+
+
 def test_with_users_nobody_rates_without_signing_in_and_the_url_names_nobody(demo_home):
     from herdbook.db.access import add_user
 

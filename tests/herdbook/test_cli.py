@@ -286,6 +286,9 @@ def test_users_are_added_with_a_password_from_stdin_and_sign_in_opens_the_networ
     assert json.loads(run("users", "--json", "--home", home).output)[0]["role"] == "admin"
     logged = run("log", "--home", home).output
     assert "(cli): add user" in logged and "name=Ann" in logged
+    assert "Ann may sign in again" in run("users", "unlock", "Ann", "--home", home).output
+    logged = run("log", "--home", home).output
+    assert "ann: unlock sign-in" in logged and "(cli): unlock user" in logged
 
 
 def test_the_demo_starts_without_library_noise(tmp_path):
