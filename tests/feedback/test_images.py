@@ -65,3 +65,70 @@ def test_multi_picture_camera_jpegs_are_accepted(tmp_path):
     first.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[second])
     checked = check_image(tmp_path / "camera.jpg")
     assert checked.suffix == ".jpg" and (checked.width, checked.height) == (32, 32)
+
+
+def cmyk_print_profile() -> bytes:
+    """A minimal ICC v2 output profile (CMYK -> Lab through a 2-point lut8) that prints every
+    ink as neutral grey, darker the more ink: whoever honours it draws grey, the plain CMYK
+    formula draws colour. Built here because no CMYK profile ships with Pillow or Debian's base."""
+    import struct
+
+    def s15(x):
+        return struct.pack(">i", round(x * 65536))
+
+    d50 = s15(0.9642) + s15(1.0) + s15(0.8249)
+    clut = b""
+    for c in (0, 1):
+        for m in (0, 1):
+            for y in (0, 1):
+                for k in (0, 1):
+                    lightness = (1 - 0.5 * (c + m + y) / 3) * (1 - 0.8 * k)
+                    clut += bytes([round(255 * lightness), 128, 128])  # L*, a* = b* = 0
+    identity = bytes(range(256))
+    matrix = b"".join(s15(1.0 if i % 4 == 0 else 0.0) for i in range(9))
+    lut = b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + matrix + identity * 4 + clut + identity * 3
+    text = b"herdbook test CMYK\0"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    tags = [(b"desc", desc), (b"wtpt", b"XYZ " + bytes(4) + d50), (b"cprt", b"text" + bytes(4) + b"none\0"),
+            (b"A2B0", lut)]  # fmt: skip
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        body += bytes(-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = 128 + 4 + len(table) + len(data)
+    header = (struct.pack(">I", size) + bytes(4) + bytes([2, 0x10, 0, 0]) + b"prtr" + b"CMYK" + b"Lab "
+              + bytes(12) + b"acsp" + bytes(28) + d50 + bytes(48))  # fmt: skip
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_a_cmyk_jpeg_is_stored_in_the_colours_its_own_profile_gives():
+    import numpy as np
+    from herdbook.feedback.images import check_image_data
+
+    cmyk = Image.new("CMYK", (32, 32), (20, 160, 220, 30))  # an orange, printed
+    buffer = io.BytesIO()
+    cmyk.save(buffer, format="JPEG", quality=95, icc_profile=cmyk_print_profile())
+    checked = check_image_data(buffer.getvalue(), ".jpg")
+    with Image.open(io.BytesIO(checked.data)) as stored:
+        pixels = np.asarray(stored.convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
+    with Image.open(io.BytesIO(buffer.getvalue())) as original:
+        plain = np.asarray(original.convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
+    assert plain[0] - plain[2] > 100  # the plain formula: orange
+    assert np.ptp(pixels) < 6, pixels  # through the profile: grey, as a colour-managed viewer shows it
+
+
+def test_an_inverted_adobe_cmyk_jpeg_keeps_its_colours():
+    """Pillow writes CMYK JPEGs as Photoshop does (Adobe marker, inverted inks) and reads them back."""
+    import numpy as np
+    from herdbook.feedback.images import check_image_data
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 120, 40)).convert("CMYK").save(buffer, format="JPEG", quality=95)
+    with Image.open(io.BytesIO(buffer.getvalue())) as written:
+        assert written.mode == "CMYK" and written.info.get("adobe")
+    checked = check_image_data(buffer.getvalue(), ".jpg")
+    with Image.open(io.BytesIO(checked.data)) as stored:
+        mean = np.asarray(stored.convert("RGB"), dtype=float).reshape(-1, 3).mean(0)
+    assert np.abs(mean - [200, 120, 40]).max() < 4, mean
