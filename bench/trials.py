@@ -9,9 +9,13 @@
    of theirs); no rater has two current votes on one image.
 2. kill -9 at random moments, rotating through voting, import, sync and training. After each:
    `herdbook doctor` (integrity, files, Oxen repository, versions recorded) must pass, the next
-   `herdbook sync` must work, an interrupted round must resume and finish, and what was
-   acknowledged before the kill must be there (votes; an import run again completes it once).
-3. Hostile files: each refused by name with a reason, the good one imported, nothing else stored.
+   `herdbook sync` must work, a second sync must find nothing new (the committed tables are what
+   the database holds), an interrupted round must resume and finish, and what was acknowledged
+   before the kill must be there (votes; an import run again completes it once). Each kill waits
+   for its work to begin (a vote acknowledged, a candidate committed, the dataset written, a
+   checkpoint saved); a process that ended before its kill is counted apart, not as a kill.
+3. Hostile files: each refused on a line naming it, the good one imported with its one rating,
+   nothing else stored.
 
 Prints what it found; exit status 1 on any loss or inconsistency. bench/trials.txt holds a run.
 """
@@ -19,6 +23,7 @@ Prints what it found; exit status 1 on any loss or inconsistency. bench/trials.t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -129,6 +134,8 @@ def acknowledged(log: Path) -> dict[int, tuple[str | None, set[str]]]:
     the values tried after it without an acknowledgement (stored or not as the kill fell)."""
     seen: dict[int, tuple[str | None, set[str]]] = {}
     pending: tuple[int, str] | None = None
+    if not log.exists():  # killed before its first try: nothing was acknowledged
+        return seen
     for line in log.read_text().splitlines():
         parts = line.split()
         if parts[:1] == ["try"]:
@@ -148,7 +155,7 @@ def kept(stored: str | None, acked: str | None, maybe: set[str]) -> bool:
 
 
 def acked_count(log: Path) -> int:
-    return log.read_text().count("ok\n")
+    return log.read_text().count("ok\n") if log.exists() else 0
 
 
 def current_votes(home: Path) -> tuple[dict[tuple[str, int], str], int]:
@@ -226,17 +233,40 @@ def load_trial(home: Path, work: Path, size: dict) -> dict:
             "failed_processes": sum(p.returncode != 0 for p in processes)}  # fmt: skip
 
 
-def kill_at_random(command: list[str], rng: random.Random, low: float, high: float, ready=None) -> float:
+def kill_when(command: list[str], event, rng: random.Random, low: float, high: float) -> bool:
+    """Start ``command``, wait for ``event()`` (its work has begun: a row committed, a checkpoint
+    written), then kill -9 it after a random moment. True when it was killed while still
+    working; a process that ended first, or never got to the event, is not a kill."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = time.monotonic()
-    if ready is not None:  # e.g. training: kill only once it has begun stepping
-        while not ready() and process.poll() is None and time.monotonic() - started < 120:
-            time.sleep(0.05)
+    return kill_process_when(process, event, rng, low, high)
+
+
+def kill_process_when(process: subprocess.Popen, event, rng: random.Random, low: float, high: float) -> bool:
+    deadline = time.monotonic() + 300
+    while not event():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            return False
+        time.sleep(0.02)
     time.sleep(rng.uniform(low, high))
-    if process.poll() is None:
+    killed = process.poll() is None
+    if killed:
         os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    return time.monotonic() - started
+    return killed
+
+
+def count_rows(home: Path, table: str) -> int:
+    """Committed rows, read without herdbook (a plain read-only SQLite connection)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{home / 'herdbook.db'}?mode=ro", uri=True, timeout=30)) as db:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def newest_change(folder: Path) -> float:
+    return max((p.stat().st_mtime for p in folder.iterdir() if p.is_file()), default=0.0)
 
 
 def rounds_of(home: Path) -> list[dict]:
@@ -244,31 +274,37 @@ def rounds_of(home: Path) -> list[dict]:
 
 
 def kill_trials(home: Path, work: Path, size: dict) -> dict:
+    """kill -9 once each kind of work has begun. Then: doctor says what the kill left, the next
+    sync works and repairs it, doctor finds nothing, a second sync finds nothing new (the
+    committed tables are what the database holds), and an interrupted round resumes and finishes."""
     rng = random.Random(11)
-    found: dict = {"kills": defaultdict(int), "doctor_failed": 0, "sync_failed": 0, "lost_votes": 0,
-                   "import_incomplete": 0, "rounds_resumed": 0, "rounds_unfinished": 0, "doctor_findings_before_sync": []}  # fmt: skip
+    dataset = home / "dataset"
+    found: dict = {"kills": defaultdict(int), "missed": defaultdict(int), "doctor_failed": 0, "sync_failed": 0,
+                   "lost_votes": 0, "import_incomplete": 0, "dataset_differs": 0, "rounds_resumed": 0,
+                   "rounds_unfinished": 0, "doctor_findings_before_sync": []}  # fmt: skip
     for n in range(size["kills"]):
         kind = KINDS[n % len(KINDS)]
         if kind == "voting":
             log = work / f"kill-vote-{n}.log"
             process = voter(home, f"killed-{n}", 100_000, log, seed=1000 + n)
-            time.sleep(rng.uniform(0.8, 2.5))
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+            killed = kill_process_when(process, lambda log=log: acked_count(log) > 0, rng, 0.2, 1.5)
             found["lost_votes"] += lost_votes(home, {f"killed-{n}": log})
         elif kind == "import":
             folder = work / f"import-{n}"
             table = draw_images(folder, 120, first_seed=100_000 + n * 1000, rater_column=True)
             command = [*HERDBOOK, "import", str(folder), "--prompts", str(table), "--rater", f"importer-{n}",
                        "--home", str(home)]  # fmt: skip
-            kill_at_random(command, rng, 0.5, 3.0)
+            before = count_rows(home, "candidates")
+            killed = kill_when(command, lambda before=before: count_rows(home, "candidates") > before, rng, 0.0, 0.2)
             herdbook("import", folder, "--prompts", table, "--rater", f"importer-{n}", home=home, check=False)
             votes, _ = current_votes(home)
             found["import_incomplete"] += 120 - sum(1 for (rater, _) in votes if rater == f"importer-{n}")
         elif kind == "sync":
             for _ in range(3):  # something new to commit
                 herdbook("vote", rng.randrange(1, size["images"] + 1), "accept", "--rater", f"syncer-{n}", home=home)
-            kill_at_random([*HERDBOOK, "sync", "--home", str(home)], rng, 0.2, 2.5)
+            since = newest_change(dataset)
+            command = [*HERDBOOK, "sync", "--home", str(home)]
+            killed = kill_when(command, lambda since=since: newest_change(dataset) > since, rng, 0.0, 0.3)
         else:  # training
             before = {r["id"] for r in rounds_of(home)}
 
@@ -276,11 +312,8 @@ def kill_trials(home: Path, work: Path, size: dict) -> dict:
                 folders = sorted((home / "rounds").glob("round-*/checkpoint/latest.pt"))
                 return any(int(f.parts[-3].split("-")[1]) not in before for f in folders)
 
-            kill_at_random([*HERDBOOK, "train", "--home", str(home)], rng, 0.0, 3.0, ready=stepping)
-        found["kills"][kind] += 1
-        # after every kill: doctor says what a kill left (a sync killed after its Oxen commit
-        # leaves that commit unrecorded: doctor says "run herdbook sync"); the next sync works
-        # and repairs it; then doctor must find nothing, and an interrupted round finishes
+            killed = kill_when([*HERDBOOK, "train", "--home", str(home)], stepping, rng, 0.0, 1.0)
+        found["kills" if killed else "missed"][kind] += 1
         first_look = herdbook("doctor", home=home, check=False)
         if first_look.returncode != 0:
             found["doctor_findings_before_sync"].append(kind + ": " + " / ".join(
@@ -291,14 +324,23 @@ def kill_trials(home: Path, work: Path, size: dict) -> dict:
         if after_sync.returncode != 0:
             found["doctor_failed"] += 1
             print(after_sync.stdout, file=sys.stderr)
-        time.sleep(2.2)  # a killed round's heartbeat goes stale
+        if "Nothing new to commit" not in herdbook("sync", home=home, check=False).stdout:
+            found["dataset_differs"] += 1  # the committed train.csv is not what the database holds
+        wait_until_stale(home)
         for row in rounds_of(home):
             if row["status"] in ("interrupted", "running", "pending"):
                 found["rounds_resumed"] += 1
                 herdbook("rounds", "resume", row["id"], home=home, check=False)
         found["rounds_unfinished"] += sum(r["status"] != "finished" for r in rounds_of(home))
-    found["kills"] = dict(found["kills"])
+    found["kills"], found["missed"] = dict(found["kills"]), dict(found["missed"])
     return found
+
+
+def wait_until_stale(home: Path) -> None:
+    """Until no round counts as running: a killed round's heartbeat goes stale (2 s here)."""
+    deadline = time.monotonic() + 60
+    while any(r["status"] == "running" for r in rounds_of(home)) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def hostile_trial(home: Path, work: Path) -> dict:
@@ -322,26 +364,48 @@ def hostile_trial(home: Path, work: Path) -> dict:
     Image.new("L", (12_000, 12_000)).save(folder / "bomb.png", optimize=True)  # 144 megapixels
     os.mkfifo(folder / "fifo.png")
     (folder / "link.png").symlink_to("/etc/passwd")
-    rows = [{"file": p.name, "prompt": "an ox", "seed": "7"} for p in sorted(folder.iterdir())]
+    rows = [{"file": p.name, "prompt": "an ox", "seed": "7", "rating": "good"} for p in sorted(folder.iterdir())]
     rows += [
-        {"file": "../outside.png", "prompt": "an ox", "seed": ""},
-        {"file": "good.png", "prompt": "=cmd|' /C calc'!A0", "seed": "100000000000000000000"},
+        {"file": "../outside.png", "prompt": "an ox", "seed": "", "rating": "good"},
+        {"file": "good.png", "prompt": "=cmd|' /C calc'!A0", "seed": "100000000000000000000", "rating": "bad"},
     ]
-    hostile_names = len(rows) - 1  # all but good.png's first row
+    hostile = [row["file"] for row in rows if row["file"] != "good.png"]
     table = work / "hostile.csv"
     with table.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "prompt", "seed"])
+        writer = csv.DictWriter(handle, fieldnames=["file", "prompt", "seed", "rating"])
         writer.writeheader()
         writer.writerows(rows)
     before, _ = current_votes(home)
     candidates_before = len(json.loads(herdbook("candidates", "--json", home=home).stdout))
-    done = herdbook("import", folder, "--prompts", table, home=home, check=False, timeout=120)
+    done = herdbook("import", folder, "--prompts", table, "--rater", "hostile", home=home, check=False, timeout=120)
     after = len(json.loads(herdbook("candidates", "--json", home=home).stdout))
     output = done.stdout + done.stderr
-    named = sum(1 for line in output.splitlines() if line.startswith(("  ", "skipped", "error", "warning")))
-    return {"files": hostile_names, "exit_status": done.returncode, "refusal_lines": named,
+    votes_after, _ = current_votes(home)
+    new_votes = {key: value for key, value in votes_after.items() if key not in before}
+    return {"files": len(hostile), "exit_status": done.returncode, "unnamed": unnamed_refusals(hostile, output),
             "imported": after - candidates_before, "raw_escape_in_output": "\x1b" in output,
-            "votes_changed": current_votes(home)[0] != before, "traceback": "Traceback" in output}  # fmt: skip
+            "votes_changed": any(votes_after.get(key) != value for key, value in before.items()),
+            "new_votes": len(new_votes), "traceback": "Traceback" in output}  # fmt: skip
+
+
+def unnamed_refusals(names: list[str], output: str) -> list[str]:
+    """The hostile files with no 'skipped NAME: reason' line of their own in the import's output."""
+    from herdbook.cli import printable
+
+    lines = output.splitlines()
+    return [name for name in names if not any(line.startswith(f"skipped {printable(name)}: ") for line in lines)]
+
+
+def inconsistencies(load: dict, kills: dict, hostile: dict) -> int:
+    """Everything the trials found wrong, counted: each is a loss, a double, a refusal nobody
+    was told of, or a home left in a state the next command cannot use."""
+    return (
+        load["lost"] + load["doubled"] + load["failed_processes"] + len(load["cli_refused"])
+        + kills["doctor_failed"] + kills["sync_failed"] + kills["dataset_differs"]
+        + kills["lost_votes"] + kills["import_incomplete"] + kills["rounds_unfinished"]
+        + (hostile["imported"] != 1) + (hostile["new_votes"] != 1) + hostile["traceback"]
+        + hostile["raw_escape_in_output"] + hostile["votes_changed"] + len(hostile["unnamed"])
+    )  # fmt: skip
 
 
 def main() -> int:
@@ -369,27 +433,24 @@ def main() -> int:
         f"doubled {load['doubled']}; busy retries {load['retried_busy']}; {load['seconds']} s; "
         f"processes failed {load['failed_processes']}; `herdbook vote` refused {len(load['cli_refused'])}",
         *(f"    {line}" for line in load["cli_refused"][:5]),
-        f"kill -9: {sum(kills['kills'].values())} kills ({', '.join(f'{k} {v}' for k, v in kills['kills'].items())})",
+        f"kill -9: {sum(kills['kills'].values())} processes killed while working "
+        f"({', '.join(f'{k} {v}' for k, v in kills['kills'].items())}); "
+        f"{sum(kills['missed'].values())} ended before the kill ({', '.join(f'{k} {v}' for k, v in kills['missed'].items()) or 'none'})",
         f"  doctor's findings right after a kill (each repaired by the next sync): "
         f"{len(kills['doctor_findings_before_sync'])}",
         *(f"    {finding}" for finding in kills["doctor_findings_before_sync"]),
         f"  after each kill and the next sync: doctor failed {kills['doctor_failed']}, the sync failed "
         f"{kills['sync_failed']}; "
         f"acknowledged votes lost {kills['lost_votes']}; images missing after an import was run again "
-        f"{kills['import_incomplete']}; rounds resumed {kills['rounds_resumed']}, left unfinished "
-        f"{kills['rounds_unfinished']}",
-        f"hostile files: {hostile['files']} hostile entries, {hostile['refusal_lines']} refusal lines, "
-        f"imported {hostile['imported']} (the one good image), exit status {hostile['exit_status']}, "
+        f"{kills['import_incomplete']}; committed dataset differing from the database {kills['dataset_differs']}; "
+        f"rounds resumed {kills['rounds_resumed']}, left unfinished {kills['rounds_unfinished']}",
+        f"hostile files: {hostile['files']} hostile entries, {hostile['files'] - len(hostile['unnamed'])} refused "
+        f"by name, imported {hostile['imported']} (the one good image) with {hostile['new_votes']} vote, "
+        f"exit status {hostile['exit_status']}, "
         f"tracebacks {hostile['traceback']}, raw escapes echoed {hostile['raw_escape_in_output']}, "
         f"earlier votes changed {hostile['votes_changed']}",
     ]
-    problems = (
-        load["lost"] + load["doubled"] + load["failed_processes"] + len(load["cli_refused"])
-        + kills["doctor_failed"] + kills["sync_failed"]
-        + kills["lost_votes"] + kills["import_incomplete"] + kills["rounds_unfinished"]
-        + (hostile["imported"] != 1) + hostile["traceback"] + hostile["raw_escape_in_output"] + hostile["votes_changed"]
-        + (hostile["refusal_lines"] < hostile["files"] - 1)
-    )  # fmt: skip
+    problems = inconsistencies(load, kills, hostile)
     lines += ["", f"inconsistencies: {problems}"]
     report = "\n".join(lines)
     print(report)
