@@ -6,6 +6,7 @@ Without any user the app is open (and `herdbook serve` keeps it on loopback); th
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 ROLES = ("rater", "admin")
+# a user's or rater's name: letters and digits of any script, spaces and a few marks names and
+# e-mail addresses use (it is shown in tables, logs and the URL's ?rater=)
+NAME_PATTERN = re.compile(r"[^\W_][\w .'@+-]*")
 MIN_PASSWORD = 8
 
 
@@ -64,6 +68,8 @@ def add_user(session: Session, name: str, role: str, password: str) -> User:
     name = " ".join(name.split())
     if not name or len(name) > 64:
         raise HerdbookError("a user needs a name of 1 to 64 characters")
+    if not NAME_PATTERN.fullmatch(name):
+        raise HerdbookError(f"{name!r} is not a user name: use letters, digits, spaces and . ' @ + - _")
     if role not in ROLES:
         raise HerdbookError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     if len(password) < MIN_PASSWORD:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
+from herdbook.db.access import NAME_PATTERN
 from herdbook.db.errors import HerdbookError, NotFound
 from herdbook.db.models import Candidate, Rater, Vote, VoteValue, utcnow
 from herdbook.feedback.queueing import DEFAULT_POLICY, POLICIES, ImageVotes, QueueEntry, Votes, next_for, rank
@@ -20,6 +21,16 @@ RECENT_VOTES = 5_000  # ...looked for among this many newest votes (the primary 
 
 MAX_RATER_NAME = 64
 CONFLICT_RETRIES = 5  # a vote raced by its twin from another tab is tried again this often
+
+
+def new_rater_name(name: str) -> str:
+    """A name for a new rater, checked: what is shown in tables, logs and the URL's ?rater=."""
+    cleaned = clean_rater_name(name)
+    if not NAME_PATTERN.fullmatch(cleaned):
+        raise HerdbookError(
+            f"{cleaned!r} is not a rater name: use letters, digits, spaces and . ' @ + - _ (starting with a letter or digit)"
+        )
+    return cleaned
 
 
 def clean_rater_name(name: str) -> str:
@@ -46,6 +57,7 @@ def rater_by_name(session: Session, name: str, create: bool = True) -> Rater:
     if rater is None:
         if not create:
             raise NotFound(f"no rater named {name!r}")
+        name = new_rater_name(name)
         session.execute(_insert_or_ignore(session, Rater, name=name, created_at=utcnow()))
         rater = session.scalars(select(Rater).where(named(name)).order_by(Rater.id).limit(1)).one()
     return rater

@@ -42,6 +42,22 @@ class HerdbookGroup(click.Group):
             for line in str(error).splitlines() or [type(error).__name__]:
                 click.secho(f"error: {line}", fg="red", err=True)
             ctx.exit(1)
+        except click.UsageError as error:  # a bad option or argument: one line, as every error
+            usage_error(error, ctx)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            usage_error(error, ctx)
+
+
+def usage_error(error: click.UsageError, ctx: click.Context) -> None:
+    """Click's three lines of usage and exit 2 become one line and exit status 1."""
+    where = (error.ctx or ctx).command_path
+    message = error.format_message().rstrip(".")
+    click.secho(f"error: {message[:1].lower()}{message[1:]} (see {where} --help)", fg="red", err=True)
+    ctx.exit(1)
 
 
 def store_of(home):

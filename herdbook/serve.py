@@ -51,6 +51,9 @@ def is_loopback(host: str) -> bool:
 def check_port_free(host: str, port: int) -> None:
     """Streamlit on a busy port quietly picks another or exits 0; say so instead."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # as servers bind (Streamlit's included): a port left in TIME_WAIT by a server that just
+        # stopped is free; one that something listens on is not
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:

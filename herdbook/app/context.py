@@ -12,7 +12,7 @@ import streamlit as st
 
 from herdbook.db.access import Actor, sign_in, sign_in_required, still_signed_in
 from herdbook.errors import HerdbookError
-from herdbook.feedback.votes import clean_rater_name
+from herdbook.feedback.votes import new_rater_name
 from herdbook.home import Home, load_home, resolve_home
 
 
@@ -86,7 +86,7 @@ def current_rater() -> str | None:
     from_url = st.query_params.get("rater")
     if from_url:
         with contextlib.suppress(HerdbookError):
-            st.session_state["rater"] = clean_rater_name(from_url)
+            st.session_state["rater"] = new_rater_name(from_url)
     return st.session_state.get("rater")
 
 
@@ -98,7 +98,7 @@ def ask_rater() -> str | None:
     typed = st.text_input("Your name", key="rater_input", placeholder="e.g. ann")
     if typed:
         try:
-            name = clean_rater_name(typed)
+            name = new_rater_name(typed)
         except HerdbookError as error:
             st.error(str(error))
             return None
@@ -155,6 +155,7 @@ def sign_in_form(store) -> None:
             st.error("That name and password do not match a user.")
             return
         st.session_state["actor"] = actor
+        st.query_params.pop("rater", None)  # signed in, ?rater= names nobody: the URL stops saying it does
         st.rerun()
 
 

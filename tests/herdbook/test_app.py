@@ -336,6 +336,7 @@ def test_with_users_nobody_rates_without_signing_in_and_the_url_names_nobody(dem
     assert "do not match" in at.error[0].value and not any(b.key == "accept" for b in at.button)
     at = signed_in_app(demo_home, "kim", "kim's password", rater_param="mallory")
     assert "by Kim" in shown_caption(at)
+    assert "rater" not in at.query_params  # the URL no longer names anyone
     at.button(key="accept").click().run()
     with demo_home.open_store().transaction() as session:
         assert current_vote(session, 1, "Kim") == "accept" and current_vote(session, 1, "mallory") is None

@@ -305,3 +305,23 @@ def test_the_demo_starts_without_library_noise(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Drew 36 cartoon oxen" in done.stdout
     assert "torchvision" not in done.stderr and "Writing model shards" not in done.stderr, done.stderr
+
+
+def test_a_bad_option_is_one_line_and_exit_status_1(tmp_path):
+    for args, said in [
+        (["train", "--steps", "0"], "error: invalid value for '--steps': 0 is not in the range x>=1 (see herdbook train --help)"),
+        (["users", "add", "x", "--role", "boss"], "error: invalid value for '--role'"),
+        (["--bogus"], "error: no such option '--bogus' (see herdbook --help)"),
+    ]:  # fmt: skip
+        full = [*args, "--home", str(tmp_path / "h")] if args[0] != "--bogus" else args
+        result = CliRunner().invoke(main, full, prog_name="herdbook")
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines() == [result.output.strip()] and said in result.output
+
+
+def test_a_new_rater_name_is_checked_and_an_old_one_still_found(tmp_path):
+    home = tmp_path / "home"
+    run("demo", "--home", home)
+    refused = run("vote", 1, "accept", "--rater", "bad name!", "--home", home, ok=False)
+    assert refused.exit_code == 1 and "'bad name!' is not a rater name" in refused.output
+    assert "Zoë O'Neil-Smith: accept" in run("vote", 1, "accept", "--rater", "Zoë O'Neil-Smith", "--home", home).output

@@ -50,6 +50,26 @@ def test_a_busy_port_is_an_error(tmp_path):
     assert f"error: port {port} on 127.0.0.1 is in use" in result.stderr
 
 
+def test_a_port_left_only_in_time_wait_is_free(tmp_path):
+    """A server restarted at once finds its port held by TIME_WAIT sockets only: servers bind
+    it anyway (SO_REUSEADDR), and so does herdbook's check."""
+    from herdbook.serve import check_port_free
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+        client.close()
+    lingering = subprocess.run(["ss", "-tan", f"sport = :{port}"], capture_output=True, text=True).stdout
+    if "TIME-WAIT" not in lingering:
+        pytest.skip("this machine left no TIME_WAIT socket to test with")
+    check_port_free("127.0.0.1", port)  # no error
+
+
 @pytest.mark.slow
 def test_sigterm_stops_the_app_and_the_worker(tmp_path):
     subprocess.run(herdbook("init", "--home", tmp_path / "h"), check=True, capture_output=True)
