@@ -13,14 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_the_wheel_works_beside_a_users_own_db_package(tmp_path):
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", tmp_path],
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", str(ROOT), "-w", tmp_path],
         check=True,
         capture_output=True,
+        text=True,
         cwd=tmp_path,
     )
+    assert "is absent from the `packages` configuration" not in built.stdout + built.stderr  # no wall of warnings
     (wheel,) = tmp_path.glob("herdbook-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    assert "herdbook/training/tiny_tokenizer/vocab.json" in names  # the demo's tokenizer travels
     top_level = {name.split("/")[0] for name in names if not name.startswith("herdbook-")}
     assert top_level == {"herdbook"}, top_level
     assert "herdbook/app/main.py" in names and "herdbook/db/migrations/versions/0001_initial_schema.py" in names
