@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
+from herdbook.app import rate
 from herdbook.app.context import action
 from herdbook.feedback.catalog import cards
 from herdbook.jobs import list_jobs, mark_lost_jobs
@@ -23,16 +24,21 @@ def jobs_panel(home, store, kind: str) -> None:
     if not rows:
         st.caption("No jobs yet.")
         return
+    running = [job_id for job_id, status, *_ in rows if status == "running"]
     for number, (job_id, status, progress, message, error, log, created) in enumerate(rows):
         label = f"Job {job_id}: {status}"
         if status == "running":
             st.progress(progress, text=f"{label} · {message}")
+        elif status == "queued" and running:  # a worker is busy with it: this one comes next
+            st.info(f"{label} · starts when job {running[-1]} is done")
         elif status == "queued":
             waited = (datetime.now(UTC) - created.replace(tzinfo=created.tzinfo or UTC)).total_seconds()
             st.info(f"{label} · {message}" + (" — is `herdbook worker` running?" if waited > 15 else ""))
+        elif status == "finished" and number == 0 and images:
+            st.success(f"{label} · {len(images)} image(s) added to the rating queue")
+            st.page_link(rate.as_page(), label=f"Rate the {len(images)} new image(s)", icon=":material/thumbs_up_down:")
         elif status == "finished":
-            count = f" · {len(images)} image(s) added to the rating queue (Rate page)" if number == 0 and images else ""
-            st.success(f"{label}{count}")
+            st.success(label)
         elif status == "failed":
             st.error(f"{label}: {error}")
         else:

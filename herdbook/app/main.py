@@ -10,7 +10,7 @@ def main() -> None:
     st.set_page_config(page_title="herdbook", page_icon="🐂", layout="wide")
     navigation = st.navigation(
         [
-            st.Page(rate.page, title="Rate", icon=":material/thumbs_up_down:", url_path="rate", default=True),
+            rate.as_page(),
             st.Page(generate.page, title="Generate", icon=":material/auto_awesome:", url_path="generate"),
             st.Page(dataset.page, title="Dataset", icon=":material/dataset:", url_path="dataset"),
             st.Page(rounds.page, title="Rounds", icon=":material/model_training:", url_path="rounds"),

@@ -339,3 +339,8 @@ def page() -> None:
         one_at_a_time(home, store, actor, filters)
     else:
         grid(home, store, actor, filters, size)
+
+
+def as_page() -> st.Page:
+    """This page, as the navigation and the links to it name it."""
+    return st.Page(page, title="Rate", icon=":material/thumbs_up_down:", url_path="rate", default=True)

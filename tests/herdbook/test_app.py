@@ -407,6 +407,21 @@ def test_a_generation_jobs_images_show_on_the_generate_page_with_their_count(dem
     assert run_next_job(demo_home)  # what the worker does
     at = page("generate").run()
     assert "2 image(s) added to the rating queue" in at.success[0].value
+    link = at.get("page_link")[0].proto
+    assert link.label == "Rate the 2 new image(s)" and link.page_script_hash  # a way to go and rate them
     with demo_home.open_store().transaction() as session:
         made = session.scalars(select(Job)).one().result["candidate_ids"]
     assert [c for image in at.get("image") for c in image.captions] == [f"#{i}" for i in made]
+
+
+def test_a_queued_job_behind_a_running_one_says_so(demo_home):
+    from herdbook.db.models import utcnow
+
+    from herdbook.jobs import submit
+
+    with demo_home.open_store().transaction() as session:
+        first = submit(session, demo_home, "generate", {"prompt": "an ox", "count": 1})
+        second = submit(session, demo_home, "generate", {"prompt": "an ox", "count": 1})
+        first.status, first.heartbeat_at = "running", utcnow()  # a worker is on it
+    at = page("generate").run()
+    assert f"Job {second.id}: queued · starts when job {first.id} is done" in [i.value for i in at.info]
