@@ -16,6 +16,9 @@
    checkpoint saved); a process that ended before its kill is counted apart, not as a kill.
 3. Hostile files: each refused on a line naming it, the good one imported with its one rating,
    nothing else stored.
+4. Sign-in is on throughout (the raters are users). A tab opened while the app was still open,
+   and a removed admin's tab, try every action: none may get through. 25 password guesses from
+   one address: at most 10 are checked, and the right password does not get in after them.
 
 Prints what it found; exit status 1 on any loss or inconsistency. bench/trials.txt holds a run.
 """
@@ -313,6 +316,7 @@ def kill_trials(home: Path, work: Path, size: dict) -> dict:
                 return any(int(f.parts[-3].split("-")[1]) not in before for f in folders)
 
             killed = kill_when([*HERDBOOK, "train", "--home", str(home)], stepping, rng, 0.0, 1.0)
+            killed = killed and rounds_of(home)[-1]["status"] != "finished"  # killed on its way out: not a kill
         found["kills" if killed else "missed"][kind] += 1
         first_look = herdbook("doctor", home=home, check=False)
         if first_look.returncode != 0:
@@ -396,10 +400,89 @@ def unnamed_refusals(names: list[str], output: str) -> list[str]:
     return [name for name in names if not any(line.startswith(f"skipped {printable(name)}: ") for line in lines)]
 
 
-def inconsistencies(load: dict, kills: dict, hostile: dict) -> int:
+# --- sign-in: the raters are users; an attacker's tab was open before sign-in was turned on ---
+
+ATTACKER = "mallory"
+
+
+def turn_sign_in_on(home: Path, size: dict) -> None:
+    """Every rater the trials run becomes a user (a rater may vote only as a signed-in user)."""
+    from herdbook.db.access import add_user
+
+    from herdbook.home import load_home
+
+    names = [f"rater-{n}" for n in range(size["raters"])] + [f"killed-{n}" for n in range(size["kills"])]
+    store = load_home(home).open_store()
+    with store.transaction() as session:
+        add_user(session, "boss", "admin", "the boss's password")
+        for name in names:
+            add_user(session, name, "rater", f"{name}'s password")
+    store.close()
+
+
+def attacker_trial(home: Path, open_tab) -> dict:
+    """What a tab opened while the app was open (no users) can still do once sign-in is on, and
+    what a removed admin's tab can do: every action is to be refused. Then 25 password guesses
+    at the admin from one address: how many are checked, and whether the right one then gets in."""
+    from herdbook.db.access import Actor, add_user, remove_user, sign_in
+    from herdbook.db.errors import HerdbookError
+
+    from herdbook import actions
+    from herdbook.home import load_home
+
+    loaded = load_home(home)
+    store = loaded.open_store()
+    with store.transaction() as session:
+        add_user(session, "temp", "admin", "temp's password")
+    with store.transaction() as session:
+        remove_user(session, "temp")
+    removed_admin = Actor("temp", "admin", signed_in=True)
+    attempts = [
+        lambda s, a: actions.vote(s, a, 1, "reject"),
+        lambda s, a: actions.undo(s, a),
+        lambda s, a: actions.sync_dataset(s, a, loaded),
+        lambda s, a: actions.start_round(s, a, loaded, steps=1),
+        lambda s, a: actions.cancel_round(s, a, loaded, 1),
+        lambda s, a: actions.delete_round(s, a, loaded, 1),
+        lambda s, a: actions.change_base_model(s, a, loaded, "attacker/model"),
+    ]
+    got_through = []
+    for actor in (open_tab, removed_admin):
+        for n, attempt in enumerate(attempts):
+            try:
+                with store.transaction() as session:
+                    attempt(session, actor)
+                got_through.append(f"{actor.name}: action {n}")
+            except HerdbookError:
+                pass
+    checked, refused = 0, 0
+    for _ in range(25):
+        try:
+            with store.transaction() as session:
+                sign_in(session, "boss", "a guess", client="203.0.113.9")
+            checked += 1
+        except HerdbookError:
+            refused += 1
+    try:
+        with store.transaction() as session:
+            right_got_in = sign_in(session, "boss", "the boss's password", client="203.0.113.9") is not None
+    except HerdbookError:
+        right_got_in = False
+    with store.transaction() as session:
+        from herdbook.db.access import recent_actions
+
+        logged = sum(a.action == "failed sign-in" for a in recent_actions(session, 200))
+    store.close()
+    return {"actions_tried": 2 * len(attempts), "got_through": got_through, "guesses_checked": checked,
+            "guesses_refused": refused, "right_password_got_in_after": right_got_in, "failures_logged": logged}  # fmt: skip
+
+
+def inconsistencies(load: dict, kills: dict, hostile: dict, attacker: dict | None = None) -> int:
     """Everything the trials found wrong, counted: each is a loss, a double, a refusal nobody
-    was told of, or a home left in a state the next command cannot use."""
+    was told of, a home left in a state the next command cannot use, or an attacker's way in."""
+    attacker = attacker or {"got_through": [], "guesses_checked": 0, "right_password_got_in_after": False}
     return (
+        len(attacker["got_through"]) + (attacker["guesses_checked"] > 10) + attacker["right_password_got_in_after"] +
         load["lost"] + load["doubled"] + load["failed_processes"] + len(load["cli_refused"])
         + kills["doctor_failed"] + kills["sync_failed"] + kills["dataset_differs"]
         + kills["lost_votes"] + kills["import_incomplete"] + kills["rounds_unfinished"]
@@ -419,11 +502,17 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OXEN_CONFIG_DIR", str(work / "oxen-config"))
     os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # as the CLI does
     started = time.monotonic()
     home = make_home(work, size["images"])
+    from herdbook.db.access import Actor
+
+    open_tab = Actor(ATTACKER, "admin")  # the open app's visitor, named by ?rater=, from before sign-in
+    turn_sign_in_on(home, size)
     load = load_trial(home, work, size)
     kills = kill_trials(home, work, size)
     hostile = hostile_trial(home, work)
+    attacker = attacker_trial(home, open_tab)
     lines = [
         f"herdbook trials ({'short' if args.short else 'long'}), {time.strftime('%Y-%m-%d')}, "
         f"{os.cpu_count()} CPU cores, {time.monotonic() - started:.0f} s in all",
@@ -449,8 +538,13 @@ def main() -> int:
         f"exit status {hostile['exit_status']}, "
         f"tracebacks {hostile['traceback']}, raw escapes echoed {hostile['raw_escape_in_output']}, "
         f"earlier votes changed {hostile['votes_changed']}",
+        f"sign-in on (the raters are users): a tab open from before sign-in and a removed admin's tab tried "
+        f"{attacker['actions_tried']} actions, {len(attacker['got_through'])} got through; 25 password guesses from "
+        f"one address: {attacker['guesses_checked']} checked, {attacker['guesses_refused']} held back unchecked, "
+        f"{attacker['failures_logged']} failed sign-ins in the log, the right password let in after them: "
+        f"{attacker['right_password_got_in_after']}",
     ]
-    problems = inconsistencies(load, kills, hostile)
+    problems = inconsistencies(load, kills, hostile, attacker)
     lines += ["", f"inconsistencies: {problems}"]
     report = "\n".join(lines)
     print(report)

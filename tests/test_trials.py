@@ -75,7 +75,11 @@ def test_each_defect_the_trials_look_for_counts_as_an_inconsistency():
         ("hostile", "imported", 2), ("hostile", "new_votes", 2), ("hostile", "traceback", True),
         ("hostile", "raw_escape_in_output", True), ("hostile", "votes_changed", True), ("hostile", "unnamed", ["a"]),
     ]  # fmt: skip
-    parts = {"load": load, "kills": kills, "hostile": hostile}
+    attacker = {"got_through": [], "guesses_checked": 10, "right_password_got_in_after": False}
+    assert trials.inconsistencies(load, kills, hostile, attacker) == 0
+    defects += [("attacker", "got_through", ["mallory: action 5"]), ("attacker", "guesses_checked", 11),
+                ("attacker", "right_password_got_in_after", True)]  # fmt: skip
+    parts = {"load": load, "kills": kills, "hostile": hostile, "attacker": attacker}
     for part, key, bad in defects:
         changed = {**parts, part: {**parts[part], key: bad}}
         assert trials.inconsistencies(**changed) == 1, (part, key)
