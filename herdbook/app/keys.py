@@ -4,7 +4,8 @@ Streamlit ignores a shortcut while focus sits in an ``<input>``. After a click o
 filter (a select box, a checkbox, a radio) focus stays there, so the next ``1`` typed "1" into
 the select box and cast no vote. The script below takes back the rating keys from a
 filter that is not being typed into (a closed select box, a checkbox, a radio), blurs it, and
-hands the key on to the page. Text fields keep their keys.
+hands the key on to the page. Text fields keep their keys; a number field ("Cards per group")
+gives focus back once Enter has committed its value.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ _SCRIPT = """
     event.stopImmediatePropagation();
     el.blur();
     document.body.dispatchEvent(new KeyboardEvent("keydown", {key: event.key, code: event.code, bubbles: true}));
+  }, true);
+  // a number typed into a number field is done with Enter: hand focus back, or the next "1" typed "81"
+  document.addEventListener("keydown", (event) => {
+    const el = event.target;
+    if (event.key === "Enter" && el && el.tagName === "INPUT" && el.type === "number") setTimeout(() => el.blur(), 0);
   }, true);
 })();
 </script>

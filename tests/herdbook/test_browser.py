@@ -199,6 +199,27 @@ def test_grid_keys_choose_a_card_vote_and_undo(running_app, browser):
         assert [current_vote(session, i, "ida") for i in (1, 2, 3, 4)] == ["accept", "accept", "reject", "accept"]
 
 
+def test_a_rating_key_after_changing_cards_per_group_votes_instead_of_typing(running_app, browser):
+    """After typing 2 and Enter into "Cards per group", 1 typed "21" into the box and cast no vote."""
+    from playwright.sync_api import expect
+
+    url, home = running_app
+    page = browser.new_page()
+    opened(page, f"{url}/?rater=joy")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("Grid", exact=True).click()
+    expect(caption_of(page, "joy")).to_contain_text("0 of 4 voted")
+    size = sidebar.get_by_label("Cards per group")
+    size.fill("2")
+    size.press("Enter")
+    expect(caption_of(page, "joy")).to_contain_text("0 of 2 voted")
+    page.keyboard.press("1")
+    expect(caption_of(page, "joy")).to_contain_text("1 of 2 voted")
+    expect(size).to_have_value("2")
+    with home.open_store().transaction() as session:
+        assert current_vote(session, 1, "joy") == "accept"
+
+
 def test_the_vote_counter_counts_skips_the_same_while_voting_after_undo_and_reload(running_app, browser):
     from playwright.sync_api import expect
 
