@@ -76,9 +76,18 @@ def page() -> None:
     if actor.is_admin and st.button(
         "Sync now", type="primary", help="Commit the current selection to the Oxen repository"
     ):
-        with action(store) as session:
+        with st.spinner("Committing the selection to the Oxen repository..."), action(store) as session:
             result = actions.sync_dataset(session, actor, home)
-        st.success(f"Dataset version {result.version.id} committed." if result.version else "Nothing new to commit.")
+        if result.version:
+            v = result.version
+            st.success(
+                f"Dataset version {v.id} committed ({v.commit_id[:10]}): {v.n_selected} selected of {v.n_images} "
+                f"rated; {result.diff.summary()}."
+            )
+        else:
+            st.info("Nothing new to commit: the newest version already holds these votes and this selection.")
+        for note in result.notes:
+            st.warning(note)
 
     with action(store) as session:
         versions = [

@@ -201,7 +201,8 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     at = page("dataset").run()
     assert "No version yet" in at.info[0].value
     at.button[0].click().run()
-    assert "Dataset version 1 committed" in at.success[0].value
+    said = at.success[0].value  # what the sync did, not only that it ran
+    assert "Dataset version 1 committed" in said and "1 selected of 2 rated" in said and "+2 images" in said
     assert at.metric[0].label == "Expected to stay" and at.metric[0].value.endswith("%")
     frames = at.dataframe
     selection = frames[-1].value
@@ -215,6 +216,8 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     assert "Since version 1" in " ".join(m.value for m in at.markdown)
     assert 3 in changes["#"].tolist() and "added" in changes["Change"].tolist()
     assert changes["Image"].str.startswith("data:image/jpeg").all()
+    at.button[0].click().run()
+    assert "Nothing new to commit" in at.info[0].value
 
 
 def test_rounds_page_needs_a_dataset_then_queues_a_round(demo_home):
