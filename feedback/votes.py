@@ -289,6 +289,18 @@ def rater_vote_count(session: Session, rater_name: str) -> int:
     return session.scalar(select(func.count()).where(*decisive)) or 0
 
 
+def my_votes(session: Session, rater_name: str, candidate_ids: list[int]) -> dict[int, str]:
+    """The rater's current vote on each of these candidates that has one."""
+    if not candidate_ids:
+        return {}
+    rows = session.execute(
+        select(Vote.candidate_id, Vote.value)
+        .join(Rater)
+        .where(named(rater_name), Vote.is_current, Vote.candidate_id.in_(candidate_ids))
+    )
+    return {cid: VoteValue(value).value for cid, value in rows}
+
+
 def current_vote(session: Session, candidate_id: int, rater_name: str) -> VoteValue | None:
     return session.scalar(
         select(Vote.value).join(Rater).where(Vote.candidate_id == candidate_id, named(rater_name), Vote.is_current)

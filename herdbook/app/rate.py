@@ -20,6 +20,7 @@ from herdbook.feedback.catalog import Card, cards, filter_choices
 from herdbook.feedback.votes import (
     QueueFilter,
     current_vote,
+    my_votes,
     next_entries,
     prompt_group,
     queue_view,
@@ -44,6 +45,7 @@ class Queue:
     votes: int = 0
     last_message: str = ""
     reasons: dict[int, str] = field(default_factory=dict)  # why each image is shown
+    earlier: dict[int, str] = field(default_factory=dict)  # this rater's vote on a shown image, if any
     unsaved: list[tuple[int, str]] = field(default_factory=list)  # votes the database was too busy to take
     selection: object = None  # the project's SelectionPolicy, which the default order firms up
 
@@ -55,13 +57,15 @@ class Queue:
 def load_queue(store, actor: Actor, filters: QueueFilter, selection) -> Queue:
     with store.transaction() as session:
         entries, size = queue_view(session, actor.name, filters, limit=BATCH, selection=selection)
+        ids = [e.id for e in entries]
         return Queue(
             actor,
             filters,
-            cards(session, [e.id for e in entries]),
+            cards(session, ids),
             size,
             rater_vote_count(session, actor.name),
             reasons={e.id: e.reason for e in entries},
+            earlier={} if filters.unrated_only else my_votes(session, actor.name, ids),
             selection=selection,
         )
 
@@ -74,6 +78,8 @@ def refill(store, queue: Queue) -> None:
             more = [e for e in entries if e.id not in have][: BATCH - len(queue.cards)]
             queue.reasons.update({e.id: e.reason for e in more})
             queue.cards += cards(session, [e.id for e in more])
+            if not queue.filters.unrated_only:
+                queue.earlier.update(my_votes(session, queue.rater, [e.id for e in more]))
 
 
 def save_unsaved(store, queue: Queue) -> bool:
@@ -94,7 +100,9 @@ def vote(store, queue: Queue, candidate_id: int, value: str) -> None:
     saved = save_unsaved(store, queue)
     queue.cards = [c for c in queue.cards if c.id != candidate_id]
     queue.left = max(0, queue.left - 1) if queue.filters.unrated_only else queue.left
-    queue.votes += value != "skip"
+    # one current vote per image: a new vote replaces this rater's earlier one
+    queue.votes += is_decisive(value) - is_decisive(queue.earlier.get(candidate_id))
+    queue.earlier[candidate_id] = value
     queue.last_message = (
         f"{value} #{candidate_id}"
         if saved
@@ -163,8 +171,12 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
             st.image(str(home.root / current.path), width=512)
         st.text(current.prompt or "(no prompt)")
     why = queue.reasons.get(current.id) if current else None
+    before = queue.earlier.get(current.id) if current else None
     where = f"#{current.id} · {current.source_name} · {round_label(current.round)} · " if current else ""
-    where += f"{why} · " if why and queue.filters.order == "uncertainty" else ""
+    if before:  # re-rating: what this rater said last time, not why the queue once chose the image
+        where += f"you voted {before} before · "
+    elif why and queue.filters.order == "uncertainty":
+        where += f"{why} · "
     last = f" · last: {queue.last_message}" if queue.last_message else ""
     caption.caption(f"{where}{queue.left} left in this queue · {vote_count(queue.votes)} by {actor.name}{last}")
     cid = current.id if current else 0
@@ -181,6 +193,10 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
                 width="stretch",
             )
         st.button("Undo", key="undo", shortcut="u", on_click=reporting(undo), args=(store, queue), width="stretch")
+
+
+def is_decisive(value: str | None) -> bool:
+    return value in ("accept", "reject")
 
 
 def vote_count(votes: int) -> str:

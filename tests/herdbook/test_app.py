@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from herdbook.db.models import Job, Round
 from herdbook.feedback.catalog import list_candidates
-from herdbook.feedback.votes import cast_vote, current_vote
+from herdbook.feedback.votes import cast_vote, current_vote, rater_vote_count
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
@@ -428,3 +428,20 @@ def test_a_queued_job_behind_a_running_one_says_so(demo_home):
         first.status, first.heartbeat_at = "running", utcnow()  # a worker is on it
     at = page("generate").run()
     assert f"Job {second.id}: queued · starts when job {first.id} is done" in [i.value for i in at.info]
+
+
+def test_re_rating_shows_my_earlier_vote_and_counts_one_vote_per_image(demo_home):
+    with demo_home.open_store().transaction() as session:
+        cast_vote(session, 1, "ann", "accept")
+    at = app("ann")
+    at.checkbox(key="filter_unrated").uncheck().run()
+    at.selectbox(key="filter_order").select("oldest").run()
+    assert "#1 · " in shown_caption(at) and "you voted accept before" in shown_caption(at)
+    assert "1 vote by ann" in shown_caption(at)
+    at.button(key="reject").click().run()  # a new vote replaces the earlier one: still one vote
+    assert "1 vote by ann" in shown_caption(at) and "#2 · " in shown_caption(at)
+    assert "you voted" not in shown_caption(at)  # #2 has no vote of ann's
+    at.button(key="accept").click().run()
+    assert "2 votes by ann" in shown_caption(at)
+    with demo_home.open_store().transaction() as session:
+        assert current_vote(session, 1, "ann") == "reject" and rater_vote_count(session, "ann") == 2
