@@ -313,17 +313,21 @@ def prompt_group(
     filters: QueueFilter = QueueFilter(),
     size: int = 4,
     selection: SelectionPolicy | None = None,
+    passed: frozenset[int] = frozenset(),
 ) -> list[int]:
     """Up to ``size`` candidates of one prompt for the grid mode: the prompt of the next
-    candidate in this rater's queue, and the next ones that share it."""
-    first = rating_queue(session, rater_name, filters, limit=1, selection=selection)
-    if not first:
-        return []
-    prompt = session.scalar(select(Candidate.prompt).where(Candidate.id == first[0]))
-    return rating_queue(
+    candidate in this rater's queue, and the next ones that share it. ``passed``: candidates
+    the rater left for later; they come after every other, and once only they are left."""
+    queue = [cid for cid in rating_queue(session, rater_name, filters, limit=1 + len(passed), selection=selection)]
+    fresh = [cid for cid in queue if cid not in passed]
+    if not fresh:
+        return prompt_group(session, rater_name, filters, size, selection) if passed and queue else []
+    prompt = session.scalar(select(Candidate.prompt).where(Candidate.id == fresh[0]))
+    same_prompt = rating_queue(
         session,
         rater_name,
         QueueFilter(prompt, filters.round_id, filters.unrated_only, filters.order),
-        limit=size,
+        limit=size + len(passed),
         selection=selection,
     )
+    return [cid for cid in same_prompt if cid not in passed][:size]

@@ -116,6 +116,7 @@ def undo(store, queue: Queue) -> None:
         candidate_id, value = queue.unsaved.pop()
         with store.transaction() as session:
             queue.cards = [*cards(session, [candidate_id]), *[c for c in queue.cards if c.id != candidate_id]]
+            remember(queue, candidate_id, current_vote(session, candidate_id, queue.rater))
         queue.votes -= value != "skip"
         queue.left += queue.filters.unrated_only
         queue.last_message = f"undid your vote on #{candidate_id}"
@@ -124,12 +125,22 @@ def undo(store, queue: Queue) -> None:
         undone = actions.undo(session, queue.actor)
         card = cards(session, [undone])[0] if undone is not None else None
         queue.votes = rater_vote_count(session, queue.rater)
+        if undone is not None:  # the vote before the undone one, if any, counts again
+            remember(queue, undone, current_vote(session, undone, queue.rater))
     if card is None:
         queue.last_message = "nothing to undo"
         return
     queue.cards = [card, *[c for c in queue.cards if c.id != card.id]]
     queue.left += queue.filters.unrated_only
     queue.last_message = f"undid your vote on #{card.id}"
+
+
+def remember(queue: Queue, candidate_id: int, vote) -> None:
+    """Keep this rater's current vote on a shown image (or that it has none)."""
+    if vote is None:
+        queue.earlier.pop(candidate_id, None)
+    else:
+        queue.earlier[candidate_id] = str(getattr(vote, "value", vote))
 
 
 def sidebar_filters(store) -> QueueFilter:
@@ -217,6 +228,7 @@ class Group:
     cursor: int = 0
     votes: int = 0
     last_message: str = ""
+    passed: frozenset[int] = frozenset()  # cards left for later with "New group": they come back last
 
     @property
     def rater(self) -> str:
@@ -230,10 +242,12 @@ class Group:
         return start
 
 
-def load_group(store, actor: Actor, filters: QueueFilter, size: int, selection) -> Group:
+def load_group(store, actor: Actor, filters: QueueFilter, size: int, selection, passed=frozenset()) -> Group:
     with store.transaction() as session:
-        ids = prompt_group(session, actor.name, filters, size=size, selection=selection)
-        return Group(actor, filters, size, cards(session, ids), votes=rater_vote_count(session, actor.name))
+        ids = prompt_group(session, actor.name, filters, size=size, selection=selection, passed=passed)
+        group = Group(actor, filters, size, cards(session, ids), votes=rater_vote_count(session, actor.name))
+    group.passed = passed if not set(ids) & passed else frozenset()  # all passed over: they are back, afresh
+    return group
 
 
 def grid_vote(store, group: Group, value: str, index: int | None = None, selection=None) -> None:
@@ -256,8 +270,10 @@ def grid_vote(store, group: Group, value: str, index: int | None = None, selecti
 
 
 def next_group(store, group: Group, selection) -> None:
-    fresh = load_group(store, group.actor, group.filters, group.size, selection)
-    group.cards, group.marks, group.cursor = fresh.cards, {}, 0
+    """The next group in the queue's order; the cards left without a vote come back later."""
+    passed = group.passed | {c.id for c in group.cards if c.id not in group.marks}
+    fresh = load_group(store, group.actor, group.filters, group.size, selection, frozenset(passed))
+    group.cards, group.marks, group.cursor, group.passed = fresh.cards, {}, 0, fresh.passed
 
 
 def grid_undo(store, group: Group) -> None:
@@ -313,7 +329,8 @@ def grid(home, store, actor: Actor, filters: QueueFilter, size: int) -> None:
     if empty:
         st.success("Nothing left to rate here. Generate more, or change the filters.")
         return
-    st.text(group.cards[0].prompt or "(no prompt)")
+    short = f" (only {len(group.cards)} of this prompt's images are left for you)" if len(group.cards) < size else ""
+    st.text(f"{group.cards[0].prompt or '(no prompt)'}{short}")
     per_row = min(4, len(group.cards))
     for row_start in range(0, len(group.cards), per_row):
         for offset, column in enumerate(st.columns(per_row)):

@@ -1,5 +1,6 @@
 """The app's pages through Streamlit's AppTest: clicks, filters, undo, empty states."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,26 @@ def test_the_grid_shows_as_many_cards_as_asked_when_the_prompt_has_them(demo_hom
     at.number_input(key="grid_size").set_value(3).run()
     assert len(grid_cards(at)) == 3
     at.number_input(key="grid_size").set_value(6).run()
-    assert len(grid_cards(at)) == 4  # all the demo has of one prompt
+    assert len(grid_cards(at)) == 4  # all the demo has of one prompt, and it says so
+    assert "(only 4 of this prompt's images are left for you)" in [t.value for t in at.text][-1]
+
+
+def test_new_group_moves_on_and_the_cards_left_come_back_later(demo_home):
+    """Pressing n gave back the same four cards, and after one vote the same prompt's other three."""
+    at = app("ann")
+    at.radio(key="layout").set_value("Grid").run()
+    seen = [tuple(grid_cards(at))]
+    at.button(key="grid-accept").click().run()  # one vote in the first group
+    for _ in range(3):
+        at.button(key="grid-new").click().run()
+        seen.append(tuple(grid_cards(at)))
+    assert len(set(seen)) == 4 and all(set(a).isdisjoint(b) for a, b in itertools.pairwise(seen))
+    left = 36 - 1  # the demo's candidates, but the one voted on
+    for _ in range(left // 4 + 2):  # through the whole queue: the passed-over cards come back
+        at.button(key="grid-new").click().run()
+        if set(grid_cards(at)) & set(seen[0]):
+            break
+    assert set(grid_cards(at)) == set(seen[0]) - {seen[0][0]}  # the first group, less the card voted on
 
 
 def test_grid_keys_vote_on_the_highlighted_card_then_the_next_group_comes(demo_home):
