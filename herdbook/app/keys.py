@@ -46,7 +46,8 @@ _STYLE = """
 <style>
 /* The rating pages need the height: the image, its buttons and its caption fit 1024x700. */
 .block-container { padding-top: 2.5rem; }
-.st-key-rate-image img { max-height: calc(100vh - 15rem); width: auto; }
+/* Capped by the window's height, the image keeps its shape inside its 512 px box (it was squeezed) */
+.st-key-rate-image img { max-height: calc(100vh - 19.5rem); object-fit: contain; object-position: left top; }
 .st-key-grid-cursor { outline: 3px solid var(--primary-color, #1f7a4d); outline-offset: 2px; border-radius: 0.5rem; }
 [class*="st-key-grid-voted-"] img { opacity: 0.45; }
 </style>

@@ -175,12 +175,13 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
     current = queue.cards[0] if queue.cards else None
     controls = st.container(horizontal=True, width=640)
     caption = st.empty()
+    prompt_line = st.empty()  # above the image: in view at 1024x700 whatever the image's height
     if current is None:
         st.success("Nothing left to rate here. Generate more, or change the filters.")
     else:
         with st.container(key="rate-image"):
             st.image(str(home.root / current.path), width=512)
-        st.text(current.prompt or "(no prompt)")
+        prompt_line.text(current.prompt or "(no prompt)")
     why = queue.reasons.get(current.id) if current else None
     before = queue.earlier.get(current.id) if current else None
     where = f"#{current.id} · {current.source_name} · {round_label(current.round)} · " if current else ""

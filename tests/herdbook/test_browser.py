@@ -220,6 +220,31 @@ def test_a_rating_key_after_changing_cards_per_group_votes_instead_of_typing(run
         assert current_vote(session, 1, "joy") == "accept"
 
 
+@pytest.mark.parametrize("size", [(1024, 700), (1440, 900)])
+def test_the_rate_page_keeps_image_prompt_and_buttons_in_view_without_squeezing_the_image(running_app, browser, size):
+    """At 1024x700 the image was squeezed to 512x460 and the prompt sat below the fold."""
+    url, _ = running_app
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    opened(page, f"{url}/?rater=pia")
+    page.keyboard.press("1")  # after an action, not only on the first load
+    showing(page, 2)
+    image = page.locator(".st-key-rate-image img")
+    image.wait_for()
+    page.wait_for_function("() => document.querySelector('.st-key-rate-image img').complete")
+    box = page.evaluate(
+        """() => { const i = document.querySelector('.st-key-rate-image img'); const r = i.getBoundingClientRect();
+        return {bottom: r.bottom, width: r.width, height: r.height, fit: getComputedStyle(i).objectFit,
+                natural: i.naturalWidth / i.naturalHeight}; }"""
+    )
+    assert box["bottom"] <= size[1], box  # the whole image in view
+    assert box["fit"] == "contain" or abs(box["width"] / box["height"] - box["natural"]) < 0.02, box  # its shape kept
+    main = page.locator('[data-testid="stMain"]')
+    for shown in (main.get_by_text("a fluffy white cartoon ox"), main.get_by_role("button", name="Accept"),
+                  main.get_by_text("left in this queue")):  # fmt: skip
+        box = shown.first.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= size[1], shown
+
+
 def test_the_vote_counter_counts_skips_the_same_while_voting_after_undo_and_reload(running_app, browser):
     from playwright.sync_api import expect
 
