@@ -24,16 +24,29 @@ def unet_weights(folder):
     return {k: v.float() for k, v in load_components(ModelChain(str(folder))).unet.state_dict().items()}
 
 
+def changed_by(weights: dict, settings) -> float:
+    """The largest change training made to any weight, from the starting model."""
+    start = unet_weights(settings.model.pipeline)
+    return max((weights[k] - start[k]).abs().max().item() for k in weights)
+
+
 def test_two_processes_train_the_same_weights_as_one_at_the_same_global_batch(settings_for):
     one = settings_for("one-process", batch_size=2, steps=4, checkpoint_every=2, mixed_precision="no")
     single = train(one)
     two = settings_for("two-processes", batch_size=1, steps=4, checkpoint_every=2, mixed_precision="no")
     launch(two, processes=2, cpu=True, port=free_port())
     a, b = unet_weights(single.output), unet_weights(two.output / "model")
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 1e-5, worst
-    changed = max((a[k] - unet_weights(two.model.pipeline)[k]).abs().max().item() for k in a)
-    assert changed > 1e-3  # the weights did move: the match is not two untouched models
+    import torch
+
+    gaps = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    # Adam moves a weight by up to ~lr a step whatever its gradient's size: where a gradient is
+    # near zero, the rounding of another summation order (two processes) can flip its sign and
+    # put the two runs up to 2*lr a step apart. That bounds the worst weight; nearly all the
+    # others, with gradients well away from zero, agree to float rounding (here: 5 of 66,844
+    # weights beyond 1e-6, the worst 4.7e-6; 3.6e-5 on a loaded machine failed the old 1e-5).
+    assert gaps.max().item() <= 2 * two.learning_rate * two.steps, gaps.max()
+    assert (gaps > 1e-6).float().mean().item() < 1e-3
+    assert changed_by(a, two) > 1e-3  # the weights did move: the match is not two untouched models
     metrics = json.loads((two.output / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["global_batch"] == 2
     history_one = [round(x, 5) for _, x in single.loss_history]
