@@ -4,15 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 DEMO_HOME ?= demo-home
+TORCH_INDEX ?=
 
 .PHONY: demo test lint browser postgres clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# A CPU build of torch first: the project asks only for a range, which pip would
-	@# otherwise fill with a CUDA build of several GB.
-	$(PY) -m pip install -q "torch==2.13.0"
+	@# torch pinned first: the project asks only for a range, which pip fills with the newest
+	@# release. From PyPI alone, Linux gets the CUDA build (~3 GB with its nvidia packages);
+	@# TORCH_INDEX=https://download.pytorch.org/whl/cpu takes PyTorch's CPU build instead.
+	$(PY) -m pip install -q "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[train,dev,postgres]"
 	touch $@
 

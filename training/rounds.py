@@ -516,13 +516,15 @@ def lineage(session: Session) -> list[str]:
     return tree_lines(round_nodes(session))
 
 
-def family_label(name: str) -> str | None:
-    """What the pipeline ``name`` is, e.g. "SDXL, 1024 px"; None where it cannot be read (the model check says why)."""
+def family_label(name: str, resolution: int | None = None) -> str | None:
+    """What the pipeline ``name`` is and the size it draws at, e.g. "SDXL, 1024 px": the
+    project's ``resolution`` where one is set, else the family's own. None where the model
+    cannot be read (the model check says why)."""
     try:
         family = model_family(name)
     except HerdbookError:
         return None
-    return f"{family.label}, {family.default_resolution} px"
+    return f"{family.label}, {resolution or family.default_resolution} px"
 
 
 def generation_settings(

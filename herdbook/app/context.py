@@ -172,11 +172,11 @@ def _chain_status(pipeline: str, adapters: tuple[str, ...]) -> str | None:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def family_label(pipeline: str) -> str | None:
-    """What kind of model ``pipeline`` is (its family and size), read from its folder."""
+def family_label(pipeline: str, resolution: int | None = None) -> str | None:
+    """What kind of model ``pipeline`` is, and the size the project draws at."""
     from herdbook.training.rounds import family_label
 
-    return family_label(pipeline)
+    return family_label(pipeline, resolution)
 
 
 def model_status(session, home, ref) -> str | None:

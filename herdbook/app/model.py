@@ -18,7 +18,7 @@ def base_model_notice(home, store, what: str, actor: Actor) -> str | None:
                 "generates in seconds, and its images are noise.", icon=":material/science:")  # fmt: skip
     with action(store) as session:
         unusable = model_status(session, home, "base")
-    kind = None if unusable else family_label(home.config.base_model)
+    kind = None if unusable else family_label(home.config.base_model, home.config.resolution)
     if unusable:
         st.error(f"{what} cannot start from the base model: {unusable}."
                  + (" Set the base model below." if actor.is_admin else " An admin can set another."))  # fmt: skip

@@ -94,7 +94,7 @@ def test_the_rounds_and_generate_pages_work_on_an_sdxl_home(sdxl_home):
     assert {"model load", "steps"} <= set(times.index) and times.loc["in all", "round 1"].endswith(" s")
     grid = [caption for row in at.get("image") for caption in row.captions]
     assert grid == ["base · seed 0", "round 1 (lora) · seed 0", "base · seed 1", "round 1 (lora) · seed 1"]
-    assert any("(SDXL, 1024 px)" in expander.label for expander in at.expander)  # the base model, as read
+    assert any(f"(SDXL, {RESOLUTION} px)" in expander.label for expander in at.expander)  # as read, at its size
     at = page("generate").run()
     assert not at.error
     at.text_input(key="prompt").input("an ox in the snow")
