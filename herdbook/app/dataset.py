@@ -155,16 +155,17 @@ def page() -> None:
         f"Policy from herdbook.toml: the best {p.top_k}, at least {p.min_votes} decisive vote(s) each, "
         f"score at least {p.min_score:g}, at most {p.max_per_prompt} per prompt"
     )
+    # the decision first and the long prompt last: at 1024 px the counts and the reason stay in view
     rows = [
         {
-            "Selected": "✓" if d.selected else "",
+            "In": "✓" if d.selected else "",
             "Image": thumbnail(str(home.root / by_id[d.image.id].path)),
             "#": d.image.id,
-            "Prompt": d.image.prompt,
             "Accepts": d.image.tally.accepts,
             "Rejects": d.image.tally.rejects,
             "Score": f"{d.score:.2f}",
             "Why": d.reason,
+            "Prompt": d.image.prompt,
         }
         for d in decisions
         if d.image.id in by_id
@@ -172,4 +173,10 @@ def page() -> None:
     if not rows:
         st.info("No rated images yet.")
         return
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={"Image": THUMBNAIL})
+    narrow = {name: st.column_config.Column(width="small") for name in ("In", "#", "Accepts", "Rejects", "Score")}
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        column_config={"Image": THUMBNAIL, **narrow, "Why": st.column_config.TextColumn(width="medium")},
+    )

@@ -227,6 +227,8 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     frames = at.dataframe
     selection = frames[-1].value
     assert list(selection["#"]) == [1, 2]
+    # the decision and its reason before the long prompt: they stay in view at 1024 px
+    assert list(selection.columns) == ["In", "Image", "#", "Accepts", "Rejects", "Score", "Why", "Prompt"]
     assert "rejected" in selection["Why"].iloc[1]
     assert "None" not in selection.to_string() and "SelectionPolicy(" not in str(at)
     with demo_home.open_store().transaction() as session:
