@@ -53,6 +53,7 @@ def test_failed_sign_ins_wait_longer_each_time_then_lock():
     assert wait_before_next_try(failures[:10], failures[9] + timedelta(hours=2), BY_NAME) == 0  # the window passed
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_sign_in_holds_back_guesses_per_name_and_client_logs_them_and_an_admin_unlocks(store):
     from datetime import UTC, datetime, timedelta
 

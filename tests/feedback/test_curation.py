@@ -57,6 +57,7 @@ def test_sync_writes_an_oxen_readable_layout(home, store, imported):
         assert {r["rater"] for r in csv.DictReader(handle)} == {"ann"}
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_a_sync_with_nothing_new_makes_no_commit(home, store, imported):
     vote_all(store, imported, "ann", ["accept"])
     do_sync(store, home)
@@ -66,6 +67,7 @@ def test_a_sync_with_nothing_new_makes_no_commit(home, store, imported):
     assert versions(store) == 1
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_undone_votes_take_images_out_of_the_next_version(home, store, imported):
     vote_all(store, imported, "ann", ["accept", "accept"])
     first = do_sync(store, home).version
@@ -81,6 +83,7 @@ def test_undone_votes_take_images_out_of_the_next_version(home, store, imported)
     assert len(list((home.dataset_dir / "images").iterdir())) == 1
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_diff_and_export_of_an_older_version(home, store, imported, tmp_path):
     vote_all(store, imported[:2], "ann", ["accept", "accept"])
     v1 = do_sync(store, home).version
@@ -99,6 +102,7 @@ def test_diff_and_export_of_an_older_version(home, store, imported, tmp_path):
         assert len(list(csv.DictReader(handle))) == v2.n_selected
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_a_sync_killed_after_the_commit_is_recorded_by_the_next(home, store, imported, monkeypatch):
     vote_all(store, imported, "ann", ["accept"])
     sync_killed_in(curation, "_record", store, home, monkeypatch)
@@ -139,6 +143,7 @@ def test_a_failed_push_keeps_the_local_commit_and_never_shows_credentials(home, 
         assert session.get(DatasetVersion, result.version.id).pushed is False
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_a_remote_that_never_answers_times_out_and_holds_no_database_lock(home, store, imported):
     """Before, sync --push held its transaction through a push that hung for minutes, and every
     vote meanwhile failed with 'database is locked'."""
@@ -218,6 +223,7 @@ def test_what_sync_writes_imports_back_ties_included(home, store, imported, tmp_
     other_store.close()
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_two_syncs_killed_in_a_row_leave_no_commit_unrecorded(home, store, imported, monkeypatch):
     vote_all(store, imported, "ann", ["accept"])
     sync_killed_in(curation, "_record", store, home, monkeypatch)  # commit 1 made, not recorded
@@ -269,6 +275,7 @@ def test_a_version_is_one_snapshot_even_while_votes_arrive(home, store, imported
         assert int(row["rejects"]) == sum(v["vote"] == "reject" for v in mine)
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_another_process_can_sync_after_this_one_used_the_repository(home, store, imported):
     """Oxen keeps a repository's refs locked for the life of the process that opened it: after
     "Sync now" in the app, `herdbook sync` failed with RefsDbOpenFailed until the app stopped."""

@@ -214,6 +214,7 @@ def test_generate_queues_a_job(demo_home):
         )
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     with demo_home.open_store().transaction() as session:
         cast_vote(session, 1, "ann", "accept")

@@ -15,6 +15,7 @@ from herdbook.errors import HomeError
 from tests.herdbook.test_cli import run
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_a_backup_taken_during_voting_restores_every_acknowledged_vote_and_version(tmp_path):
     home_path = tmp_path / "home"
     run("demo", "--home", home_path)

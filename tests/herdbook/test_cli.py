@@ -111,6 +111,7 @@ def test_status_does_not_import_torch(tmp_path):
     assert "heavy: []" in out
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_select_sync_and_datasets_from_the_command_line(tmp_path):
     home = tmp_path / "home"
     run("demo", "--home", home)
@@ -291,6 +292,7 @@ def test_users_are_added_with_a_password_from_stdin_and_sign_in_opens_the_networ
     assert "ann: unlock sign-in" in logged and "(cli): unlock user" in logged
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_the_demo_starts_without_library_noise(tmp_path):
     """A fresh process, as a user runs it: libraries read their verbosity when first imported."""
     import subprocess

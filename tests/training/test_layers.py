@@ -2,6 +2,7 @@
 activations, diffusers' GEGLU) and its gradients; each layer is torch's own wherever the
 kernels don't run."""
 
+import pytest
 import torch
 from herdbook.training.layers import (
     ChannelsLastConv2d,
@@ -16,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.training.interpreter import passes_in_triton_interpreter
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_the_kernels_compute_torchs_group_norm_and_its_gradients():
     """Run in Triton's interpreter on the CPU (a GPU runs the compiled kernels; bench/step_profile.py
     compares them with torch's at the UNet's shapes). The shapes cover one and several splits per
@@ -53,6 +55,7 @@ print("same")
     passes_in_triton_interpreter(script)
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_the_geglu_kernels_compute_diffusers_geglu_and_its_gradient():
     """In Triton's interpreter, as above; rows of an odd width, more rows than one program's."""
     script = """
@@ -104,6 +107,7 @@ print("same")
     passes_in_triton_interpreter(script)
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_the_attention_kernel_computes_torchs_attention():
     """In Triton's interpreter: per head, as torch's scaled_dot_product_attention, on
     diffusers' (batch, tokens, heads * width) projections; self-attention over a query count

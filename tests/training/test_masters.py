@@ -133,6 +133,7 @@ def test_released_parameters_have_their_own_memory_and_save(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_the_table_kernels_step_as_the_tensor_ops_do():
     """Run in Triton's interpreter on the CPU (a GPU runs the compiled kernels; bench/gpu_round.py
     trains with them and prints the probe loss beside the reference path's). Gradients of every

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from herdbook.training.models import model_problem
 from herdbook.training.settings import ModelChain
 
@@ -43,6 +44,7 @@ def test_generate_and_train_refuse_an_unusable_model_before_queueing_anything(tm
     assert [a["action"] for a in json.loads(run("log", "--json", "--home", home).output)] == ["sync"]  # nothing else
 
 
+@pytest.mark.slow  # seconds: out of the quick loop
 def test_the_demo_runs_the_whole_loop_on_a_tiny_model_built_here(tmp_path):
     """Rate, sync, train, generate from the new round, see the new images queued: no download."""
     import pytest
