@@ -191,6 +191,7 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter, cache=None
 
 
 def _train(store, home: Home, params: dict, reporter: JobReporter, cache=None) -> dict:
+    from herdbook.training.phases import next_round_phase
     from herdbook.training.rounds import run_round
 
     if cache is not None:
@@ -200,13 +201,27 @@ def _train(store, home: Home, params: dict, reporter: JobReporter, cache=None) -
     reporter.log(f"training round {round_id}")
     started, started_at = time.monotonic(), time.time()
 
+    done = [0.0]  # the share of steps taken, for the bar while other phases run
+
     def on_step(step: int, total: int, loss: float) -> None:
         elapsed = time.monotonic() - started
         eta = elapsed / step * (total - step) if step else 0
-        reporter.progress(step / total, f"step {step}/{total}, loss {loss:.4f}, ETA {timedelta(seconds=int(eta))}")
+        done[0] = step / total
+        reporter.progress(done[0], f"step {step}/{total}, loss {loss:.4f}, ETA {timedelta(seconds=int(eta))}")
+
+    def on_phase(ended: str) -> None:
+        doing = next_round_phase(ended)
+        if doing is not None and doing != "training":  # the steps report themselves
+            reporter.progress(done[0], doing, force=True)
 
     record = run_round(
-        store, home.project, round_id, progress=on_step, processes=params.get("processes", 1), started_at=started_at
+        store,
+        home.project,
+        round_id,
+        progress=on_step,
+        processes=params.get("processes", 1),
+        started_at=started_at,
+        on_phase=on_phase,
     )
     reporter.log(f"round {round_id} finished: {record.output_path}")
     return {"round_id": round_id, "output": record.output_path}

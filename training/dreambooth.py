@@ -51,10 +51,12 @@ def train(
     components: Components | None = None,
     progress: Progress | None = None,
     started_at: float | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """``started_at``: when the user's action began (time.time(): a command's process start, a
-    job's pickup), so the round's phases count what the user waited for before the loop too."""
-    clock = PhaseClock(started_at)
+    job's pickup), so the round's phases count what the user waited for before the loop too.
+    ``on_phase`` hears each phase's name as it ends (training.phases.ROUND_PHASES)."""
+    clock = PhaseClock(started_at, on_end=on_phase)
     clock.end("start-up")  # the process's imports and the caller's work: everything before this call
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState

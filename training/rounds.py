@@ -405,13 +405,15 @@ def run_round(
     processes: int = 1,
     started_at: float | None = None,
     prepare: Callable[[], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> Round:
     """Train a planned round; its record follows along (step, loss) and ends finished or failed.
 
     With ``processes`` > 1 the round runs under accelerate's launcher (one process per GPU);
     the record is then written when the launch returns. ``started_at`` (time.time()) is when the
     user's action began: the round's phases then count the wait before training too. ``prepare``
-    runs once the round's data are in place, before the trainer is imported."""
+    runs once the round's data are in place, before the trainer is imported; ``on_phase`` hears
+    each of the round's phases end (one process only)."""
     with store.transaction() as session:
         claim_round(session, round_id)
     with store.transaction() as session:
@@ -439,7 +441,7 @@ def run_round(
         if processes == 1:
             from herdbook.training.dreambooth import train
 
-            result = train(settings, components, progress=on_step, started_at=started_at)
+            result = train(settings, components, progress=on_step, started_at=started_at, on_phase=on_phase)
         else:
             result = launched(settings, processes)
     except BaseException as error:

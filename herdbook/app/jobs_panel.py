@@ -25,6 +25,11 @@ def jobs_panel(home, store, kind: str) -> None:
         st.caption("No jobs yet.")
         return
     running = [job_id for job_id, status, *_ in rows if status == "running"]
+    watched = f"jobs-running-{kind}"
+    ended = set(st.session_state.get(watched, ())) - set(running)
+    st.session_state[watched] = running
+    if ended and kind == "train":
+        st.rerun()  # a round just ended: the whole page, so its loss chart and grid show it
     for number, (job_id, status, progress, message, error, log, created) in enumerate(rows):
         label = f"Job {job_id}: {status}"
         if status == "running":

@@ -315,9 +315,15 @@ def test_a_round_records_where_the_users_wait_went_and_the_phases_add_up(setting
     """From when the user's action began (here 2 s before the call) to the validation grid."""
     import time
 
+    from herdbook.training.phases import ROUND_PHASES, next_round_phase
+
     settings = settings_for("timed", steps=3, validation_prompts=["an ox"], validation_seeds=[0])
-    metrics = train(settings, started_at=time.time() - 2.0).metrics
+    heard = []
+    metrics = train(settings, started_at=time.time() - 2.0, on_phase=heard.append).metrics
     phases = metrics["phases"]
+    # a live view hears each phase end, in the order ROUND_PHASES names them, and what comes next
+    assert heard == [name for name in ROUND_PHASES if name in heard] and heard[-1] == "save, validation grid beside it"
+    assert set(heard) <= set(phases) and next_round_phase("probe") == "saving the weights, drawing the validation grid"
     assert list(phases)[:3] == ["start-up", "libraries and GPU", "model load"]
     assert {"steps", "probe", "save, validation grid beside it"} <= set(phases)
     assert phases["start-up"] >= 2.0 and all(seconds >= 0 for seconds in phases.values())
