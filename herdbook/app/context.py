@@ -187,8 +187,9 @@ def model_status(session, home, ref) -> str | None:
     return _chain_status(chain.pipeline, chain.adapters)
 
 
-def local_time(moment: datetime | str | None) -> str:
-    """A time as the person reading it keeps time: their browser's time zone, minutes."""
+def local_time(moment: datetime | str | None, short: bool = False) -> str:
+    """A time as the person reading it keeps time: their browser's time zone, minutes.
+    ``short`` leaves out the year, for table columns that must fit at 1024 px."""
     if not moment:
         return ""
     if isinstance(moment, str):
@@ -197,7 +198,11 @@ def local_time(moment: datetime | str | None) -> str:
         zone = ZoneInfo(st.context.timezone) if st.context.timezone else None
     except (ZoneInfoNotFoundError, ValueError):
         zone = None  # the server's own zone
-    return moment.replace(tzinfo=moment.tzinfo or UTC).astimezone(zone).strftime("%d %b %Y, %H:%M")
+    return (
+        moment.replace(tzinfo=moment.tzinfo or UTC)
+        .astimezone(zone)
+        .strftime("%d %b %H:%M" if short else "%d %b %Y, %H:%M")
+    )
 
 
 def shown(value, digits: int = 2) -> str:

@@ -49,7 +49,10 @@ _STYLE = """
 /* Capped by the window's height, the image keeps its shape inside its 512 px box (it was squeezed) */
 .st-key-rate-image img { max-height: calc(100vh - 19.5rem); object-fit: contain; object-position: left top; }
 .st-key-grid-cursor { outline: 3px solid var(--primary-color, #1f7a4d); outline-offset: 2px; border-radius: 0.5rem; }
-[class*="st-key-grid-voted-"] img { opacity: 0.45; }
+[class*="st-key-grid-voted-"] img { opacity: 0.55; }
+/* accepted and rejected cards must not look alike: a green or a red frame beside the faded image */
+[class*="st-key-grid-voted-accept-"] img { outline: 4px solid #1f7a4d; outline-offset: -4px; }
+[class*="st-key-grid-voted-reject-"] img { outline: 4px solid #b3261e; outline-offset: -4px; }
 </style>
 """
 

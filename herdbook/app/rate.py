@@ -341,16 +341,23 @@ def grid(home, store, actor: Actor, filters: QueueFilter, size: int) -> None:
             card = group.cards[index]
             mark = group.marks.get(card.id)
             key = (
-                "grid-cursor" if index == group.cursor else f"grid-voted-{card.id}" if mark else f"grid-card-{card.id}"
+                "grid-cursor"
+                if index == group.cursor
+                else f"grid-voted-{mark}-{card.id}"
+                if mark
+                else f"grid-card-{card.id}"
             )
             with column.container(key=key):
                 st.image(str(home.root / card.path), width="stretch")
                 st.caption(f"#{card.id} · {round_label(card.round)}" + (f" · **{MARKS[mark]}**" if mark else ""))
                 left, right = st.columns(2)
-                left.button("Accept", key=f"grid-accept-{card.id}", icon=":material/thumb_up:", width="stretch",
-                            on_click=reporting(grid_vote), args=(store, group, "accept", index, selection))  # fmt: skip
-                right.button("Reject", key=f"grid-reject-{card.id}", icon=":material/thumb_down:", width="stretch",
-                             on_click=reporting(grid_vote), args=(store, group, "reject", index, selection))  # fmt: skip
+                # icons alone on narrow cards: at 1024 px the words were cut to "A" and "R"
+                left.button("", key=f"grid-accept-{card.id}", icon=":material/thumb_up:", width="stretch",
+                            help="Accept", on_click=reporting(grid_vote),
+                            args=(store, group, "accept", index, selection))  # fmt: skip
+                right.button("", key=f"grid-reject-{card.id}", icon=":material/thumb_down:", width="stretch",
+                             help="Reject", on_click=reporting(grid_vote),
+                             args=(store, group, "reject", index, selection))  # fmt: skip
 
 
 def page() -> None:

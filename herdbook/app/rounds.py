@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -70,19 +71,20 @@ def start_form(home, store, actor: Actor, blocked: bool) -> None:
 
 
 def round_table(rows: list[dict]) -> pd.DataFrame:
+    """What a round is and how it stands first (at 1024 px the rest scrolls), its numbers after."""
     return pd.DataFrame(
         [
             {
                 "Round": r["id"],
+                "Status": r["status"],
+                "Started": local_time(r["started"], short=True),
+                "Finished": local_time(r["finished"], short=True),
                 "From": "base" if r["parent"] is None else f"round {r['parent']}",
-                "Dataset": f"version {r['dataset_version']}" if r["dataset_version"] else "",
                 "Mode": {"full": "full", "lora": "LoRA"}.get(r["mode"], r["mode"]),
                 "Model": {"sd1": "SD 1.x", "sdxl": "SDXL"}.get(r["family"], r["family"]),
-                "Size (px)": shown(r["resolution"]),
-                "Status": r["status"],
+                "Dataset": f"v{r['dataset_version']}" if r["dataset_version"] else "",
                 "Steps done": f"{r['step']} of {r['steps']}",
-                "Started": local_time(r["started"]),
-                "Finished": local_time(r["finished"]),
+                "Size (px)": shown(r["resolution"]),
                 "Seconds per step": shown(r["seconds_per_step"], 3),
                 "Peak GPU memory (GB)": shown(r["peak_memory_gb"], 1),
                 "Error": shown(r["error"]),
@@ -162,7 +164,18 @@ def loss_chart(store) -> None:
     frame = pd.concat(
         [pd.DataFrame(history, columns=["step", name]).set_index("step") for name, history in histories.items()], axis=1
     )
-    st.line_chart(frame.rolling(10, min_periods=1).mean(), x_label="step", y_label="loss (mean of 10 steps)")
+    smooth = frame.rolling(10, min_periods=1).mean().reset_index().melt("step", var_name="round", value_name="loss")
+    # the axis spans the losses (not from 0): a round's fall from 1.09 to 1.07 is what there is to see
+    chart = (
+        alt.Chart(smooth.dropna())
+        .mark_line()
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            y=alt.Y("loss:Q", title="loss (mean of 10 steps)", scale=alt.Scale(zero=False, nice=True)),
+            color=alt.Color("round:N", title=None),
+        )
+    )
+    st.altair_chart(chart, width="stretch")
 
 
 def comparison(home, store) -> None:
@@ -189,7 +202,17 @@ def acceptance(store) -> None:
         return
     st.subheader("Share of candidates raters accepted, by round")
     frame = pd.DataFrame([{"from": round_label(r["round"]), "accepted share": r["share"]} for r in rows])
-    st.bar_chart(frame.set_index("from"), y_label="accepted / rated")
+    # a share's axis is always 0-100 % (an axis ending at the tallest bar made 64 % look full)
+    chart = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("from:N", title=None, sort=None, axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("accepted share:Q", title="accepted / rated", scale=alt.Scale(domain=[0, 1]),
+                    axis=alt.Axis(format="%")),
+        )
+    )  # fmt: skip
+    st.altair_chart(chart, width="stretch")
     st.caption(" · ".join(f"{round_label(r['round'])}: {r['accepted']} of {r['rated']}" for r in rows))
 
 

@@ -89,6 +89,7 @@ def test_the_rounds_and_generate_pages_work_on_an_sdxl_home(sdxl_home):
     assert not at.error
     table = at.dataframe[0].value
     assert (table["Model"].tolist(), table["Status"].tolist()) == (["SDXL"], ["finished"])
+    assert list(table.columns)[:4] == ["Round", "Status", "Started", "Finished"]  # in view at 1024 px
     times = at.dataframe[1].value  # where the round's time went: a row per phase, the total first
     assert list(times.columns) == ["round 1"] and times.index[0] == "in all"
     assert {"model load", "steps"} <= set(times.index) and times.loc["in all", "round 1"].endswith(" s")
