@@ -143,12 +143,34 @@ def remember(queue: Queue, candidate_id: int, vote) -> None:
         queue.earlier[candidate_id] = str(getattr(vote, "value", vote))
 
 
+def leading_alike(a: list[str], b: list[str]) -> int:
+    """How many words two prompts begin with alike."""
+    return next((n for n, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def distinct_ends(prompts: list[str]) -> dict[str, str]:
+    """Each prompt without the words it begins with alike with another prompt, but the last two
+    ("a fluffy white cartoon ox with curved horns ..." -> "…ox with curved horns ..."): a narrow
+    sidebar cut long prompts off where they were all alike."""
+    words = {p: p.split(" ") for p in prompts}
+    labels = {}
+    for prompt, own in words.items():
+        shared = max((leading_alike(own, other) for p, other in words.items() if p != prompt), default=0)
+        cut = max(0, min(shared, len(own) - 1) - 2)
+        if len(" ".join(own[:cut])) >= 12:
+            labels[prompt] = "…" + " ".join(own[cut:])
+    return labels
+
+
 def sidebar_filters(store) -> QueueFilter:
     with action(store) as session:
         prompts, rounds = filter_choices(session)
     with st.sidebar:
         st.subheader("Filters")
-        prompt = st.selectbox("Prompt", ["(any)", *prompts], key="filter_prompt")
+        labels = distinct_ends(prompts)
+        prompt = st.selectbox(
+            "Prompt", ["(any)", *prompts], key="filter_prompt", format_func=lambda p: labels.get(p, p)
+        )
         round_choice = st.selectbox(
             "From", ["(any)", *rounds], format_func=lambda r: r if r == "(any)" else round_label(r), key="filter_round"
         )

@@ -468,3 +468,17 @@ def test_re_rating_shows_my_earlier_vote_and_counts_one_vote_per_image(demo_home
     assert "2 votes by ann" in shown_caption(at)
     with demo_home.open_store().transaction() as session:
         assert current_vote(session, 1, "ann") == "reject" and rater_vote_count(session, "ann") == 2
+
+
+def test_similar_prompts_are_told_apart_in_the_sidebar():
+    from herdbook.app.rate import distinct_ends
+
+    prompts = [
+        "a fluffy white cartoon ox with curved horns on a meadow",
+        "a fluffy white cartoon ox with short horns on a beach",
+        "a brown ox",
+    ]
+    assert distinct_ends(prompts) == {
+        prompts[0]: "…ox with curved horns on a meadow",  # what tells it from the next one stays in view
+        prompts[1]: "…ox with short horns on a beach",
+    }
