@@ -1,37 +1,71 @@
 """Rating keys that always reach rating, and the small styles the rating pages share.
 
-Streamlit ignores a shortcut while focus sits in an ``<input>``. After a click on a sidebar
-filter (a select box, a checkbox, a radio) focus stays there, so the next ``1`` typed "1" into
-the select box and cast no vote. The script below takes back the rating keys from a
-filter that is not being typed into (a closed select box, a checkbox, a radio), blurs it, and
-hands the key on to the page. Text fields keep their keys; a number field ("Cards per group")
-gives focus back once Enter has committed its value.
+Streamlit binds button shortcuts a moment after a page shows, so a key pressed as soon as the
+image appeared was lost, and it ignores them while focus sits in an ``<input>`` (after a click on
+a sidebar filter the next ``1`` typed "1" into the select box). The script below presses the
+rating key's button itself, before Streamlit's listener: at once if the button is there, else as
+soon as it appears; from a filter that is not being typed into (a closed select box, a checkbox,
+a radio) too. Text fields keep their keys; a number field ("Cards per group") gives focus back
+once Enter has committed its value.
 """
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 
-RATING_KEYS = ("1", "2", "3", "u", "n", "ArrowLeft", "ArrowRight")
+# each rating key and the buttons (by their Streamlit key) it presses: one at a time, then the grid
+KEY_BUTTONS = {
+    "1": ["accept", "grid-accept"],
+    "2": ["reject", "grid-reject"],
+    "3": ["skip", "grid-skip"],
+    "u": ["undo", "grid-undo"],
+    "n": ["grid-new"],
+    "ArrowLeft": ["grid-left"],
+    "ArrowRight": ["grid-right"],
+}
 
 _SCRIPT = """
 <script>
 (() => {
   if (window.__herdbookKeys) return;
   window.__herdbookKeys = true;
-  const keys = new Set(%s);
-  const holdsKey = (el) => {
+  const buttons = %s;
+  const button = (key) => {
+    for (const name of buttons[key]) {
+      const found = document.querySelector(`.st-key-${name} button`);
+      if (found) return found;
+    }
+    return null;
+  };
+  const ratingPage = () => document.querySelector(".st-key-accept button, .st-key-grid-accept button");
+  const holdsKey = (el) => {  // a filter that is not being typed into: the key is a rating key
     if (!el || !el.tagName) return false;
     if (el.tagName === "INPUT" && (el.type === "checkbox" || el.type === "radio")) return true;
     return el.getAttribute("role") === "combobox" && el.getAttribute("aria-expanded") !== "true";
   };
+  const typing = (el) => el && !holdsKey(el) && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.isContentEditable);
+  // pressed before the page's buttons exist (it is still loading): pressed once they do
+  const press = (key, since) => {
+    const target = button(key);
+    if (target) {
+      if (!target.disabled) target.click();
+    } else if (Date.now() - since < 5000) {
+      setTimeout(() => press(key, since), 50);
+    }
+  };
+  // Streamlit binds its button shortcuts a moment after the page shows (keys pressed sooner were
+  // lost, 3 of 4 right after the image appeared) and not while a filter holds focus. This
+  // listener (capture phase, before Streamlit's) presses the key's button itself.
   document.addEventListener("keydown", (event) => {
     const el = event.target;
-    if (!keys.has(event.key) || event.ctrlKey || event.metaKey || event.altKey || !holdsKey(el)) return;
+    if (!(event.key in buttons) || event.ctrlKey || event.metaKey || event.altKey || typing(el)) return;
+    if (!button(event.key) && ratingPage()) return;  // a key this layout does not use
     event.preventDefault();
     event.stopImmediatePropagation();
-    el.blur();
-    document.body.dispatchEvent(new KeyboardEvent("keydown", {key: event.key, code: event.code, bubbles: true}));
+    if (holdsKey(el)) el.blur();
+    press(event.key, Date.now());
   }, true);
   // a number typed into a number field is done with Enter: hand focus back, or the next "1" typed "81"
   document.addEventListener("keydown", (event) => {
@@ -59,5 +93,5 @@ _STYLE = """
 
 def keep_rating_keys() -> None:
     """Install the key hand-off once per browser tab (the script guards itself)."""
-    st.html(_SCRIPT % list(RATING_KEYS).__repr__().replace("'", '"'), unsafe_allow_javascript=True)
+    st.html(_SCRIPT % json.dumps(KEY_BUTTONS), unsafe_allow_javascript=True)
     st.html(_STYLE)

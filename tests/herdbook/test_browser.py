@@ -128,6 +128,23 @@ def test_rating_with_the_keyboard_only(running_app, browser):
     expect(page.locator("p", has_text="votes by kim")).to_contain_text("3 votes by kim")
 
 
+def test_a_key_pressed_as_soon_as_the_page_shows_is_a_vote(running_app, browser):
+    """Streamlit binds its shortcuts a moment after the page shows: 3 of 4 keys pressed as the
+    image appeared were lost. Pressed before the buttons are there, the key waits for them."""
+    url, home = running_app
+    page = browser.new_page()
+    from playwright.sync_api import expect
+
+    for rater in ("eve", "fay", "gus", "hal"):
+        page.goto(f"{url}/?rater={rater}")
+        page.wait_for_function("() => window.__herdbookKeys")  # the page has begun to show: the rater acts
+        page.keyboard.press("1")
+        expect(caption_of(page, rater)).to_contain_text(f"1 vote by {rater}")
+        last = caption_of(page, rater).inner_text().split("last: accept #")[1]
+        with home.open_store().transaction() as session:
+            assert current_vote(session, int(last.split()[0]), rater) == "accept", rater
+
+
 def test_undo_with_the_keyboard_restores_the_previous_image(running_app, browser):
     url, home = running_app
     page = browser.new_page()
