@@ -3,11 +3,16 @@ repository root calls ``main`` for `streamlit run streamlit_app.py`."""
 
 import streamlit as st
 
-from herdbook.app import dataset, generate, rate, rounds
-
 
 def main() -> None:
     st.set_page_config(page_title="herdbook", page_icon="🐂", layout="wide")
+    # The server's first run imports the pages (pandas, altair, the database layers: ~1 s, more on
+    # a busy machine): say so at once rather than show a blank page.
+    loading = st.empty()
+    if "herdbook-shown" not in st.session_state:
+        loading.caption("Loading herdbook…")
+    from herdbook.app import dataset, generate, rate, rounds
+
     navigation = st.navigation(
         [
             rate.as_page(),
@@ -16,6 +21,8 @@ def main() -> None:
             st.Page(rounds.page, title="Rounds", icon=":material/model_training:", url_path="rounds"),
         ]
     )
+    loading.empty()  # before the page runs: a page that stops early (sign-in) sends nothing after
+    st.session_state["herdbook-shown"] = True
     navigation.run()
 
 

@@ -52,6 +52,7 @@ def shown_caption(at) -> str:
 
 def test_a_new_rater_is_asked_for_a_name_once(demo_home):
     at = app()
+    assert "Loading herdbook…" not in shown_caption(at)  # said while the first run imports, then gone
     assert at.subheader[0].value == "Who is rating?"
     at.text_input(key="rater_input").input("ann").run()
     assert at.query_params["rater"] == ["ann"] or at.query_params["rater"] == "ann"
