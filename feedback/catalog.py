@@ -167,6 +167,11 @@ def rater_agreement(session: Session) -> dict:
     }
 
 
+def candidate_hashes(session: Session) -> set[str]:
+    """The sha256 of every candidate's bytes: what any image herdbook stored can be checked against."""
+    return set(session.scalars(select(Candidate.sha256)))
+
+
 def damaged_files(session: Session, root: Path) -> list[tuple[int, str, str]]:
     """Candidates whose image file is there but no longer hashes to what was stored: (id,
     source name, path). Reads every file, so it is for checks, not for every command."""

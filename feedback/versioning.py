@@ -7,6 +7,7 @@ deals in plain paths and commit ids.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -307,6 +308,24 @@ def _push(path: Path, remote_name: str, remote: str, branch: str) -> None:
 def copy_repository(path: Path, dest: Path) -> None:
     """A copy of the repository's files (working tree and .oxen) for a backup."""
     shutil.copytree(path, dest, symlinks=True)
+
+
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
+
+
+def damaged_image_objects(path: Path, known_sha256: set[str]) -> list[Path]:
+    """Image files in the repository's object store whose bytes are none of the images it was
+    given (``known_sha256``: every candidate's hash), e.g. truncated on disk. Oxen keeps each
+    version of a file as plain bytes under .oxen/versions; the tables it holds are not checked."""
+    damaged = []
+    for data in sorted((path / ".oxen" / "versions").rglob("data")):
+        with data.open("rb") as handle:
+            if not handle.read(8).startswith(IMAGE_MAGIC):
+                continue
+            handle.seek(0)
+            if hashlib.file_digest(handle, "sha256").hexdigest() not in known_sha256:
+                damaged.append(data)
+    return damaged
 
 
 if __name__ == "__main__":  # one Oxen operation, asked for by _in_child

@@ -78,6 +78,7 @@ def _database(home) -> list[Finding]:
 
 def _versions(home, session) -> list[Finding]:
     from herdbook.feedback import versioning
+    from herdbook.feedback.catalog import candidate_hashes
     from herdbook.feedback.curation import list_versions
 
     try:
@@ -101,4 +102,15 @@ def _versions(home, session) -> list[Finding]:
         )
     if not in_oxen ^ recorded:
         findings.append(Finding(True, f"all {len(recorded)} version(s) recorded and present"))
+    damaged = versioning.damaged_image_objects(home.dataset_dir, candidate_hashes(session))
+    findings.append(
+        Finding(True, "every image the Oxen repository stores holds the bytes it was committed with")
+        if not damaged
+        else Finding(
+            False,
+            f"{len(damaged)} image(s) in the Oxen repository damaged (their bytes changed since the commit), "
+            f"e.g. {damaged[0].relative_to(home.dataset_dir)}",
+            "restore dataset/ from a backup (`herdbook restore`)",
+        )
+    )
     return findings

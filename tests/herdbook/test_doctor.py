@@ -98,3 +98,14 @@ def test_a_password_in_a_config_others_can_read_is_named_with_the_fix(tmp_path):
     assert f"warning: {config} holds a password" in status.output and "hunter22" not in status.output
     config.chmod(0o600)
     assert "warning" not in run("status", "--home", home).output
+
+
+def test_doctor_finds_an_image_truncated_in_the_oxen_repository(tmp_path):
+    home = voted_home(tmp_path)
+    run("sync", "--home", home)
+    assert "every image the Oxen repository stores holds the bytes" in run("doctor", "--home", home).output
+    objects = sorted((home / "dataset" / ".oxen" / "versions").rglob("data"))
+    image = next(o for o in objects if o.read_bytes().startswith(b"\x89PNG"))
+    image.write_bytes(image.read_bytes()[:200])  # truncated on disk
+    doctor = run("doctor", "--home", home, ok=False)
+    assert doctor.exit_code == 1 and "1 image(s) in the Oxen repository damaged" in doctor.output
