@@ -51,25 +51,17 @@ def _database(home) -> list[Finding]:
         with store.transaction() as session:
             missing = missing_files(session, home.root)
             findings.append(
-                Finding(True, "every candidate's image file is there")
-                if not missing
-                else Finding(
-                    False,
-                    f"{len(missing)} candidate file(s) missing, e.g. #{missing[0][0]} {missing[0][2]}",
-                    "restore candidates/ from a backup; syncs leave these images out meanwhile",
-                )
-            )
+                _none_of(missing, "every candidate's image file is there",
+                         lambda: f"{len(missing)} candidate file(s) missing, e.g. #{missing[0][0]} {missing[0][2]}",
+                         "restore candidates/ from a backup; syncs leave these images out meanwhile")
+            )  # fmt: skip
             damaged = damaged_files(session, home.root)
             findings.append(
-                Finding(True, "every candidate's image file holds the bytes it was stored with")
-                if not damaged
-                else Finding(
-                    False,
-                    f"{len(damaged)} candidate file(s) damaged (their bytes changed since import), "
-                    f"e.g. #{damaged[0][0]} {damaged[0][2]}",
-                    "restore candidates/ from a backup",
-                )
-            )
+                _none_of(damaged, "every candidate's image file holds the bytes it was stored with",
+                         lambda: f"{len(damaged)} candidate file(s) damaged (their bytes changed since import), "
+                                 f"e.g. #{damaged[0][0]} {damaged[0][2]}",
+                         "restore candidates/ from a backup")
+            )  # fmt: skip
             findings += _versions(home, session)
     finally:
         store.close()
@@ -104,13 +96,14 @@ def _versions(home, session) -> list[Finding]:
         findings.append(Finding(True, f"all {len(recorded)} version(s) recorded and present"))
     damaged = versioning.damaged_image_objects(home.dataset_dir, candidate_hashes(session))
     findings.append(
-        Finding(True, "every image the Oxen repository stores holds the bytes it was committed with")
-        if not damaged
-        else Finding(
-            False,
-            f"{len(damaged)} image(s) in the Oxen repository damaged (their bytes changed since the commit), "
-            f"e.g. {damaged[0].relative_to(home.dataset_dir)}",
-            "restore dataset/ from a backup (`herdbook restore`)",
-        )
-    )
+        _none_of(damaged, "every image the Oxen repository stores holds the bytes it was committed with",
+                 lambda: f"{len(damaged)} image(s) in the Oxen repository damaged (their bytes changed since the "
+                         f"commit), e.g. {damaged[0].relative_to(home.dataset_dir)}",
+                 "restore dataset/ from a backup (`herdbook restore`)")
+    )  # fmt: skip
     return findings
+
+
+def _none_of(problems: list, fine: str, described, fix: str) -> Finding:
+    """A check that passes when it found nothing; ``described()`` says what it found."""
+    return Finding(True, fine) if not problems else Finding(False, described(), fix)
