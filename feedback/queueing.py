@@ -51,6 +51,7 @@ class ImageVotes:
     rejects: int = 0
     round_id: int | None = None
     prompt: str = ""
+    phash: str | None = None  # so the selection it is checked against drops near-copies, as `select` does
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def next_for(ranking: Ranking, allowed: np.ndarray, slot: int, raters: int, limi
 def current_selection(images: Sequence[ImageVotes], policy: SelectionPolicy) -> set[int]:
     from herdbook.feedback.scoring import Tally
 
-    rated = [RatedImage(i.id, i.prompt, Tally(i.accepts, i.rejects)) for i in images if i.accepts + i.rejects]
+    rated = [RatedImage(i.id, i.prompt, Tally(i.accepts, i.rejects), i.phash) for i in images if i.accepts + i.rejects]
     return {d.image.id for d in select_instance_images(rated, policy) if d.selected}
 
 

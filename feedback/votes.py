@@ -200,10 +200,10 @@ def selection_settledness(session: Session, selection: SelectionPolicy | None = 
     from herdbook.feedback.queueing import settledness
 
     images = [
-        ImageVotes(cid, a, r, None, prompt)
-        for (cid, a, r), prompt in zip(
+        ImageVotes(cid, a, r, None, prompt, phash)
+        for (cid, a, r), (prompt, phash) in zip(
             session.execute(_counts_query()),
-            session.scalars(select(Candidate.prompt).order_by(Candidate.id)),
+            session.execute(select(Candidate.prompt, Candidate.phash).order_by(Candidate.id)),
             strict=True,
         )
     ]

@@ -80,3 +80,17 @@ def test_the_uncertainty_queue_beats_arrival_order_in_a_small_simulation():
     assert ours["votes_to_95"] is not None
     assert arrival["votes_to_95"] is None or ours["votes_to_95"] < arrival["votes_to_95"]
     assert ours["precision_at_600"] > arrival["precision_at_600"]
+
+
+def test_settledness_counts_the_selection_select_makes_near_copies_left_out():
+    """Three images each accepted once, one a re-encode of another: select picks 2; status said 3."""
+    from herdbook.feedback.queueing import current_selection
+
+    images = [
+        ImageVotes(1, 1, 0, None, "an ox", "ffff000000000000"),
+        ImageVotes(2, 1, 0, None, "an ox", "ffff000000000001"),  # 1 bit away: a re-encode of #1
+        ImageVotes(3, 1, 0, None, "an ox", "0000ffff0000ffff"),
+    ]
+    policy = SelectionPolicy(top_k=24)
+    assert current_selection(images, policy) == {1, 3}
+    assert settledness(images, policy).selected == 2
