@@ -183,15 +183,30 @@ def _open(votes: Votes, mean: np.ndarray, std: np.ndarray, cut: float) -> tuple[
     return uncertain, is_open
 
 
-def rank(votes: Votes, policy: SelectionPolicy) -> Ranking:
+def ruled_out(votes: Votes, team: int | None) -> np.ndarray:
+    """Rated images the selection can never take, whatever the rest of the ``team`` (every
+    rater who could still vote on an image) says: even if all who have not voted on one accept
+    it, its accepts are no majority. The posterior alone called a 0-of-3 image "near the cut"
+    in a project with fewer good images than K, and showed it before the unrated ones."""
+    if team is None:
+        return np.zeros(len(votes.ids), dtype=bool)
+    decisive = votes.accepts + votes.rejects
+    could_come = np.maximum(team - decisive, 0)
+    return (decisive > 0) & (votes.accepts + could_come <= votes.rejects)
+
+
+def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Ranking:
     """The open images in the order their next vote is most useful: first those in the top K
     (by posterior mean) with votes but short of ``min_votes``, then the most uncertain; fewer
-    votes, then older, break ties. Settled images are left out."""
+    votes, then older, break ties. Settled images are left out, and so are images the rules
+    exclude whatever the rest of the ``team`` (the raters there are) votes."""
     mean, std, _ = posterior(votes)
     cut = _cut(mean, policy.top_k)
     uncertain, is_open = _open(votes, mean, std, cut)
+    excluded = ruled_out(votes, team)
+    is_open &= ~excluded
     decisive = votes.accepts + votes.rejects
-    short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes)
+    short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes) & ~excluded
     candidates = np.flatnonzero(is_open | short)
     # np.lexsort sorts by its last key first
     keys = (votes.ids[candidates], decisive[candidates], -uncertain[candidates], ~short[candidates])
@@ -208,10 +223,12 @@ def spread_indices(order: np.ndarray, slot: int, raters: int) -> np.ndarray:
     return np.concatenate([order[positions], order[~positions]])
 
 
-def uncertainty_order(images: Sequence[ImageVotes], policy: SelectionPolicy) -> list[QueueEntry]:
+def uncertainty_order(
+    images: Sequence[ImageVotes], policy: SelectionPolicy, team: int | None = None
+) -> list[QueueEntry]:
     """Every unsettled image, the most useful vote first (before spreading raters apart).
     ``images`` is every image the project has: the cut is computed over all of them."""
-    ranking = rank(Votes.of(images), policy)
+    ranking = rank(Votes.of(images), policy, team)
     return [ranking.entry(int(i)) for i in ranking.order]
 
 
@@ -235,7 +252,7 @@ def current_selection(images: Sequence[ImageVotes], policy: SelectionPolicy) -> 
     return {d.image.id for d in select_instance_images(rated, policy) if d.selected}
 
 
-def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy) -> Settledness:
+def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy, team: int | None = None) -> Settledness:
     if not images:
         return Settledness(0, 0.0, 0, 0, 0)
     selected = current_selection(images, policy)
@@ -243,6 +260,7 @@ def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy) -> Settle
     mean, std, _ = posterior(votes)
     cut = _cut(mean, policy.top_k)
     _, open_ = _open(votes, mean, std, cut)
+    open_ &= ~ruled_out(votes, team)
     voted = (votes.accepts + votes.rejects) > 0
     chosen = np.isin(votes.ids, list(selected))
     # a selected image stays while its accept rate lies above the cut: its posterior mass there

@@ -207,7 +207,14 @@ def selection_settledness(session: Session, selection: SelectionPolicy | None = 
             strict=True,
         )
     ]
-    return settledness(images, selection or SelectionPolicy())
+    return settledness(images, selection or SelectionPolicy(), team_size(session))
+
+
+def team_size(session: Session, rater_name: str | None = None) -> int:
+    """The raters who could vote on an image: everyone who has voted, and this rater if new."""
+    known = session.scalar(select(func.count(Rater.id))) or 0
+    is_new = rater_name is not None and session.scalar(select(Rater.id).where(named(rater_name)).limit(1)) is None
+    return known + is_new
 
 
 def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
@@ -248,7 +255,8 @@ def queue_view(
     votes = vote_counts(session)
     allowed = np.isin(votes.ids, np.fromiter(session.scalars(eligible), dtype=np.int64))
     slot, raters = rater_slot(session, rater_name)
-    return next_for(rank(votes, selection or SelectionPolicy()), allowed, slot, raters, limit)
+    ranking = rank(votes, selection or SelectionPolicy(), team_size(session, rater_name))
+    return next_for(ranking, allowed, slot, raters, limit)
 
 
 def next_entries(

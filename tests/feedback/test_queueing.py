@@ -94,3 +94,18 @@ def test_settledness_counts_the_selection_select_makes_near_copies_left_out():
     policy = SelectionPolicy(top_k=24)
     assert current_selection(images, policy) == {1, 3}
     assert settledness(images, policy).selected == 2
+
+
+def test_a_small_projects_queue_never_shows_an_image_the_rules_exclude_before_an_unrated_one():
+    """24 candidates, K = 24: three raters rejected six (0 of 3) and accepted six. A fourth rater's
+    queue began with the six rejected, 'near the cut', though no vote of theirs can bring one in."""
+    images = project(*[(3, 0)] * 6, *[(0, 3)] * 6, unrated=12)
+    policy = SelectionPolicy(top_k=24)
+    order = ids(uncertainty_order(images, policy, team=4))
+    rejected = set(range(7, 13))
+    assert not rejected & set(order)  # settled out: a 4th accept makes 1 of 4, still no majority
+    assert set(range(13, 25)) <= set(order)  # every unrated image is offered
+    firm = settledness(images, policy, team=4)
+    assert firm.undecided == 0 and firm.settled >= 6
+    # with a larger team the same votes could still turn: 0 of 3 with 4 raters to come
+    assert rejected <= set(ids(uncertainty_order(images, policy, team=7)))
