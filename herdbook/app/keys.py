@@ -49,9 +49,9 @@ _SCRIPT = """
   // pressed before the page's buttons exist (it is still loading): pressed once they do
   const press = (key, since) => {
     const target = button(key);
-    if (target) {
-      if (!target.disabled) target.click();
-    } else if (Date.now() - since < 5000) {
+    if (target && !target.disabled) {
+      target.click();
+    } else if (Date.now() - since < 5000) {  // not there yet, or disabled for a moment by a rerun
       setTimeout(() => press(key, since), 50);
     }
   };

@@ -208,6 +208,7 @@ def test_grid_keys_choose_a_card_vote_and_undo(running_app, browser):
     with home.open_store().transaction() as session:
         assert [current_vote(session, i, "ida") for i in (1, 2, 3, 4)] == [None, "accept", "reject", None]
     page.keyboard.press("1")  # the undone card (4) again
+    expect(caption_of(page, "ida")).to_contain_text("3 of 4 voted")
     page.keyboard.press("1")  # then the one left: card 1, and the group is done
     expect(caption_of(page, "ida")).to_contain_text("0 of 4 voted")
     with home.open_store().transaction() as session:
