@@ -195,6 +195,14 @@ def ruled_out(votes: Votes, team: int | None) -> np.ndarray:
     return (decisive > 0) & (votes.accepts + could_come <= votes.rejects)
 
 
+def votes_complete(votes: Votes, team: int | None) -> np.ndarray:
+    """Rated images every rater of the ``team`` has voted on: no vote can move them any more."""
+    if team is None:
+        return np.zeros(len(votes.ids), dtype=bool)
+    decisive = votes.accepts + votes.rejects
+    return (decisive > 0) & (decisive >= team)
+
+
 def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Ranking:
     """The open images in the order their next vote is most useful: first those in the top K
     (by posterior mean) with votes but short of ``min_votes``, then the most uncertain; fewer
@@ -260,11 +268,12 @@ def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy, team: int
     mean, std, _ = posterior(votes)
     cut = _cut(mean, policy.top_k)
     _, open_ = _open(votes, mean, std, cut)
-    open_ &= ~ruled_out(votes, team)
+    open_ &= ~ruled_out(votes, team) & ~votes_complete(votes, team)
     voted = (votes.accepts + votes.rejects) > 0
     chosen = np.isin(votes.ids, list(selected))
-    # a selected image stays while its accept rate lies above the cut: its posterior mass there
-    stays = _tail((cut - mean) / np.maximum(std, 1e-9))
+    # a selected image stays while its accept rate lies above the cut: its posterior mass there;
+    # once no vote can come for any image, the selection is final
+    stays = _tail((cut - mean) / np.maximum(std, 1e-9)) if open_.any() else np.ones(len(mean))
     return Settledness(
         selected=int(chosen.sum()),
         expected_survivors=float(stays[chosen].mean()) if chosen.any() else 0.0,

@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 from herdbook.db.access import NAME_PATTERN
 from herdbook.db.errors import HerdbookError, NotFound
-from herdbook.db.models import Candidate, Rater, Vote, VoteValue, utcnow
+from herdbook.db.models import Candidate, Rater, User, Vote, VoteValue, utcnow
 from herdbook.feedback.queueing import DEFAULT_POLICY, POLICIES, ImageVotes, QueueEntry, Votes, next_for, rank
 from herdbook.feedback.selection import SelectionPolicy
 from sqlalchemy import case, exists, func, select, update
@@ -211,10 +211,13 @@ def selection_settledness(session: Session, selection: SelectionPolicy | None = 
 
 
 def team_size(session: Session, rater_name: str | None = None) -> int:
-    """The raters who could vote on an image: everyone who has voted, and this rater if new."""
-    known = session.scalar(select(func.count(Rater.id))) or 0
-    is_new = rater_name is not None and session.scalar(select(Rater.id).where(named(rater_name)).limit(1)) is None
-    return known + is_new
+    """The raters who could vote on an image: everyone who has voted, every user who signs in
+    (a new one may not have voted yet), and this rater."""
+    names = {name.lower() for name in session.scalars(select(Rater.name))}
+    names |= set(session.scalars(select(User.name_key)))
+    if rater_name is not None:
+        names.add(clean_rater_name(rater_name).lower())
+    return len(names)
 
 
 def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:

@@ -109,3 +109,15 @@ def test_a_small_projects_queue_never_shows_an_image_the_rules_exclude_before_an
     assert firm.undecided == 0 and firm.settled >= 6
     # with a larger team the same votes could still turn: 0 of 3 with 4 raters to come
     assert rejected <= set(ids(uncertainty_order(images, policy, team=7)))
+
+
+def test_once_no_vote_can_come_the_selection_is_settled():
+    """K=2, two raters, 30 images rated by both: both queues were empty, yet status said 3
+    undecided and 87% expected to stay. K=24, 8 raters, 30 images accepted 8-0: it said 50%."""
+    both_rated = project(*[(2, 0)] * 3, *[(1, 1)] * 12, *[(0, 2)] * 15)
+    firm = settledness(both_rated, SelectionPolicy(top_k=2), team=2)
+    assert (firm.undecided, firm.expected_survivors) == (0, 1.0)
+    unanimous = settledness(project(*[(8, 0)] * 30), SelectionPolicy(top_k=24), team=8)
+    assert (unanimous.selected, unanimous.undecided, unanimous.expected_survivors) == (24, 0, 1.0)
+    # a ninth rater could still vote on each: then the ties at the cut are honestly open
+    assert settledness(project(*[(8, 0)] * 30), SelectionPolicy(top_k=24), team=9).undecided > 0

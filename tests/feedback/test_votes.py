@@ -114,3 +114,19 @@ def test_rater_names_that_differ_only_by_case_are_one_rater(store, imported):
         assert session.scalars(select(Rater.name)).one() == "Alice"
         assert rater_vote_count(session, "aLiCe") == 2
         assert current_vote(session, imported[0], "alice") == "reject"
+
+
+def test_the_team_is_every_rater_and_user_and_status_settles_once_all_have_voted(store, imported):
+    from herdbook.db.access import add_user
+    from herdbook.feedback.selection import SelectionPolicy
+    from herdbook.feedback.votes import selection_settledness, team_size
+
+    with store.transaction() as session:
+        for cid in imported:
+            cast_vote(session, cid, "ann", "accept")
+            cast_vote(session, cid, "Bob", "reject" if cid % 2 else "accept")
+        assert team_size(session) == 2 and team_size(session, "carol") == 3 and team_size(session, "bob") == 2
+        firm = selection_settledness(session, SelectionPolicy(top_k=2))
+        assert (firm.undecided, firm.expected_survivors) == (0, 1.0)  # nobody is left to vote
+        add_user(session, "dee", "rater", "dee's password")  # a user who has not voted yet could
+        assert team_size(session) == 3 and selection_settledness(session, SelectionPolicy(top_k=2)).undecided > 0
