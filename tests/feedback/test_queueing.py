@@ -1,5 +1,6 @@
 """The rating queue's policy, on plain data: no database, no browser."""
 
+import pytest
 from herdbook.feedback.queueing import ImageVotes, QueueEntry, settledness, spread, uncertainty_order
 from herdbook.feedback.selection import SelectionPolicy
 
@@ -121,3 +122,15 @@ def test_once_no_vote_can_come_the_selection_is_settled():
     assert (unanimous.selected, unanimous.undecided, unanimous.expected_survivors) == (24, 0, 1.0)
     # a ninth rater could still vote on each: then the ties at the cut are honestly open
     assert settledness(project(*[(8, 0)] * 30), SelectionPolicy(top_k=24), team=9).undecided > 0
+
+
+def test_the_unrated_are_explored_as_long_as_the_beta_prior_says_better_ones_hide_there():
+    """1,000 unrated, 30 images at 5-0, 600 at 0-2: the normal approximation of the skewed prior
+    expected 0.23 unrated images above the cut and stopped offering them; the Beta gives 14.9."""
+    from herdbook.feedback.queueing import Votes, _cut, posterior, prior_above
+
+    images = project(*[(5, 0)] * 30, *[(0, 2)] * 600, unrated=1000)
+    mean, _, share = posterior(Votes.of(images))
+    assert prior_above(share, _cut(mean, 24)) * 1000 == pytest.approx(14.9, abs=0.1)
+    order = uncertainty_order(images, SelectionPolicy(top_k=24))
+    assert sum(e.reason.startswith("unrated") for e in order) == 1000
