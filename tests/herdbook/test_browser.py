@@ -87,7 +87,11 @@ def answering(command: list[str], port: int, env: dict | None = None):
 
 @pytest.fixture
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # what a page should come to show, it may take its time to: a rerun on a 2-core machine
+    # running a second test suite beside this one took over Playwright's default 5 s
+    expect.set_options(timeout=30_000)
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
