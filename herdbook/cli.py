@@ -1056,20 +1056,29 @@ def users_add(ctx, name, role, home_path):
     click.echo(f"Added {printable(user.name)} ({role}); the app now asks everyone to sign in")
 
 
+def change_user(ctx, home_path, action: str, name: str, change, with_password: bool = False) -> None:
+    """``change(session)`` on a user (``change(session, password)``, asked for once the home is
+    found, ``with_password``), recorded in the log as ``action`` by the CLI's operator."""
+    from herdbook.db.access import record_action
+    from herdbook.home import load_home
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    asked = [read_password()] if with_password else []
+    with store_of(home).transaction() as session:
+        change(session, *asked)
+        record_action(session, operator(), action, name=name)
+
+
 @users.command("password")
 @click.argument("name")
 @home_option
 @click.pass_context
 def users_password(ctx, name, home_path):
     """Set a user's password (asked for, or read from standard input)."""
-    from herdbook.db.access import record_action, set_password
-    from herdbook.home import load_home
+    from herdbook.db.access import set_password
 
-    home = load_home(home_path or ctx.obj.get("home_path"))
-    password = read_password()
-    with store_of(home).transaction() as session:
-        set_password(session, name, password)
-        record_action(session, operator(), "set password", name=name)
+    change_user(ctx, home_path, "set password", name, lambda session, password: set_password(session, name, password),
+                with_password=True)  # fmt: skip
     click.echo(f"Password of {printable(name)} changed")
 
 
@@ -1079,13 +1088,9 @@ def users_password(ctx, name, home_path):
 @click.pass_context
 def users_unlock(ctx, name, home_path):
     """Let NAME sign in again after failed tries held it back (and the browsers that tried)."""
-    from herdbook.db.access import record_action, unlock_sign_in
-    from herdbook.home import load_home
+    from herdbook.db.access import unlock_sign_in
 
-    home = load_home(home_path or ctx.obj.get("home_path"))
-    with store_of(home).transaction() as session:
-        unlock_sign_in(session, name)
-        record_action(session, operator(), "unlock user", name=name)
+    change_user(ctx, home_path, "unlock user", name, lambda session: unlock_sign_in(session, name))
     click.echo(f"{printable(name)} may sign in again")
 
 
@@ -1095,13 +1100,9 @@ def users_unlock(ctx, name, home_path):
 @click.pass_context
 def users_remove(ctx, name, home_path):
     """Remove a user (their votes stay, under their name)."""
-    from herdbook.db.access import record_action, remove_user
-    from herdbook.home import load_home
+    from herdbook.db.access import remove_user
 
-    home = load_home(home_path or ctx.obj.get("home_path"))
-    with store_of(home).transaction() as session:
-        remove_user(session, name)
-        record_action(session, operator(), "remove user", name=name)
+    change_user(ctx, home_path, "remove user", name, lambda session: remove_user(session, name))
     click.echo(f"Removed {printable(name)}")
 
 

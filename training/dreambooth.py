@@ -278,9 +278,7 @@ def train(
             "phases": clock.phases,
             "phases_total_seconds": clock.total,
         }
-        (settings.output / "metrics.json").write_text(
-            json.dumps({**result.metrics, "loss_history": loss_history}, indent=2)
-        )
+        write_metrics(settings, result)
     accelerator.end_training()
     return result
 
@@ -838,6 +836,12 @@ def save_output(settings: RoundSettings, parts: Components, loss_history: list) 
     return folder
 
 
+def write_metrics(settings: RoundSettings, result: TrainResult) -> None:
+    """metrics.json beside the output: what `rounds --json` and a launched round read back."""
+    history = {"loss_history": result.loss_history}
+    (settings.output / "metrics.json").write_text(json.dumps({**result.metrics, **history}, indent=2))
+
+
 def finish_saved_round(settings: RoundSettings, saved: dict, accelerator, clock: PhaseClock) -> TrainResult:
     """What is left of a round whose weights were saved before its process stopped: the
     validation grid, drawn from the saved weights, and the metrics. No step runs again."""
@@ -862,9 +866,7 @@ def finish_saved_round(settings: RoundSettings, saved: dict, accelerator, clock:
             "phases": clock.phases,
             "phases_total_seconds": clock.total,
         }
-        (settings.output / "metrics.json").write_text(
-            json.dumps({**result.metrics, "loss_history": loss_history}, indent=2)
-        )
+        write_metrics(settings, result)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
