@@ -10,6 +10,7 @@ are written by the caller once the launch returns (``run_round``), never by the 
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,18 @@ def launch_command(settings_file: Path, processes: int, cpu: bool = False, port:
     return [*command, "-m", "herdbook.training.launch", str(settings_file)]
 
 
+def free_port() -> int:
+    """A port nothing listens on now. accelerate's default (29500) is one per machine: a second
+    round launched beside the first failed with EADDRINUSE."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(settings: RoundSettings, processes: int, cpu: bool = False, port: int | None = None) -> None:
     """Run ``train`` in ``processes`` processes and wait; raises if any of them fails."""
     settings_file = settings.save()
-    subprocess.run(launch_command(settings_file, processes, cpu, port), check=True)
+    subprocess.run(launch_command(settings_file, processes, cpu, port or free_port()), check=True)
 
 
 def main() -> None:

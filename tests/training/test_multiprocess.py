@@ -89,3 +89,15 @@ def test_a_recorded_round_can_run_over_two_processes(tmp_path, tiny_model):
     assert record.status == "finished" and record.metrics["processes"] == 2
     assert (Path(record.output_path) / "pytorch_lora_weights.safetensors").exists()
     assert len(record.loss_history) == 2
+
+
+def test_a_round_over_several_processes_takes_a_port_of_its_own(monkeypatch, settings_for):
+    """Two rounds launched on one machine both took accelerate's 29500; the second failed."""
+    from herdbook.training import launch as launching
+
+    commands = []
+    monkeypatch.setattr(launching.subprocess, "run", lambda command, check: commands.append(command))
+    for name in ("one", "two"):
+        launching.launch(settings_for(name), processes=2, cpu=True)
+    ports = [int(c[c.index("--main_process_port") + 1]) for c in commands]
+    assert 29500 not in ports and all(port > 0 for port in ports)
