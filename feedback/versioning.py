@@ -140,6 +140,9 @@ def working_tree_lock(path: Path):
     return FileLock(str(path.with_name(f".{path.name}.lock")))  # beside the repository, not in it
 
 
+BACKGROUND_NICENESS = 10  # added to an Oxen child's niceness (Unix): its work is background work
+
+
 def _in_child(operation: str, path: Path, *args, timeout: float | None = None):
     import json
     import subprocess
@@ -166,6 +169,11 @@ def _serve_one_request() -> None:
     """The child's side: read one request from standard input, answer with one JSON line."""
     import json
     from dataclasses import asdict
+
+    if hasattr(os, "nice"):
+        # Oxen hashes and uploads on every core; at a lower priority it yields them to what a
+        # person waits on meanwhile (a `herdbook vote`, the app) and takes the idle time.
+        os.nice(BACKGROUND_NICENESS)
 
     operation, path, args = json.loads(sys.stdin.read())
     work = {
