@@ -10,7 +10,7 @@ import enum
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, String, Text, text
+from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -46,6 +46,10 @@ class Candidate(Base):
     width: Mapped[int]
     height: Mapped[int]
     phash: Mapped[str | None] = mapped_column(String(16))  # perceptual hash, hex, for near-copies
+    # scored when generated (training.evaluation): mean DINO similarity to the instance set of
+    # that time, and CLIP similarity to its own prompt; None where no model could score it
+    dino: Mapped[float | None] = mapped_column(Float)
+    clip_t: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     round: Mapped[Round | None] = relationship(foreign_keys=[round_id])

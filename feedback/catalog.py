@@ -26,6 +26,8 @@ class CandidateRow:
     negative_prompt: str = ""
     seed: int | None = None
     generation: dict | None = None  # model, scheduler, steps, guidance, resolution of a generated image
+    dino: float | None = None  # DINO similarity to the instance set when it was scored (training.evaluation)
+    clip_t: float | None = None  # CLIP similarity to its own prompt
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +57,8 @@ def list_candidates(
             Candidate.negative_prompt,
             Candidate.seed,
             Candidate.generation,
+            Candidate.dino,
+            Candidate.clip_t,
         )
         .outerjoin(Vote, and_(Vote.candidate_id == Candidate.id, Vote.is_current))
         .group_by(Candidate.id)
@@ -68,10 +72,25 @@ def list_candidates(
     if ids is not None:
         query = query.where(Candidate.id.in_(ids))
     rows = []
-    for cid, name, prompt, round_id, path, a, r, s, negative, seed, generation in session.execute(query):
+    for cid, name, prompt, round_id, path, a, r, s, negative, seed, generation, dino, clip_t in session.execute(query):
         tally_score = round(score(Tally(a, r, s)), 4)
         rows.append(
-            CandidateRow(cid, name, prompt, round_id, path, a, r, s, tally_score, negative, seed, generation or None)
+            CandidateRow(
+                cid,
+                name,
+                prompt,
+                round_id,
+                path,
+                a,
+                r,
+                s,
+                tally_score,
+                negative,
+                seed,
+                generation or None,
+                dino,
+                clip_t,
+            )
         )
     return rows
 
@@ -165,6 +184,35 @@ def rater_agreement(session: Session) -> dict:
             prompt: plain(result) for prompt, result in agreement_by_prompt(by_prompt).items() if result.items
         },
     }
+
+
+def unscored_candidates(session: Session, everything: bool = False) -> list[int]:
+    query = select(Candidate.id).order_by(Candidate.id)
+    if not everything:
+        query = query.where(Candidate.dino.is_(None) | Candidate.clip_t.is_(None))
+    return list(session.scalars(query))
+
+
+def fidelity_agreement(session: Session) -> dict[str, dict]:
+    """How far each candidate score agrees with the team: the AUC of DINO similarity (and of
+    CLIP-T) for the images the votes accept against those they reject, over the scored images
+    with a verdict. 1.0: the score orders them as the team does; 0.5: chance; None: too few."""
+    from herdbook.feedback.scoring import auc
+
+    counts = tallies(session)
+    rows = session.execute(select(Candidate.id, Candidate.dino, Candidate.clip_t).where(Candidate.id.in_(counts))).all()
+    result = {}
+    for key, column in (("dino", 1), ("clip_t", 2)):
+        by_verdict: dict[str, list[float]] = {"accepted": [], "rejected": []}
+        for row in rows:
+            if row[column] is not None and verdict(counts[row[0]]) in by_verdict:
+                by_verdict[verdict(counts[row[0]])].append(row[column])
+        result[key] = {
+            "auc": auc(by_verdict["accepted"], by_verdict["rejected"]),
+            "accepted": len(by_verdict["accepted"]),
+            "rejected": len(by_verdict["rejected"]),
+        }
+    return result
 
 
 def candidate_hashes(session: Session) -> set[str]:

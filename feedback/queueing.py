@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from herdbook.feedback.selection import RatedImage, SelectionPolicy, select_instance_images
 
-POLICIES = ("uncertainty", "oldest", "newest-round")
+POLICIES = ("uncertainty", "oldest", "newest-round", "most-alike")
 DEFAULT_POLICY = "uncertainty"
 PRIOR_WEIGHT = 2.0  # the prior counts as this many votes
 SETTLED = 0.03  # an image whose membership is this sure (97%) is not shown again

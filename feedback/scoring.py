@@ -88,3 +88,23 @@ def agreement(tallies: Iterable[Tally]) -> Agreement:
 
 def agreement_by_prompt(tallies: Mapping[str, Iterable[Tally]]) -> dict[str, Agreement]:
     return {prompt: agreement(group) for prompt, group in tallies.items()}
+
+
+def auc(accepted: Iterable[float], rejected: Iterable[float]) -> float | None:
+    """How often a metric ranks an accepted image above a rejected one (ties count half): the
+    area under its ROC curve. 1.0: the metric sorts them as the team does; 0.5: no better than
+    chance. None until there is at least one of each."""
+    accepted, rejected = list(accepted), list(rejected)
+    if not accepted or not rejected:
+        return None
+    ordered = sorted([(value, True) for value in accepted] + [(value, False) for value in rejected])
+    rank_sum, start = 0.0, 0  # Mann-Whitney: the accepted images' ranks, ties given their mean rank
+    while start < len(ordered):
+        end = start
+        while end < len(ordered) and ordered[end][0] == ordered[start][0]:
+            end += 1
+        mean_rank = (start + 1 + end) / 2
+        rank_sum += mean_rank * sum(1 for _, is_accepted in ordered[start:end] if is_accepted)
+        start = end
+    n_accepted, n_rejected = len(accepted), len(rejected)
+    return (rank_sum - n_accepted * (n_accepted + 1) / 2) / (n_accepted * n_rejected)

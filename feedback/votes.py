@@ -146,7 +146,7 @@ class QueueFilter:
     prompt: str | None = None  # exact prompt
     round_id: int | None = None  # None: any; 0: imported (no round)
     unrated_only: bool = True
-    order: str = DEFAULT_POLICY  # "uncertainty" (default), "oldest" or "newest-round"
+    order: str = DEFAULT_POLICY  # "uncertainty" (default), "oldest", "newest-round" or "most-alike"
 
 
 def _filtered(session: Session, query, rater_name: str, filters: QueueFilter):
@@ -234,6 +234,10 @@ def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
     return names.index(clean_rater_name(rater_name).lower()), len(names)
 
 
+def alike_text(dino: float | None) -> str:
+    return "not scored (no DINO model when it was made)" if dino is None else f"DINO {dino:.2f} to the instance set"
+
+
 def queue_view(
     session: Session,
     rater_name: str,
@@ -248,8 +252,12 @@ def queue_view(
     if filters.order not in POLICIES:
         raise HerdbookError(f"unknown queue order {filters.order!r}; choose one of {', '.join(POLICIES)}")
     eligible = _filtered(session, select(Candidate.id), rater_name, filters)
-    if filters.order in ("oldest", "newest-round"):
+    if filters.order in ("oldest", "newest-round", "most-alike"):
         size = session.scalar(_filtered(session, select(func.count(Candidate.id)), rater_name, filters)) or 0
+        if filters.order == "most-alike":  # DINO similarity to the instance set; unscored images last
+            alike = _filtered(session, select(Candidate.id, Candidate.dino), rater_name, filters)
+            alike = alike.order_by(Candidate.dino.is_(None), Candidate.dino.desc(), Candidate.id).limit(limit)
+            return [QueueEntry(i, alike_text(dino)) for i, dino in session.execute(alike)], size
         if filters.order == "oldest":
             ids = session.scalars(eligible.order_by(Candidate.id).limit(limit))
             return [QueueEntry(i, "oldest first") for i in ids], size

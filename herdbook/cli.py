@@ -212,6 +212,31 @@ def vote(home_path, candidate, value, rater):
 
 @main.command()
 @home_option
+@click.option("--all", "everything", is_flag=True, help="Score every candidate again, not only the unscored ones.")
+def score(home_path, everything):
+    """Score candidates by how like the instance set they are (DINO) and how like their prompt
+    (CLIP-T): imported ones, and those made while no model was at hand. Generated candidates are
+    scored as they are made. The models are [evaluation] dino_model and clip_model."""
+    from herdbook.feedback.catalog import unscored_candidates
+    from herdbook.home import load_home
+    from herdbook.training.rounds import score_candidates
+
+    home = load_home(home_path)
+    store = store_of(home)
+    with store.transaction() as session:
+        ids = unscored_candidates(session, everything)
+    if not ids:
+        click.echo("Every candidate is scored already (--all scores them again)")
+        return
+    quiet_libraries()
+    unscored = score_candidates(store, home.project, ids)
+    if unscored:
+        raise HerdbookError(unscored)
+    click.echo(f"Scored {len(ids)} candidate(s): `herdbook candidates --json` lists dino and clip_t")
+
+
+@main.command()
+@home_option
 @json_option()
 @click.option("--unrated-by", default=None, metavar="NAME", help="Only candidates this rater has not voted on.")
 def candidates(home_path, as_json, unrated_by):
@@ -238,10 +263,11 @@ def candidates(home_path, as_json, unrated_by):
 @click.option("-n", "count", default=10, show_default=True, type=click.IntRange(1), help="How many images.")
 @click.option(
     "--order",
-    type=click.Choice(["uncertainty", "oldest", "newest-round"]),
+    type=click.Choice(["uncertainty", "oldest", "newest-round", "most-alike"]),
     default="uncertainty",
     show_default=True,
-    help="uncertainty: where a vote can still change the selection; oldest: arrival order.",
+    help="uncertainty: where a vote can still change the selection; oldest: arrival order; "
+    "most-alike: most like the instance set by DINO similarity (scored when generated).",
 )
 @json_option()
 def queue(home_path, rater, count, order, as_json):
@@ -318,7 +344,7 @@ def restore(source, home_path):
 @json_option("object")
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
-    from herdbook.feedback.catalog import rater_agreement
+    from herdbook.feedback.catalog import fidelity_agreement, rater_agreement
     from herdbook.feedback.catalog import status as project_status
     from herdbook.feedback.votes import selection_settledness
     from herdbook.home import load_home
@@ -329,8 +355,17 @@ def status(home_path, as_json):
         counts = project_status(session)
         agreement = rater_agreement(session)
         firm = selection_settledness(session, home.config.selection)
+        metrics_agree = fidelity_agreement(session)
     if as_json:
-        emit_json({"home": str(home.root), **counts, "agreement": agreement, "selection": asdict(firm)})
+        emit_json(
+            {
+                "home": str(home.root),
+                **counts,
+                "agreement": agreement,
+                "selection": asdict(firm),
+                "fidelity_agreement": metrics_agree,
+            }
+        )
         return
     click.echo(f"herdbook project in {home.root}")
     for key, value in counts.items():
@@ -342,6 +377,13 @@ def status(home_path, as_json):
             f" ({overall['images']} images with 2+ votes)"
         )
     click.echo(f"  selection        {firm.describe()}")
+    for key, name in (("dino", "DINO"), ("clip_t", "CLIP-T")):
+        figures = metrics_agree[key]
+        if figures["auc"] is not None:
+            click.echo(
+                f"  {name} vs votes  AUC {figures['auc']:.2f} over {figures['accepted']} accepted and "
+                f"{figures['rejected']} rejected scored images (0.5: chance, 1: sorts them as the team does)"
+            )
 
 
 @main.command()
@@ -386,15 +428,18 @@ def demo_config(root: Path):
     config = ProjectConfig()
     if training_available():
         return config
-    from herdbook.training.tiny import RESOLUTION, save_tiny_pipeline
+    from herdbook.training.tiny import RESOLUTION, save_tiny_clip, save_tiny_dino, save_tiny_pipeline
 
     quiet_libraries()  # no progress bar for writing a model of a few kilobytes
     model = save_tiny_pipeline(root / "models" / DEMO_MODEL)
-    click.echo(f"Built a tiny random-weight demo model in {model} (its images are noise)")
+    judges = {"dino_model": str(save_tiny_dino(root / "models" / "demo-dino")),
+              "clip_model": str(save_tiny_clip(root / "models" / "demo-clip"))}  # fmt: skip
+    click.echo(f"Built a tiny random-weight demo model in {model}, and DINO and CLIP to judge rounds (all noise)")
     return config.with_changes(
         base_model=str(model),
         resolution=RESOLUTION,
         training=config.training.with_changes(steps=20, checkpoint_every=10),
+        evaluation=config.evaluation.with_changes(seeds=[0, 1], **judges),  # two images a prompt: CPU time
     )
 
 
@@ -684,7 +729,7 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
         click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
         return
     from herdbook.training.phases import PhaseClock, process_started_at
-    from herdbook.training.rounds import generate_candidates
+    from herdbook.training.rounds import generate_candidates, score_candidates
 
     background_loading(model)
     quiet_libraries()
@@ -701,9 +746,13 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
             clock=clock,
             **options,
         )
+    unscored = score_candidates(store, home.project, ids)  # DINO to the instance set, CLIP-T to the prompt
+    clock.end("scoring")
     click.echo(
         f"Added {len(ids)} candidate(s) from {round_ref}: ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}"
     )
+    if unscored:
+        click.secho(f"note: {unscored}", fg="yellow", err=True)
     click.echo(f"  {clock.total:.1f} s in all: " + ", ".join(f"{k} {v:.1f}" for k, v in clock.phases.items()))
 
 
@@ -811,7 +860,7 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
     The model's files are read and the training libraries imported in the background meanwhile:
     the dataset's export waits on child processes, and the imports alone take seconds."""
     from herdbook.training.phases import process_started_at
-    from herdbook.training.rounds import round_model, run_round
+    from herdbook.training.rounds import report_lines, round_model, run_round
 
     with store.transaction() as session:
         background_loading(round_model(session, round_id))
@@ -841,6 +890,8 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
     if m.get("phases"):
         spent = ", ".join(f"{name} {seconds:.1f}" for name, seconds in m["phases"].items() if seconds >= 0.05)
         click.echo(f"  {m['phases_total_seconds']:.1f} s in all: {spent}")
+    for line in report_lines(m.get("evaluation")):
+        click.echo(f"  {line}")
 
 
 @main.group(invoke_without_command=True)
@@ -868,9 +919,48 @@ def rounds(ctx, home_path, as_json):
         click.echo(line)
     for r in rows:
         timing = f"{r['seconds_per_step']:.3f} s/step" if r["seconds_per_step"] else ""
+        fidelity = f"DINO {r['dino']:.3f}" if r["dino"] is not None else ""
         click.echo(
-            f"round {r['id']}: {r['status']}, {r['mode']}, step {r['step']} of {r['steps']}, dataset v{r['dataset_version']} {timing} {r['output'] or r['error'] or ''}"
+            f"round {r['id']}: {r['status']}, {r['mode']}, step {r['step']} of {r['steps']}, dataset v{r['dataset_version']} {timing} {fidelity} {r['output'] or r['error'] or ''}"
         )
+
+
+@rounds.command("report")
+@click.argument("round_id", type=int)
+@home_option
+@json_option()
+@click.pass_context
+def rounds_report(ctx, round_id, home_path, as_json):
+    """A finished round's fidelity report: DINO and CLIP-I (how like the instance images its
+    validation images are), CLIP-T (how like their prompts), each beside its starting model's."""
+    from herdbook.home import load_home
+    from herdbook.training.rounds import report_lines, round_report_of
+
+    with store_of(load_home(home_path or ctx.obj.get("home_path"))).transaction() as session:
+        report = round_report_of(session, round_id)
+    if as_json:
+        emit_json(report)
+        return
+    for line in report_lines(report):
+        click.echo(line)
+
+
+@rounds.command("evaluate")
+@click.argument("round_id", type=int)
+@home_option
+@click.pass_context
+def rounds_evaluate(ctx, round_id, home_path):
+    """Make a finished round's fidelity report again: after setting [evaluation] dino_model and
+    clip_model to models this machine has, or after a report was interrupted."""
+    from herdbook.home import load_home
+    from herdbook.training.rounds import evaluate_round, report_lines
+
+    home = load_home(home_path or ctx.obj.get("home_path"))
+    report = evaluate_round(store_of(home), home.project, round_id)
+    for line in report_lines(report):
+        click.echo(line)
+    if "error" in report:
+        sys.exit(1)
 
 
 @rounds.command("resume")

@@ -1,7 +1,7 @@
 """The project config, ``herdbook.toml``: one typed object, checked whole when it is read.
 
 Each layer owns the settings it reads ([selection] in feedback.selection, [oxen] in
-feedback.versioning, [training] in training.settings); this module puts them together."""
+feedback.versioning, [training] and [evaluation] in training.settings); this module puts them together."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from herdbook.db.errors import StrictSettings, checked
 from herdbook.errors import HomeError
 from herdbook.feedback.selection import SelectionPolicy
 from herdbook.feedback.versioning import OxenSettings
-from herdbook.training.settings import TrainingDefaults
+from herdbook.training.settings import EvaluationSettings, TrainingDefaults
 
 DEFAULT_BASE_MODEL = "CompVis/stable-diffusion-v1-4"
 DEFAULT_INSTANCE_PROMPT = "an image of the oxenai ox"
@@ -57,6 +57,7 @@ class ProjectConfig(StrictSettings):
     selection: SelectionPolicy = Field(default_factory=SelectionPolicy)
     jobs: JobSettings = Field(default_factory=JobSettings)
     oxen: OxenSettings = Field(default_factory=OxenSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     @field_validator("resolution")
     @classmethod

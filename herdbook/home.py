@@ -72,6 +72,7 @@ class Home:
             resolution=c.resolution,
             reference_prompts=tuple(c.reference_prompts),
             training=c.training,
+            evaluation=c.evaluation,
         )
 
     def open_store(self, create: bool = False, upgrade: bool = True):

@@ -159,7 +159,7 @@ class JobReporter:
 
 def _generate(store, home: Home, params: dict, reporter: JobReporter, cache=None) -> dict:
     from herdbook.training.phases import PhaseClock
-    from herdbook.training.rounds import current_models, generate_candidates
+    from herdbook.training.rounds import current_models, generate_candidates, score_candidates
 
     clock = PhaseClock()
 
@@ -186,6 +186,11 @@ def _generate(store, home: Home, params: dict, reporter: JobReporter, cache=None
             if k in params
         },
     )
+    reporter.progress(1.0, "scoring the images (DINO, CLIP)", force=True)
+    unscored = score_candidates(store, home.project, ids, cache.judges if cache is not None else None)
+    clock.end("scoring")
+    if unscored:
+        reporter.log(unscored)
     reporter.log(f"added {len(ids)} candidate(s) in {clock.total:.1f} s")
     return {"candidate_ids": ids, "phases": clock.phases}
 

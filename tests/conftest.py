@@ -102,3 +102,15 @@ def tiny_sdxl_model(tmp_path_factory):
     from tests.training.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl", family="sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_judges(tmp_path_factory):
+    """Tiny random-weight DINO and CLIP folders: the settings that point [evaluation] at them."""
+    from herdbook.training.settings import EvaluationSettings
+    from herdbook.training.tiny import save_tiny_clip, save_tiny_dino
+
+    folder = tmp_path_factory.mktemp("judges")
+    return EvaluationSettings(
+        dino_model=str(save_tiny_dino(folder / "dino")), clip_model=str(save_tiny_clip(folder / "clip"))
+    )

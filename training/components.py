@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from herdbook.training.errors import ModelLoadError
 from herdbook.training.families import SD1, Family
-from herdbook.training.models import _from_pretrained, model_family
+from herdbook.training.models import load_pretrained, model_family
 from herdbook.training.settings import ModelChain
 from torch.nn.attention import SDPBackend
 
@@ -93,7 +93,7 @@ def load_components(chain: ModelChain, device: torch.device | None = None) -> Co
     family = model_family(chain.pipeline)
 
     def load(loader, subfolder: str):
-        return _from_pretrained(loader, chain.pipeline, subfolder=subfolder)
+        return load_pretrained(loader, chain.pipeline, subfolder=subfolder)
 
     schedule = load(_SchedulerConfig, "scheduler")
     sampler = getattr(diffusers, str(schedule.get("_class_name")), None) or diffusers.PNDMScheduler

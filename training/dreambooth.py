@@ -876,12 +876,22 @@ def finish_saved_round(settings: RoundSettings, saved: dict, accelerator, clock:
 def render_starting_grid(settings: RoundSettings, parts: Components, device: torch.device, dtype: torch.dtype) -> None:
     """The starting model at the validation prompts and seeds (once), so rounds compare with it."""
     folder = Path(settings.parent_validation_dir) if settings.parent_validation_dir else None
-    if folder is None or not settings.validation_prompts or (folder / "index.json").exists():
+    if folder is None or not settings.validation_prompts or grid_covers(folder, settings):
         return
     for part in (parts.unet, *parts.frozen_parts):
         part.to(device)
     with mixed_precision(device, dtype):
         render_grid(parts, settings.validation_prompts, settings.validation_seeds, folder, settings, device)
+
+
+def grid_covers(folder: Path, settings: RoundSettings) -> bool:
+    """Whether the grid in ``folder`` has every validation prompt at every seed (a grid drawn
+    before the prompts or seeds changed is drawn again)."""
+    index = folder / "index.json"
+    if not index.is_file():
+        return False
+    drawn = {(entry["prompt"], entry["seed"]) for entry in json.loads(index.read_text())}
+    return all((prompt, seed) in drawn for prompt in settings.validation_prompts for seed in settings.validation_seeds)
 
 
 @torch.no_grad()

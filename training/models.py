@@ -32,7 +32,7 @@ def model_family(name: str) -> Family:
     folder = Path(name).expanduser()
     if folder.is_dir():
         return family_of_folder(folder)
-    return family_of_index(_from_pretrained(_PipelineIndex, name), None, name)
+    return family_of_index(load_pretrained(_PipelineIndex, name), None, name)
 
 
 def model_sampler(name: str) -> str | None:
@@ -42,7 +42,7 @@ def model_sampler(name: str) -> str | None:
         index_file = folder / "model_index.json"
         index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
     else:
-        index = _from_pretrained(_PipelineIndex, name)
+        index = load_pretrained(_PipelineIndex, name)
     entry = index.get("scheduler")
     return str(entry[1]) if isinstance(entry, list) and len(entry) == 2 and entry[1] else None
 
@@ -52,9 +52,10 @@ def _is_hub_id(name: str) -> bool:
     return not name.startswith((".", "/", "~")) and name.count("/") == 1
 
 
-def _from_pretrained(loader, name: str, **kwargs):
+def load_pretrained(loader, name: str, setting: str = "base_model", **kwargs):
     """One component. A local folder loads as it is; a hub id is looked for in the local cache
-    first, then on the hub, and a failure names what was looked for and what to do."""
+    first, then on the hub, and a failure names what was looked for and what to do (``setting``:
+    the herdbook.toml key that names the model)."""
     folder = Path(name).expanduser()
     if folder.is_dir():
         return loader.from_pretrained(str(folder), **kwargs)
@@ -66,14 +67,14 @@ def _from_pretrained(loader, name: str, **kwargs):
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelLoadError(
                 f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it where the hub "
-                f"is reachable (`huggingface-cli download {name}`) or set base_model to a local folder"
+                f"is reachable (`huggingface-cli download {name}`) or set {setting} to a local folder"
             ) from None
     try:
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"could not load {name} ({kwargs.get('subfolder', 'pipeline')}) from the Hugging Face hub or its cache: "
-            f"{str(error).splitlines()[0]}. On a machine without the hub, point base_model at a local diffusers folder."
+            f"{str(error).splitlines()[0]}. On a machine without the hub, point {setting} at a local folder."
         ) from error
 
 

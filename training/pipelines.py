@@ -78,6 +78,19 @@ class PipelineCache:
         self.entries: OrderedDict[tuple, Entry] = OrderedDict()
         self.loads = 0  # how many times a model was read from disk
         self.lock = threading.RLock()
+        self._judges: tuple[tuple[str, str], Any] | None = None
+
+    def judges(self, settings):
+        """The DINO and CLIP models that score candidates (training.evaluation.Embedders for
+        ``settings``, an EvaluationSettings), kept between jobs like the pipelines."""
+        with self.lock:
+            key = (settings.dino_model, settings.clip_model)
+            if self._judges is None or self._judges[0] != key:
+                from herdbook.training.evaluation import Embedders
+
+                self._judges = None
+                self._judges = (key, Embedders(settings))
+            return self._judges[1]
 
     @contextmanager
     def using(self, settings: GenerationSettings) -> Iterator[Any]:
@@ -114,6 +127,7 @@ class PipelineCache:
     def clear(self) -> None:
         """Free every pipeline (a round is about to need the memory)."""
         with self.lock:
+            self._judges = None
             for key in list(self.entries):
                 self._drop(key)
 

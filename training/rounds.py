@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from herdbook.training.lineage import RoundNode, chain_for, tree_lines
 from herdbook.training.models import hub_reachable, model_family, model_problem, model_sampler
 from herdbook.training.phases import PhaseClock
 from herdbook.training.settings import (
+    EvaluationSettings,
     GenerationSettings,
     ModelChain,
     RoundSettings,
@@ -47,6 +48,7 @@ class Project:
     resolution: int | None  # None: the model family's default
     reference_prompts: tuple[str, ...]
     training: TrainingDefaults
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
 
     @property
     def candidates_dir(self) -> Path:
@@ -141,7 +143,9 @@ def plan_round(
             "class_prompt": project.class_prompt,
             "resolution": project.resolution or family.default_resolution,
             "guidance_scale": family.default_guidance,
-            "validation_prompts": list(project.reference_prompts),
+            # the validation grid is the evaluation set: reference prompts and new contexts, 4 seeds
+            "validation_prompts": project.evaluation.prompts(project.instance_prompt, project.reference_prompts),
+            "validation_seeds": list(project.evaluation.seeds),
             "parent_validation_dir": str(base_validation_dir(project)) if parent_id is None else "",
             **changes,
         }
@@ -169,7 +173,10 @@ def plan_round(
 
 
 def base_validation_dir(project: Project) -> Path:
-    return project.rounds_dir / "base-validation"
+    """The base model's grid, drawn once per base: a new base model gets a folder of its own."""
+    import hashlib
+
+    return project.rounds_dir / "base-validation" / hashlib.sha256(project.base_model.encode()).hexdigest()[:12]
 
 
 def comparison_grid(session: Session, project) -> dict:
@@ -459,7 +466,56 @@ def run_round(
         record.loss_history = [list(x) for x in result.loss_history]
         record.metrics = {**result.metrics, "validation": result.validation}
         record.finished_at = utcnow()
-        return record
+    evaluate_round(store, project, round_id)  # the round is usable meanwhile: its weights are saved
+    with store.transaction() as session:
+        return session.get(Round, round_id)
+
+
+def starting_grid(session: Session, project: Project, record: Round) -> Path:
+    """The validation grid of the model a round started from: the base's, or its parent round's."""
+    if record.parent_id is None:
+        return Path(record.settings.get("parent_validation_dir") or base_validation_dir(project))
+    return Path(_round(session, record.parent_id).settings["output_dir"]) / "validation"
+
+
+def evaluate_round(store, project: Project, round_id: int, embedders=None) -> dict:
+    """Score a finished round's validation grid, and its starting model's, against the round's
+    instance images (training.evaluation: DINO, CLIP-I, CLIP-T). The report, or one line saying
+    why there is none, is stored with the round and in its metrics.json; the round stays finished
+    either way. ``embedders``: DINO and CLIP already loaded (a worker's, a test's)."""
+    from herdbook.training.evaluation import EvaluationUnavailable
+
+    with store.transaction() as session:
+        record = _round(session, round_id)
+        if record.status != "finished":
+            raise HerdbookError(f"round {round_id} is {record.status}: only a finished round has a report")
+        settings = settings_of(record)
+        start = starting_grid(session, project, record)
+    began = time.perf_counter()
+    try:
+        if not project.evaluation.enabled:
+            raise EvaluationUnavailable("it is off in herdbook.toml ([evaluation] enabled = false)")
+        from herdbook.training.data import image_files
+        from herdbook.training.evaluation import Embedders, round_report
+
+        embedders = embedders or Embedders(project.evaluation)
+        instance = Path(settings.instance_dir)
+        files = image_files(instance) if instance.is_dir() else []
+        report = round_report(embedders, settings.output / "validation", start, files)
+        report["seconds"] = round(time.perf_counter() - began, 3)
+    except EvaluationUnavailable as error:
+        report = {"error": f"no fidelity report: {error}"}
+    except (OSError, RuntimeError, ValueError) as error:  # a damaged image, GPU memory: the round stays finished
+        report = {"error": f"no fidelity report: {type(error).__name__}: {str(error).splitlines()[0]}"}
+    metrics_file = settings.output / "metrics.json"
+    if metrics_file.is_file():
+        import json
+
+        metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "evaluation": report}, indent=2))
+    with store.transaction() as session:
+        record = _round(session, round_id)
+        record.metrics = {**record.metrics, "evaluation": report}
+    return report
 
 
 def launched(settings: RoundSettings, processes: int):
@@ -500,11 +556,52 @@ def list_rounds(session: Session) -> list[dict]:
                 "train_seconds": r.metrics.get("train_seconds"),
                 "peak_memory_gb": r.metrics.get("peak_memory_gb"),
                 "phases": r.metrics.get("phases"),  # seconds the user waited, by phase
+                **fidelity_of(r.metrics.get("evaluation")),
                 "output": r.output_path,
                 "error": r.error,
             }
         )
     return rows
+
+
+def fidelity_of(report: dict | None) -> dict:
+    """A round's fidelity means under the keys `rounds --json` prints (None where not measured),
+    its starting model's beside them, and why a report is missing."""
+    report = report or {}
+    start = report.get("start") or {}
+    figures = {key: (report.get(key) or {}).get("mean") for key in ("dino", "clip_i", "clip_t")}
+    started = {f"start_{key}": (start.get(key) or {}).get("mean") for key in ("dino", "clip_i", "clip_t")}
+    missing = report.get("error") or (None if report else "no fidelity report yet")
+    return {**figures, **started, "fidelity_missing": missing, "fidelity_report": report or None}
+
+
+FIDELITY_NAMES = {"dino": "DINO", "clip_i": "CLIP-I", "clip_t": "CLIP-T"}
+
+
+def report_lines(report: dict | None) -> list[str]:
+    """A round's fidelity report as a person reads it: each figure with its spread, the starting
+    model's beside it; or the one line that says why there is none."""
+    if not report:
+        return ["no fidelity report yet (`herdbook rounds evaluate ROUND` makes one)"]
+    if "error" in report:
+        return [report["error"]]
+    start = report.get("start") or {}
+    lines = []
+    for key, name in FIDELITY_NAMES.items():
+        figure = report[key]
+        line = f"{name:<7}{figure['mean']:.3f} ± {figure['spread']:.3f} over {figure['images']} images"
+        if key in start:
+            line += f"  (starting model {start[key]['mean']:.3f}, {figure['mean'] - start[key]['mean']:+.3f})"
+        lines.append(line)
+    lines.append(
+        f"against {report['instance_images']} instance images; {report['models']['dino']}, {report['models']['clip']}"
+        f" in {report['dtype']}"
+    )
+    return lines
+
+
+def round_report_of(session: Session, round_id: int) -> dict | None:
+    return _round(session, round_id).metrics.get("evaluation")
 
 
 def loss_histories(session: Session) -> dict[str, list]:
@@ -582,6 +679,55 @@ def record_generated(
         added.append(candidate)
     session.flush()
     return added
+
+
+SCORED_AT_ONCE = 128  # candidates read, scored and stored per transaction: memory stays flat
+
+
+def score_candidates(store, project: Project, ids: list[int], load_judges=None) -> str | None:
+    """Store each candidate's DINO similarity to the current instance set (the latest dataset
+    version's selection; an image in it leaves its own copy out) and CLIP similarity to its own
+    prompt. Returns why they were not scored, or None. ``load_judges(settings)`` gives the
+    training.evaluation.Embedders (a worker's cache keeps them loaded); by default they load here."""
+    from herdbook.feedback.curation import latest_version
+    from herdbook.training.evaluation import EvaluationUnavailable, candidate_scores, read_images
+
+    if not ids:
+        return None
+    settings = project.evaluation
+    if not (settings.enabled and settings.score_candidates):
+        return "scoring candidates is off in herdbook.toml ([evaluation])"
+    with store.transaction() as session:
+        version = latest_version(session)
+        selected = version.selected_ids if version else []
+        instance = session.execute(select(Candidate.id, Candidate.path).where(Candidate.id.in_(selected))).all()
+    instance = [(cid, path) for cid, path in instance if (project.root / path).is_file()]
+    position = {cid: index for index, (cid, _) in enumerate(instance)}
+    try:
+        if load_judges is None:
+            from herdbook.training.evaluation import Embedders as load_judges
+        judges = load_judges(settings)
+        # no dataset version yet: no instance set, so DINO stays unset and CLIP-T is still scored
+        reference = judges.dino(read_images([project.root / path for _, path in instance])) if instance else []
+        for start in range(0, len(ids), SCORED_AT_ONCE):
+            with store.transaction() as session:
+                rows = session.execute(
+                    select(Candidate.id, Candidate.path, Candidate.prompt).where(
+                        Candidate.id.in_(ids[start : start + SCORED_AT_ONCE])
+                    )
+                ).all()
+            images = read_images([project.root / path for _, path, _ in rows])
+            scores = candidate_scores(
+                judges, images, [p for _, _, p in rows], reference, [position.get(cid) for cid, _, _ in rows]
+            )
+            with store.transaction() as session:
+                for (cid, _, _), (dino, clip_t) in zip(rows, scores, strict=True):
+                    session.execute(update(Candidate).where(Candidate.id == cid).values(dino=dino, clip_t=clip_t))
+    except EvaluationUnavailable as error:
+        return f"candidates not scored: {error}"
+    except (OSError, RuntimeError, ValueError) as error:  # a damaged file, GPU memory: the images stay stored
+        return f"candidates not scored: {type(error).__name__}: {str(error).splitlines()[0]}"
+    return None
 
 
 def current_models(session: Session, project: Project) -> set[ModelChain]:

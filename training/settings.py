@@ -162,3 +162,26 @@ class GenerationSettings(StrictSettings):
     fast_path: Literal["auto", "off"] = "auto"
 
     _resolution_ok = field_validator("resolution")(_multiple_of_8)
+
+
+CONTEXT_PROMPTS = (
+    "{instance} on a sandy beach",
+    "{instance} in the snow",
+    "{instance} wearing a red hat",
+)
+
+
+class EvaluationSettings(StrictSettings):
+    """``[evaluation]`` in herdbook.toml: the models that judge each round, and what it draws for them."""
+
+    enabled: bool = True
+    dino_model: str = "facebook/dino-vits16"
+    clip_model: str = "openai/clip-vit-large-patch14"
+    # beside the project's reference prompts: the character somewhere new ({instance}: the instance prompt)
+    context_prompts: list[str] = Field(default_factory=lambda: list(CONTEXT_PROMPTS))
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)  # images per prompt
+    score_candidates: bool = True  # each generated candidate's DINO (to the instance set) and CLIP-T
+
+    def prompts(self, instance_prompt: str, reference_prompts: list[str] | tuple[str, ...]) -> list[str]:
+        contexts = (p.replace("{instance}", instance_prompt) for p in self.context_prompts)
+        return list(dict.fromkeys([*reference_prompts, *contexts]))

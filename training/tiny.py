@@ -133,3 +133,52 @@ def save_tiny_pipeline(folder: Path, seed: int = 0, family: str = "sd1") -> Path
     parts = tiny_sdxl_components(seed) if family == "sdxl" else tiny_components(seed)
     make_pipeline(parts).save_pretrained(folder)
     return folder
+
+
+def save_tiny_dino(folder: Path, seed: int = 0) -> Path:
+    """A ViT of DINO's shape at 32 px, with its image processor: what [evaluation] dino_model reads."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=RESOLUTION, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64,
+    )  # fmt: skip
+    ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": RESOLUTION, "width": RESOLUTION}).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A CLIP (text and vision towers, projections) at 32 px with the tiny tokenizer: what
+    [evaluation] clip_model reads."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+    )
+
+    torch.manual_seed(seed)
+    text = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1, vocab_size=520, hidden_size=32, intermediate_size=64,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=77,
+    )  # fmt: skip
+    vision = CLIPVisionConfig(
+        image_size=RESOLUTION, patch_size=8, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        num_hidden_layers=2,
+    )  # fmt: skip
+    CLIPModel(
+        CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=16)
+    ).save_pretrained(folder)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": RESOLUTION}, crop_size={"height": RESOLUTION, "width": RESOLUTION}
+        ),
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER),
+    )
+    processor.save_pretrained(folder)
+    return folder

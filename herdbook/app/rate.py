@@ -31,6 +31,7 @@ ORDERS = {
     "uncertainty": "Where a vote counts most",
     "oldest": "Oldest first",
     "newest-round": "Newest round first",
+    "most-alike": "Most like the instance set (DINO)",
 }
 
 BATCH = 50

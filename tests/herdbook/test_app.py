@@ -1,6 +1,7 @@
 """The app's pages through Streamlit's AppTest: clicks, filters, undo, empty states."""
 
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -483,3 +484,33 @@ def test_similar_prompts_are_told_apart_in_the_sidebar():
         prompts[0]: "…ox with curved horns on a meadow",  # what tells it from the next one stays in view
         prompts[1]: "…ox with short horns on a beach",
     }
+
+
+@pytest.mark.slow  # trains two tiny rounds
+def test_the_rounds_page_shows_each_round_judged_and_why_a_report_is_missing(demo_home):
+    import dataclasses
+
+    from herdbook.feedback.curation import sync
+    from herdbook.training.rounds import plan_round, run_round
+
+    store = demo_home.open_store()
+    with store.transaction() as session:
+        for candidate in (1, 2):
+            cast_vote(session, candidate, "ann", "accept")
+        sync(session, demo_home.dataset_repo, demo_home.root, demo_home.config.selection)
+    project = demo_home.project
+    no_judge = dataclasses.replace(project, evaluation=project.evaluation.with_changes(clip_model="/no/clip"))
+    for judged_by in (project, no_judge):
+        with store.transaction() as session:
+            planned = plan_round(session, judged_by, mode="lora", steps=2, validation_steps=2)
+        run_round(store, judged_by, planned.id)
+    at = page("rounds").run()
+    assert "How like the character, by round" in [s.value for s in at.subheader]
+    best = next(m.value for m in at.markdown if m.value.startswith("Round 1 is the most like"))
+    assert re.fullmatch(
+        r"Round 1 is the most like the instance images: DINO -?\d\.\d{3}, [+-]\d\.\d{3} on its starting model\.", best
+    )
+    captions = [c.value for c in at.caption]
+    assert "Round 2: no fidelity report: no model folder at /no/clip" in captions
+    table = next(d.value for d in at.dataframe if "DINO" in d.value.columns)
+    assert table["DINO"].tolist()[0] != "" and table["DINO"].tolist()[1] == ""

@@ -327,3 +327,54 @@ def test_a_new_rater_name_is_checked_and_an_old_one_still_found(tmp_path):
     refused = run("vote", 1, "accept", "--rater", "bad name!", "--home", home, ok=False)
     assert refused.exit_code == 1 and "'bad name!' is not a rater name" in refused.output
     assert "Zoë O'Neil-Smith: accept" in run("vote", 1, "accept", "--rater", "Zoë O'Neil-Smith", "--home", home).output
+
+
+@pytest.mark.slow  # trains a tiny round
+def test_a_round_is_judged_and_its_candidates_scored_from_the_cli(tmp_path):
+    """The demo's tiny DINO and CLIP judge its rounds: `train` prints the report, `rounds --json`
+    carries dino, clip_i and clip_t, generated candidates carry their scores, `status` how far
+    the scores agree with the votes."""
+    home = tmp_path / "demo"
+    run("demo", "--home", home)
+    for candidate in (1, 2, 3):
+        run("vote", candidate, "accept", "--rater", "ann", "--home", home)
+    run("vote", 4, "reject", "--rater", "ann", "--home", home)
+    run("sync", "--home", home)
+    trained = run("train", "--mode", "lora", "--steps", "2", "--home", home).output
+    assert re.search(r"DINO +-?\d\.\d{3} ± \d\.\d{3} over 12 images +\(starting model -?\d\.\d{3}", trained)
+    (round_row,) = json.loads(run("rounds", "--json", "--home", home).output)
+    assert all(isinstance(round_row[key], float) for key in ("dino", "clip_i", "clip_t", "start_dino"))
+    report = json.loads(run("rounds", "report", "1", "--json", "--home", home).output)
+    assert report["dino"]["mean"] == round_row["dino"] and report["instance_images"] == 3
+    assert run("rounds", "report", "1", "--home", home).output.splitlines()[1].startswith("CLIP-I ")
+    run("generate", "--prompt", "the oxenai ox", "-n", "2", "--round", "1", "--home", home)
+    made = json.loads(run("candidates", "--json", "--home", home).output)[-2:]
+    assert all(isinstance(c["dino"], float) and isinstance(c["clip_t"], float) for c in made)
+    assert "Scored 36 candidate(s)" in run("score", "--home", home).output  # the imported drawings
+    assert "Every candidate is scored already" in run("score", "--home", home).output
+    status = json.loads(run("status", "--json", "--home", home).output)
+    # each accepted image is in the instance set: it is scored against the other two
+    assert (
+        status["fidelity_agreement"]["dino"]["accepted"] == 3 and status["fidelity_agreement"]["dino"]["rejected"] == 1
+    )
+    assert 0.0 <= status["fidelity_agreement"]["dino"]["auc"] <= 1.0
+
+
+@pytest.mark.slow  # trains a tiny round
+def test_a_round_without_its_judges_says_why_and_evaluate_makes_the_report_later(tmp_path):
+    home = tmp_path / "demo"
+    run("demo", "--home", home)
+    config = (home / "herdbook.toml").read_text()
+    judged = config
+    config = re.sub(r'dino_model = ".*"', 'dino_model = "/no/such/dino"', config)
+    (home / "herdbook.toml").write_text(config)
+    run("vote", 1, "accept", "--rater", "ann", "--home", home)
+    run("sync", "--home", home)
+    trained = run("train", "--mode", "lora", "--steps", "2", "--home", home).output
+    assert "no fidelity report: no model folder at /no/such/dino" in trained
+    assert json.loads(run("rounds", "--json", "--home", home).output)[0]["dino"] is None
+    failed = run("rounds", "evaluate", "1", "--home", home, ok=False)
+    assert failed.exit_code == 1 and "no model folder at /no/such/dino" in failed.output
+    (home / "herdbook.toml").write_text(judged)
+    assert run("rounds", "evaluate", "1", "--home", home).output.startswith("DINO ")
+    assert isinstance(json.loads(run("rounds", "--json", "--home", home).output)[0]["dino"], float)

@@ -152,7 +152,7 @@ def test_a_worker_keeps_a_model_loaded_between_jobs_until_it_is_replaced_or_a_ro
     first, second = generate(0), generate(2)
     assert first.status == second.status == "finished"
     assert cache.loads == 1  # the second job drew on the model the first one loaded
-    assert set(second.result["phases"]) == {"settings", "model load", "drawing and storing"}
+    assert set(second.result["phases"]) == {"settings", "model load", "drawing and storing", "scoring"}
     assert second.result["phases"]["model load"] < first.result["phases"]["model load"]
     other = shutil.copytree(tiny_model, tmp_path / "other-base")
     set_base_model(tiny_home.root, str(other))  # the worker reads the config again for each job

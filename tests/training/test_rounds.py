@@ -1,11 +1,20 @@
 """Rounds and generation as a user runs them: records, lineage, outputs and errors."""
 
+import dataclasses
+
 import pytest
 from herdbook.db.models import Candidate, Round
 from herdbook.feedback.curation import sync
 from herdbook.feedback.votes import cast_vote
 from herdbook.training.components import load_components
-from herdbook.training.rounds import generate_candidates, lineage, list_rounds, plan_round, run_round
+from herdbook.training.rounds import (
+    generate_candidates,
+    lineage,
+    list_rounds,
+    plan_round,
+    run_round,
+    score_candidates,
+)
 from herdbook.training.settings import ModelChain
 from sqlalchemy import func, select
 
@@ -112,7 +121,8 @@ def test_the_comparison_grid_holds_the_base_and_each_round_at_the_same_prompts(p
     run_round(store, home.project, planned.id)
     with store.transaction() as session:
         grid = comparison_grid(session, home.project)
-    assert grid["prompts"] == ["an ox"] and grid["seeds"] == [3, 4]  # each once, however many images share them
+    contexts = home.config.evaluation.prompts(home.config.instance_prompt, [])
+    assert grid["prompts"] == ["an ox", *contexts] and grid["seeds"] == [3, 4]  # each once, however many share them
     assert [c["label"] for c in grid["columns"]] == ["base", "round 1 (lora)"]
     assert all(c["images"][("an ox", 3)].exists() for c in grid["columns"])
 
@@ -228,3 +238,107 @@ def test_two_processes_resuming_one_round_at_once_run_it_once(project, monkeypat
         thread.join(timeout=60)
     assert entered == ["first"]
     assert (home.root / "rounds" / f"round-{planned.id:03d}" / "instance" / "instance.csv").exists()
+
+
+def test_a_finished_round_is_judged_against_its_instance_images(project, tiny_judges):
+    import json
+
+    from herdbook.training.rounds import report_lines
+
+    home, store = project
+    judged = dataclasses.replace(home.project, evaluation=tiny_judges)
+    with store.transaction() as session:
+        planned = plan_round(session, judged, mode="lora", steps=1, validation_steps=2)
+    done = run_round(store, judged, planned.id)
+    report = done.metrics["evaluation"]
+    prompts = 1 + len(tiny_judges.context_prompts)
+    for key in ("dino", "clip_i", "clip_t"):
+        assert report[key]["images"] == prompts * len(tiny_judges.seeds)
+        assert -1.0 <= report[key]["mean"] <= 1.0 and report[key]["spread"] >= 0
+        assert report["start"][key]["images"] == report[key]["images"]  # the base, on the same prompts and seeds
+    assert report["instance_images"] == 3
+    on_disk = json.loads((home.project.round_dir(planned.id) / "metrics.json").read_text())
+    assert on_disk["evaluation"] == report
+    with store.transaction() as session:
+        (row,) = list_rounds(session)
+    assert row["dino"] == report["dino"]["mean"] and row["clip_t"] == report["clip_t"]["mean"]
+    assert row["start_dino"] == report["start"]["dino"]["mean"] and row["fidelity_missing"] is None
+    assert report_lines(report)[0].startswith("DINO   ") and "starting model" in report_lines(report)[0]
+
+
+def test_a_round_with_no_judge_to_load_still_finishes_and_says_why(project):
+    home, store = project  # [evaluation] names hub ids; the tests run with HF_HUB_OFFLINE=1
+    with store.transaction() as session:
+        planned = plan_round(session, home.project, mode="lora", steps=1, validation_steps=2)
+    done = run_round(store, home.project, planned.id)
+    assert done.status == "finished"
+    assert done.metrics["evaluation"]["error"].startswith("no fidelity report: facebook/dino-vits16 is not in")
+    with store.transaction() as session:
+        (row,) = list_rounds(session)
+    assert row["dino"] is None and row["fidelity_missing"].startswith("no fidelity report")
+
+
+def test_generated_candidates_are_scored_against_the_instance_set_and_their_prompt(project, tiny_judges):
+    from herdbook.feedback.catalog import list_candidates
+    from herdbook.feedback.votes import QueueFilter, queue_view
+
+    home, store = project  # three of four base candidates accepted and synced: the instance set
+    judged = dataclasses.replace(home.project, evaluation=tiny_judges)
+    ids = generate_candidates(store, judged, "an ox", "base", count=2, steps=2, seed=20)
+    assert score_candidates(store, judged, ids) is None
+    with store.transaction() as session:
+        made = list_candidates(session, ids=ids)
+        assert all(-1 <= r.dino <= 1 and -1 <= r.clip_t <= 1 for r in made)
+        entries, _ = queue_view(session, "bob", QueueFilter(order="most-alike"))
+    scored = sorted(made, key=lambda r: -r.dino)
+    assert [e.id for e in entries[:2]] == [r.id for r in scored]  # the most alike first
+    assert entries[0].reason == f"DINO {scored[0].dino:.2f} to the instance set"
+
+
+def test_dino_agrees_with_votes_where_the_accepted_images_are_the_alike_ones(tmp_path, tiny_judges):
+    """Near-copies of the instance images accepted, unrelated images rejected: AUC 1."""
+    import random
+
+    from herdbook.feedback.catalog import fidelity_agreement
+    from herdbook.feedback.ingest import ImportRow, import_images
+    from PIL import Image
+
+    from tests.conftest import make_image
+
+    def near_copy(source, path, seed):
+        image = Image.open(source).convert("RGB")
+        pixels, rng = image.load(), random.Random(seed)
+        for _ in range(40):
+            x, y = rng.randrange(image.width), rng.randrange(image.height)
+            pixels[x, y] = tuple(min(255, c + 30) for c in pixels[x, y])
+        image.save(path)
+        return path
+
+    folder = tmp_path / "images"
+    original = make_image(folder / "ox.png", seed=1)
+    alike = [near_copy(original, folder / f"alike-{i}.png", i) for i in range(5)]
+    unlike = [make_image(folder / f"other-{i}.png", seed=100 + i) for i in range(5)]
+    config = ProjectConfig(evaluation=tiny_judges)
+    config.selection.near_duplicate_distance = 0  # the near-copies all count
+    home = init_home(tmp_path / "home", config)
+    store = home.open_store()
+    with store.transaction() as session:
+        import_images(
+            session,
+            folder,
+            home.candidates_dir,
+            home.root,
+            [ImportRow(p.name, "an ox") for p in [original, *alike, *unlike]],
+        )
+    with store.transaction() as session:
+        cast_vote(session, 1, "ann", "accept")
+        sync(session, home.dataset_repo, home.root, home.config.selection)  # the instance set: the original
+    assert score_candidates(store, home.project, list(range(1, 12))) is None
+    with store.transaction() as session:
+        for cid in range(2, 7):
+            cast_vote(session, cid, "ann", "accept")
+        for cid in range(7, 12):
+            cast_vote(session, cid, "ann", "reject")
+        agreement = fidelity_agreement(session)
+    # the original is the whole instance set: with its own copy left out it has nothing to be like
+    assert agreement["dino"] == {"auc": 1.0, "accepted": 5, "rejected": 5}
