@@ -234,6 +234,16 @@ def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
     return names.index(clean_rater_name(rater_name).lower()), len(names)
 
 
+def nothing_left_text(session: Session, rater_name: str, selection: SelectionPolicy | None = None) -> str:
+    """What an empty queue means, said instead of silently emptying: no vote of this rater's
+    can change the selection now, and how firm the selection is meanwhile."""
+    firm = selection_settledness(session, selection)
+    return (
+        f"Nothing left that a vote by {rater_name} could change: every image is rated by them or settled. "
+        f"The selection: {firm.describe()}. More votes from others, or new candidates, can still move it."
+    )
+
+
 def alike_text(dino: float | None) -> str:
     return "not scored (no DINO model when it was made)" if dino is None else f"DINO {dino:.2f} to the instance set"
 

@@ -273,7 +273,7 @@ def candidates(home_path, as_json, unrated_by):
 def queue(home_path, rater, count, order, as_json):
     """The next images RATER would be shown on the Rate page, in order, with the reason for each."""
     from herdbook.feedback.catalog import cards
-    from herdbook.feedback.votes import QueueFilter, next_entries
+    from herdbook.feedback.votes import QueueFilter, next_entries, nothing_left_text
     from herdbook.home import load_home
 
     home = load_home(home_path)
@@ -288,7 +288,8 @@ def queue(home_path, rater, count, order, as_json):
         emit_json(rows)
         return
     if not rows:
-        click.echo(f"Nothing left for {rater}: every image is rated by them or settled")
+        with store_of(home).transaction() as session:
+            click.echo(nothing_left_text(session, rater, home.config.selection))
     for r in rows:
         click.echo(f"#{r['id']:<6} {r['source_name']}  {r['reason']}")
 

@@ -20,13 +20,17 @@ ROUND_PHASES = {
     "probe": "measuring the probe loss",
     "save, validation grid beside it": "saving the weights, drawing the validation grid",
     "validation grid": "drawing the validation grid",
+    "fidelity report": "scoring the round (DINO, CLIP)",  # training.rounds.evaluate_round, after train
 }
+GRID_DRAWN = ("save, validation grid beside it", "validation grid")  # a round's last phase in train
 
 
 def next_round_phase(ended: str) -> str | None:
     """What a round does after the phase ``ended``, as a live view says it."""
     names = list(ROUND_PHASES)
-    if ended not in names or ended == "save, validation grid beside it":
+    if ended in GRID_DRAWN:
+        return ROUND_PHASES["fidelity report"]
+    if ended not in names or ended == "fidelity report":
         return None
     return ROUND_PHASES[names[names.index(ended) + 1]]
 

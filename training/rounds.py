@@ -466,7 +466,7 @@ def run_round(
         record.loss_history = [list(x) for x in result.loss_history]
         record.metrics = {**result.metrics, "validation": result.validation}
         record.finished_at = utcnow()
-    evaluate_round(store, project, round_id)  # the round is usable meanwhile: its weights are saved
+    evaluate_round(store, project, round_id, waited_for=True)  # the round is usable meanwhile: its weights are saved
     with store.transaction() as session:
         return session.get(Round, round_id)
 
@@ -478,11 +478,12 @@ def starting_grid(session: Session, project: Project, record: Round) -> Path:
     return Path(_round(session, record.parent_id).settings["output_dir"]) / "validation"
 
 
-def evaluate_round(store, project: Project, round_id: int, embedders=None) -> dict:
+def evaluate_round(store, project: Project, round_id: int, embedders=None, waited_for: bool = False) -> dict:
     """Score a finished round's validation grid, and its starting model's, against the round's
     instance images (training.evaluation: DINO, CLIP-I, CLIP-T). The report, or one line saying
     why there is none, is stored with the round and in its metrics.json; the round stays finished
-    either way. ``embedders``: DINO and CLIP already loaded (a worker's, a test's)."""
+    either way. ``embedders``: DINO and CLIP already loaded (a worker's, a test's). ``waited_for``:
+    run as the end of the round's own command or job, so its time is one of the round's phases."""
     from herdbook.training.evaluation import EvaluationUnavailable
 
     with store.transaction() as session:
@@ -514,7 +515,12 @@ def evaluate_round(store, project: Project, round_id: int, embedders=None) -> di
         metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "evaluation": report}, indent=2))
     with store.transaction() as session:
         record = _round(session, round_id)
-        record.metrics = {**record.metrics, "evaluation": report}
+        metrics = {**record.metrics, "evaluation": report}
+        if waited_for and "phases" in metrics:
+            spent = time.perf_counter() - began
+            metrics["phases"] = {**metrics["phases"], "fidelity report": round(spent, 3)}
+            metrics["phases_total_seconds"] = metrics.get("phases_total_seconds", 0) + spent
+        record.metrics = metrics
     return report
 
 
@@ -595,7 +601,7 @@ def report_lines(report: dict | None) -> list[str]:
         lines.append(line)
     lines.append(
         f"against {report['instance_images']} instance images; {report['models']['dino']}, {report['models']['clip']}"
-        f" in {report['dtype']}"
+        f" in {report['dtype']}, {report.get('seconds', 0):.1f} s"
     )
     return lines
 

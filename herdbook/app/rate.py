@@ -22,6 +22,7 @@ from herdbook.feedback.votes import (
     current_vote,
     my_votes,
     next_entries,
+    nothing_left_text,
     prompt_group,
     queue_view,
     rater_vote_count,
@@ -200,7 +201,7 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
     caption = st.empty()
     prompt_line = st.empty()  # above the image: in view at 1024x700 whatever the image's height
     if current is None:
-        st.success("Nothing left to rate here. Generate more, or change the filters.")
+        st.success(empty_queue_text(store, queue, home.config.selection))
     else:
         with st.container(key="rate-image"):
             st.image(str(home.root / current.path), width=512)
@@ -228,6 +229,13 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
                 width="stretch",
             )
         st.button("Undo", key="undo", shortcut="u", on_click=reporting(undo), args=(store, queue), width="stretch")
+
+
+def empty_queue_text(store, queue: Queue, selection) -> str:
+    if queue.filters != QueueFilter(order="uncertainty"):  # a filter narrowed it: the filter emptied it
+        return "Nothing left to rate here. Generate more, or change the filters."
+    with store.transaction() as session:
+        return nothing_left_text(session, queue.rater, selection)
 
 
 def is_decisive(value: str | None) -> bool:

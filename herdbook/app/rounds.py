@@ -238,16 +238,22 @@ def fidelity(store) -> None:
     st.subheader("How like the character, by round")
     frame = fidelity_frame(rows)
     if not frame.empty:
+        models = alt.Scale(domain=["its starting model", "the round"], range=["#9aa0a6", "#e8710a"])
         base = alt.Chart(frame).encode(
             x=alt.X("round:N", title=None, sort=None, axis=alt.Axis(labelAngle=0)),
-            color=alt.Color("model:N", title=None, legend=alt.Legend(orient="bottom")),
+            xOffset=alt.XOffset("model:N", sort=["its starting model", "the round"]),
+            color=alt.Color("model:N", title=None, scale=models, legend=alt.Legend(orient="bottom")),
         )
-        points = base.mark_point(filled=True, size=60).encode(
+        points = base.mark_point(filled=True, size=70).encode(
             y=alt.Y("mean:Q", title="mean cosine similarity", scale=alt.Scale(zero=False, nice=True)),
             tooltip=["round", "metric", "model", alt.Tooltip("mean:Q", format=".3f")],
         )
-        spread = base.mark_rule().encode(y="low:Q", y2="high:Q")
-        chart = (points + spread).properties(width=140, height=220).facet(column=alt.Column("metric:N", title=None))
+        spread = base.mark_rule(strokeWidth=2).encode(y="low:Q", y2="high:Q")
+        chart = (
+            (points + spread)
+            .properties(width=150, height=220)
+            .facet(column=alt.Column("metric:N", title=None, sort=list(FIDELITY_NAMES.values())))
+        )
         st.altair_chart(chart)
         best = best_round_text(rows)
         if best:

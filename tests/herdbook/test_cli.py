@@ -378,3 +378,18 @@ def test_a_round_without_its_judges_says_why_and_evaluate_makes_the_report_later
     (home / "herdbook.toml").write_text(judged)
     assert run("rounds", "evaluate", "1", "--home", home).output.startswith("DINO ")
     assert isinstance(json.loads(run("rounds", "--json", "--home", home).output)[0]["dino"], float)
+
+
+def test_an_empty_queue_says_nothing_more_can_change_and_how_firm_the_selection_is(tmp_path):
+    home = tmp_path / "home"
+    run("init", "--home", home)
+    folder = tmp_path / "imgs"
+    for i in range(2):
+        make_image(folder / f"{i}.png", seed=i)
+    write_csv(folder / "p.csv", [{"file": f"{i}.png", "prompt": "an ox"} for i in range(2)])
+    run("import", folder, "--prompts", folder / "p.csv", "--home", home)
+    for candidate in (1, 2):
+        run("vote", candidate, "accept", "--rater", "ann", "--home", home)
+    text = run("queue", "--rater", "ann", "--home", home).output
+    assert text.startswith("Nothing left that a vote by ann could change: every image is rated by them or settled.")
+    assert "The selection: 100% of the 2 selected are expected to stay" in text

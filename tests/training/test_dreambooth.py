@@ -324,6 +324,7 @@ def test_a_round_records_where_the_users_wait_went_and_the_phases_add_up(setting
     # a live view hears each phase end, in the order ROUND_PHASES names them, and what comes next
     assert heard == [name for name in ROUND_PHASES if name in heard] and heard[-1] == "save, validation grid beside it"
     assert set(heard) <= set(phases) and next_round_phase("probe") == "saving the weights, drawing the validation grid"
+    assert next_round_phase(heard[-1]) == "scoring the round (DINO, CLIP)"  # training.rounds.evaluate_round
     assert list(phases)[:3] == ["start-up", "libraries and GPU", "model load"]
     assert {"steps", "probe", "save, validation grid beside it"} <= set(phases)
     assert phases["start-up"] >= 2.0 and all(seconds >= 0 for seconds in phases.values())

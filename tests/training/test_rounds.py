@@ -257,6 +257,7 @@ def test_a_finished_round_is_judged_against_its_instance_images(project, tiny_ju
         assert -1.0 <= report[key]["mean"] <= 1.0 and report[key]["spread"] >= 0
         assert report["start"][key]["images"] == report[key]["images"]  # the base, on the same prompts and seeds
     assert report["instance_images"] == 3
+    assert list(done.metrics["phases"])[-1] == "fidelity report"  # what `herdbook train` waited for, last
     on_disk = json.loads((home.project.round_dir(planned.id) / "metrics.json").read_text())
     assert on_disk["evaluation"] == report
     with store.transaction() as session:
