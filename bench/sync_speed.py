@@ -34,27 +34,35 @@ def make_images(folder: Path, n: int) -> list[ImportRow]:
     return rows
 
 
+def make_rated_home(scratch: Path, n: int):
+    """A home of ``n`` imported images, each voted on once (two in three accepted)."""
+    folder = scratch / "images"
+    folder.mkdir()
+    rows = make_images(folder, n)
+    home = init_home(scratch / "home")
+    store = home.open_store()
+    with store.transaction() as session:
+        import_images(session, folder, home.candidates_dir, home.root, rows)
+    with store.transaction() as session:
+        for cid in range(1, n + 1):
+            cast_vote(session, cid, "ann", "accept" if cid % 3 else "reject")
+    store.close()
+    return home
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         os.environ.setdefault("OXEN_CONFIG_DIR", str(scratch / "oxen-config"))
-        folder = scratch / "images"
-        folder.mkdir()
-        rows = make_images(folder, N)
-        home = init_home(scratch / "home")
+        home = make_rated_home(scratch, N)
         store = home.open_store()
-        with store.transaction() as session:
-            import_images(session, folder, home.candidates_dir, home.root, rows)
-        with store.transaction() as session:
-            for cid in range(1, N + 1):
-                cast_vote(session, cid, "ann", "accept" if cid % 3 else "reject")
         timings = {}
         for label in ("first sync, all new", "sync with nothing new"):
             start = time.perf_counter()
             with store.transaction() as session:
                 result = sync(session, home.dataset_repo, home.root, home.config.selection)
             timings[label] = (time.perf_counter() - start, result.version is not None)
-        size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+        size = sum(p.stat().st_size for p in (scratch / "images").iterdir()) / 1e6
     print(f"{N} images of 512x512 ({size:.0f} MB of JPEG), {os.cpu_count()} cores")
     print(f"{'case':<24} {'seconds':>8}  committed")
     for label, (seconds, committed) in timings.items():

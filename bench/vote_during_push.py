@@ -20,11 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from herdbook.feedback.ingest import import_images
-from herdbook.feedback.votes import cast_vote
-
-from bench.sync_speed import make_images
-from herdbook.home import init_home
+from bench.sync_speed import make_rated_home
 
 HERDBOOK = str(Path(sys.executable).with_name("herdbook"))
 
@@ -43,17 +39,7 @@ def silent_remote() -> int:
 
 
 def make_home(scratch: Path, n: int, port: int) -> Path:
-    folder = scratch / "images"
-    folder.mkdir()
-    rows = make_images(folder, n)
-    home = init_home(scratch / "home")
-    store = home.open_store()
-    with store.transaction() as session:
-        import_images(session, folder, home.candidates_dir, home.root, rows)
-    with store.transaction() as session:
-        for cid in range(1, n + 1):
-            cast_vote(session, cid, "ann", "accept" if cid % 3 else "reject")
-    store.close()
+    home = make_rated_home(scratch, n)
     config = home.config_path.read_text()
     config = config.replace('remote = ""', f'remote = "http://127.0.0.1:{port}/team/ox"')
     home.config_path.write_text(config.replace("push_timeout_seconds = 120.0", "push_timeout_seconds = 20"))
@@ -91,7 +77,7 @@ def main() -> None:
         candidate = 6
         while sync.poll() is None:
             phase = "during the push" if committed.is_set() else "during the sync's commit"
-            phases[phase].append(timed_vote(home, candidate))
+            phases[phase].append(timed_vote(home, candidate % n + 1))
             candidate += 1
     print(
         f"{n} rated images of 512x512, {os.cpu_count()} cores; remote: a socket that never answers (push gives up at 20 s)"
