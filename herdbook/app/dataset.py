@@ -9,7 +9,7 @@ import streamlit as st
 
 from herdbook import actions
 from herdbook.app.context import action, local_time, project, reload_home, who
-from herdbook.feedback.catalog import cards, rater_agreement
+from herdbook.feedback.catalog import cards, fidelity_agreement, rater_agreement
 from herdbook.feedback.curation import decide, diff_versions, list_versions, version_images
 from herdbook.feedback.images import thumbnail_data_url
 from herdbook.feedback.votes import selection_settledness
@@ -104,6 +104,7 @@ def page() -> None:
         ]
         decisions, _ = decide(session, home.config.selection)
         agreement = rater_agreement(session)
+        metrics_agree = fidelity_agreement(session)
         firm = selection_settledness(session, home.config.selection)
         by_id = {c.id: c for c in cards(session, [d.image.id for d in decisions])}
 
@@ -136,6 +137,13 @@ def page() -> None:
             for prompt, v in agreement["by_prompt"].items()
         ]
         st.dataframe(pd.DataFrame(per_prompt), hide_index=True, width="stretch")
+    for key, name in (("dino", "DINO similarity to the instance set"), ("clip_t", "CLIP-T")):
+        figures = metrics_agree[key]
+        if figures["auc"] is not None:
+            st.caption(
+                f"{name} agrees with the votes at AUC {figures['auc']:.2f} over {figures['accepted']} accepted and "
+                f"{figures['rejected']} rejected scored images (0.5 = chance, 1 = it sorts them as the team does)"
+            )
 
     st.subheader("Current selection")
     if firm.selected:

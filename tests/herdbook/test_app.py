@@ -516,3 +516,19 @@ def test_the_rounds_page_shows_each_round_judged_and_why_a_report_is_missing(dem
     assert "Round 2: no fidelity report: no model folder at /no/clip" in captions
     table = next(d.value for d in at.dataframe if "DINO" in d.value.columns)
     assert table["DINO"].tolist()[0] != "" and table["DINO"].tolist()[1] == ""
+
+
+def test_the_dataset_page_says_how_far_the_scores_agree_with_the_votes(demo_home):
+    from click.testing import CliRunner
+    from herdbook.feedback.curation import sync
+
+    from herdbook.cli import main
+
+    with demo_home.open_store().transaction() as session:
+        for candidate, value in ((1, "accept"), (2, "accept"), (3, "reject"), (4, "reject")):
+            cast_vote(session, candidate, "ann", value)
+        sync(session, demo_home.dataset_repo, demo_home.root, demo_home.config.selection)
+    assert CliRunner().invoke(main, ["score", "--home", str(demo_home.root)]).exit_code == 0
+    at = page("dataset").run()
+    told = [c.value for c in at.caption if c.value.startswith("DINO similarity to the instance set agrees")]
+    assert len(told) == 1 and re.search(r"AUC \d\.\d\d over 2 accepted and 2 rejected scored images", told[0])
