@@ -221,8 +221,10 @@ def team_size(session: Session, rater_name: str | None = None) -> int:
 
 
 def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
-    """This rater's place among the raters active now (a vote among the last few thousand,
-    cast in the last 15 minutes), and how many there are."""
+    """This rater's place among the raters who may be rating now, and how many there are: those
+    active (a vote among the last few thousand, cast in the last 15 minutes) and, once sign-in
+    is on, every user, so a team that signs in splits the queue from its first image. (Without
+    users, raters who have not voted yet cannot be known, and each starts at the top.)"""
     since = utcnow() - ACTIVE_RATER_WINDOW
     recent = (select(func.max(Vote.id)).scalar_subquery() - RECENT_VOTES).label("recent")
     active = set(
@@ -230,6 +232,7 @@ def rater_slot(session: Session, rater_name: str) -> tuple[int, int]:
             select(Rater.name).join(Vote, Vote.rater_id == Rater.id).where(Vote.id > recent, Vote.created_at >= since)
         )
     )
+    active |= set(session.scalars(select(User.name_key)))
     names = sorted({name.lower() for name in active} | {clean_rater_name(rater_name).lower()})
     return names.index(clean_rater_name(rater_name).lower()), len(names)
 

@@ -393,3 +393,18 @@ def test_an_empty_queue_says_nothing_more_can_change_and_how_firm_the_selection_
     text = run("queue", "--rater", "ann", "--home", home).output
     assert text.startswith("Nothing left that a vote by ann could change: every image is rated by them or settled.")
     assert "The selection: 100% of the 2 selected are expected to stay" in text
+
+
+def test_a_team_that_signs_in_splits_the_queue_before_anyone_votes(tmp_path):
+    """Issue 25, defect 1: on a fresh home ana, ben and cai were all given the same first images."""
+    home = tmp_path / "home"
+    run("demo", "--home", home)
+    for name in ("ana", "ben", "cai"):
+        added = CliRunner().invoke(main, ["users", "add", name, "--role", "rater", "--home", str(home)],
+                                   input="a long enough password\n")  # fmt: skip
+        assert added.exit_code == 0, added.output
+    heads = [
+        [e["id"] for e in json.loads(run("queue", "--rater", name, "-n", "5", "--json", "--home", home).output)]
+        for name in ("ana", "ben", "cai")
+    ]
+    assert len({i for head in heads for i in head}) == 15  # fifteen different images, none twice
