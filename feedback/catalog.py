@@ -186,6 +186,20 @@ def rater_agreement(session: Session) -> dict:
     }
 
 
+def rater_reliability(session: Session) -> list[dict]:
+    """Each rater's estimated sensitivity, specificity and weight (feedback.reliability), from
+    every current accept or reject, with how many shared images each estimate rests on."""
+    from herdbook.feedback.reliability import reliability
+
+    rows = session.execute(
+        select(Vote.candidate_id, Rater.name, Vote.value)
+        .join(Rater, Rater.id == Vote.rater_id)
+        .where(Vote.is_current, Vote.value != VoteValue.skip)
+    )
+    raters, _ = reliability((cid, name, value == VoteValue.accept) for cid, name, value in rows)
+    return [raters[name].as_dict() for name in sorted(raters)]
+
+
 def unscored_candidates(session: Session, everything: bool = False) -> list[int]:
     query = select(Candidate.id).order_by(Candidate.id)
     if not everything:

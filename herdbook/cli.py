@@ -345,7 +345,7 @@ def restore(source, home_path):
 @json_option("object")
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
-    from herdbook.feedback.catalog import fidelity_agreement, rater_agreement
+    from herdbook.feedback.catalog import fidelity_agreement, rater_agreement, rater_reliability
     from herdbook.feedback.catalog import status as project_status
     from herdbook.feedback.votes import selection_settledness
     from herdbook.home import load_home
@@ -357,6 +357,7 @@ def status(home_path, as_json):
         agreement = rater_agreement(session)
         firm = selection_settledness(session, home.config.selection)
         metrics_agree = fidelity_agreement(session)
+        reliable = rater_reliability(session)
     if as_json:
         emit_json(
             {
@@ -365,6 +366,7 @@ def status(home_path, as_json):
                 "agreement": agreement,
                 "selection": asdict(firm),
                 "fidelity_agreement": metrics_agree,
+                "rater_reliability": reliable,
             }
         )
         return
@@ -378,6 +380,12 @@ def status(home_path, as_json):
             f" ({overall['images']} images with 2+ votes)"
         )
     click.echo(f"  selection        {firm.describe()}")
+    for r in reliable:
+        if r["shared_images"]:
+            click.echo(
+                f"  rater {r['name']:<10} weight {r['weight']:.2f}: accepts {r['sensitivity']:.0%} of good images, "
+                f"rejects {r['specificity']:.0%} of bad ones (over {r['shared_images']} shared images)"
+            )
     for key, name in (("dino", "DINO"), ("clip_t", "CLIP-T")):
         figures = metrics_agree[key]
         if figures["auc"] is not None:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from herdbook import actions
 from herdbook.app.context import action, local_time, project, reload_home, who
-from herdbook.feedback.catalog import cards, fidelity_agreement, rater_agreement
+from herdbook.feedback.catalog import cards, fidelity_agreement, rater_agreement, rater_reliability
 from herdbook.feedback.curation import decide, diff_versions, list_versions, version_images
 from herdbook.feedback.images import thumbnail_data_url
 from herdbook.feedback.votes import selection_settledness
@@ -105,6 +105,7 @@ def page() -> None:
         decisions, _ = decide(session, home.config.selection)
         agreement = rater_agreement(session)
         metrics_agree = fidelity_agreement(session)
+        reliable = [r for r in rater_reliability(session) if r["shared_images"]]
         firm = selection_settledness(session, home.config.selection)
         by_id = {c.id: c for c in cards(session, [d.image.id for d in decisions])}
 
@@ -137,6 +138,29 @@ def page() -> None:
             for prompt, v in agreement["by_prompt"].items()
         ]
         st.dataframe(pd.DataFrame(per_prompt), hide_index=True, width="stretch")
+    if reliable:
+        st.subheader("Rater reliability")
+        st.caption(
+            "Estimated from how each rater agrees with the others (a Dawid-Skene model): how often they accept a "
+            "good image and reject a bad one. A weight near 0 means their votes tell little (someone who accepts "
+            "everything). For information: scores, the selection and the queue still count every vote alike."
+        )
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "Rater": r["name"],
+                        "Weight": f"{r['weight']:.2f}",
+                        "Accepts good": f"{r['sensitivity']:.0%}",
+                        "Rejects bad": f"{r['specificity']:.0%}",
+                        "Shared images": r["shared_images"],
+                    }
+                    for r in reliable
+                ]
+            ),
+            hide_index=True,
+            width="content",
+        )
     for key, name in (("dino", "DINO similarity to the instance set"), ("clip_t", "CLIP-T")):
         figures = metrics_agree[key]
         if figures["auc"] is not None:

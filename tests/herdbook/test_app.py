@@ -527,8 +527,12 @@ def test_the_dataset_page_says_how_far_the_scores_agree_with_the_votes(demo_home
     with demo_home.open_store().transaction() as session:
         for candidate, value in ((1, "accept"), (2, "accept"), (3, "reject"), (4, "reject")):
             cast_vote(session, candidate, "ann", value)
+            cast_vote(session, candidate, "bob", value)
         sync(session, demo_home.dataset_repo, demo_home.root, demo_home.config.selection)
     assert CliRunner().invoke(main, ["score", "--home", str(demo_home.root)]).exit_code == 0
     at = page("dataset").run()
     told = [c.value for c in at.caption if c.value.startswith("DINO similarity to the instance set agrees")]
     assert len(told) == 1 and re.search(r"AUC \d\.\d\d over 2 accepted and 2 rejected scored images", told[0])
+    assert "Rater reliability" in [s.value for s in at.subheader]  # two raters share four images
+    reliability = next(d.value for d in at.dataframe if "Weight" in d.value.columns)
+    assert reliability["Rater"].tolist() == ["ann", "bob"] and reliability["Shared images"].tolist() == [4, 4]

@@ -408,3 +408,17 @@ def test_a_team_that_signs_in_splits_the_queue_before_anyone_votes(tmp_path):
         for name in ("ana", "ben", "cai")
     ]
     assert len({i for head in heads for i in head}) == 15  # fifteen different images, none twice
+
+
+def test_status_shows_each_raters_reliability_and_a_spammer_weighs_little(tmp_path):
+    home = tmp_path / "home"
+    run("demo", "--home", home)
+    for candidate in range(1, 21):
+        good = candidate % 2 == 0
+        for rater in ("ann", "bob", "cai"):
+            run("vote", candidate, "accept" if good else "reject", "--rater", rater, "--home", home)
+        run("vote", candidate, "accept", "--rater", "spam", "--home", home)
+    reliable = {r["name"]: r for r in json.loads(run("status", "--json", "--home", home).output)["rater_reliability"]}
+    assert reliable["spam"]["weight"] < 0.3 < reliable["ann"]["weight"] and reliable["ann"]["shared_images"] == 20
+    text = run("status", "--home", home).output
+    assert re.search(r"rater spam +weight 0\.\d\d: accepts \d+% of good images, rejects \d+% of bad ones", text)
