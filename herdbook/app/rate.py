@@ -211,7 +211,7 @@ def one_at_a_time(home, store, actor: Actor, filters: QueueFilter) -> None:
     where = f"#{current.id} · {current.source_name} · {round_label(current.round)} · " if current else ""
     if before:  # re-rating: what this rater said last time, not why the queue once chose the image
         where += f"you voted {before} before · "
-    elif why and queue.filters.order == "uncertainty":
+    elif why and queue.filters.order in ("uncertainty", "most-alike"):  # why it is shown: uncertainty or DINO
         where += f"{why} · "
     last = f" · last: {queue.last_message}" if queue.last_message else ""
     caption.caption(f"{where}{queue.left} left in this queue · {vote_count(queue.votes)} by {actor.name}{last}")

@@ -536,3 +536,22 @@ def test_the_dataset_page_says_how_far_the_scores_agree_with_the_votes(demo_home
     assert "Rater reliability" in [s.value for s in at.subheader]  # two raters share four images
     reliability = next(d.value for d in at.dataframe if "Weight" in d.value.columns)
     assert reliability["Rater"].tolist() == ["ann", "bob"] and reliability["Shared images"].tolist() == [4, 4]
+
+
+def test_the_rate_page_orders_by_likeness_to_the_instance_set_and_says_so(demo_home):
+    from click.testing import CliRunner
+    from herdbook.feedback.curation import sync
+
+    from herdbook.cli import main
+
+    with demo_home.open_store().transaction() as session:
+        for candidate in (1, 2):
+            cast_vote(session, candidate, "ann", "accept")
+        sync(session, demo_home.dataset_repo, demo_home.root, demo_home.config.selection)
+    assert CliRunner().invoke(main, ["score", "--home", str(demo_home.root)]).exit_code == 0
+    with demo_home.open_store().transaction() as session:
+        most_alike = max(list_candidates(session), key=lambda r: r.dino)  # bob has rated none
+    at = app("bob")
+    at.selectbox(key="filter_order").set_value("most-alike").run()
+    caption = shown_caption(at)
+    assert caption.startswith(f"#{most_alike.id} ") and f"DINO {most_alike.dino:.2f} to the instance set" in caption
