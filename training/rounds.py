@@ -709,6 +709,7 @@ def score_candidates(store, project: Project, ids: list[int], load_judges=None) 
         instance = session.execute(select(Candidate.id, Candidate.path).where(Candidate.id.in_(selected))).all()
     instance = [(cid, path) for cid, path in instance if (project.root / path).is_file()]
     position = {cid: index for index, (cid, _) in enumerate(instance)}
+    damaged: list[int] = []
     try:
         if load_judges is None:
             from herdbook.training.evaluation import Embedders as load_judges
@@ -722,7 +723,11 @@ def score_candidates(store, project: Project, ids: list[int], load_judges=None) 
                         Candidate.id.in_(ids[start : start + SCORED_AT_ONCE])
                     )
                 ).all()
-            images = read_images([project.root / path for _, path, _ in rows])
+            readable = [(row, image) for row in rows if (image := _readable(project.root / row[1])) is not None]
+            damaged += [row[0] for row in rows if row not in {r for r, _ in readable}]
+            rows, images = [row for row, _ in readable], [image for _, image in readable]
+            if not rows:
+                continue
             scores = candidate_scores(
                 judges, images, [p for _, _, p in rows], reference, [position.get(cid) for cid, _, _ in rows]
             )
@@ -731,9 +736,20 @@ def score_candidates(store, project: Project, ids: list[int], load_judges=None) 
                     session.execute(update(Candidate).where(Candidate.id == cid).values(dino=dino, clip_t=clip_t))
     except EvaluationUnavailable as error:
         return f"candidates not scored: {error}"
-    except (OSError, RuntimeError, ValueError) as error:  # a damaged file, GPU memory: the images stay stored
+    except (OSError, RuntimeError, ValueError) as error:  # GPU memory, a damaged instance image: nothing lost
         return f"candidates not scored: {type(error).__name__}: {str(error).splitlines()[0]}"
+    if damaged:  # the others are scored; these want `herdbook doctor`
+        return f"candidates {', '.join(map(str, damaged))} not scored: their files are missing or damaged"
     return None
+
+
+def _readable(path: Path):
+    from herdbook.training.evaluation import read_images
+
+    try:
+        return read_images([path])[0]
+    except OSError:  # missing, truncated or not an image
+        return None
 
 
 def current_models(session: Session, project: Project) -> set[ModelChain]:

@@ -343,3 +343,19 @@ def test_dino_agrees_with_votes_where_the_accepted_images_are_the_alike_ones(tmp
         agreement = fidelity_agreement(session)
     # the original is the whole instance set: with its own copy left out it has nothing to be like
     assert agreement["dino"] == {"auc": 1.0, "accepted": 5, "rejected": 5}
+
+
+def test_a_damaged_candidate_file_is_named_and_the_others_are_scored(project, tiny_judges):
+    from herdbook.feedback.catalog import list_candidates
+
+    home, store = project
+    judged = dataclasses.replace(home.project, evaluation=tiny_judges)
+    with store.transaction() as session:
+        rows = list_candidates(session)
+    (home.root / rows[3].path).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert score_candidates(store, judged, [r.id for r in rows]) == (
+        f"candidates {rows[3].id} not scored: their files are missing or damaged"
+    )
+    with store.transaction() as session:
+        scored = {r.id: r.clip_t for r in list_candidates(session)}
+    assert scored[rows[3].id] is None and all(scored[r.id] is not None for r in rows[:3])
