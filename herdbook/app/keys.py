@@ -46,13 +46,21 @@ _SCRIPT = """
     return el.getAttribute("role") === "combobox" && el.getAttribute("aria-expanded") !== "true";
   };
   const typing = (el) => el && !holdsKey(el) && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.isContentEditable);
-  // pressed before the page's buttons exist (it is still loading): pressed once they do
-  const press = (key, since) => {
+  // A click while the app reruns can land on a button the rerun is replacing, and was lost
+  // (one grid key in a loaded CI run): wait until the run is over and the button is its own.
+  const busy = (target) => document.querySelector('[data-testid^="stStatusWidgetRunning"]') ||
+    (target && target.closest('[data-stale="true"]'));
+  // pressed before the page's buttons exist (it is still loading): pressed once they do. The key
+  // waits while the app runs (up to a minute), then 5 s for its button, and is dropped after that.
+  const press = (key, idleSince, pressedAt) => {
     const target = button(key);
-    if (target && !target.disabled) {
+    const now = Date.now();
+    if (busy(target) && now - pressedAt < 60000) {
+      setTimeout(() => press(key, Date.now(), pressedAt), 50);
+    } else if (target && !target.disabled) {
       target.click();
-    } else if (Date.now() - since < 5000) {  // not there yet, or disabled for a moment by a rerun
-      setTimeout(() => press(key, since), 50);
+    } else if (now - idleSince < 5000) {  // not there yet, or disabled for a moment
+      setTimeout(() => press(key, idleSince, pressedAt), 50);
     }
   };
   // Streamlit binds its button shortcuts a moment after the page shows (keys pressed sooner were
@@ -65,7 +73,7 @@ _SCRIPT = """
     event.preventDefault();
     event.stopImmediatePropagation();
     if (holdsKey(el)) el.blur();
-    press(event.key, Date.now());
+    press(event.key, Date.now(), Date.now());
   }, true);
   // a number typed into a number field is done with Enter: hand focus back, or the next "1" typed "81"
   document.addEventListener("keydown", (event) => {
