@@ -200,6 +200,17 @@ def rater_reliability(session: Session) -> list[dict]:
     return [raters[name].as_dict() for name in sorted(raters)]
 
 
+def agreement_sentences(agreement: dict[str, dict]) -> list[str]:
+    """``fidelity_agreement`` as a person reads it, a sentence per score that has an AUC."""
+    names = {"dino": "DINO similarity to the instance set", "clip_t": "CLIP-T"}
+    return [
+        f"{names[key]} agrees with the votes at AUC {figures['auc']:.2f} over {figures['accepted']} accepted and "
+        f"{figures['rejected']} rejected scored images (0.5 = chance, 1 = it sorts them as the team does)"
+        for key, figures in agreement.items()
+        if figures["auc"] is not None
+    ]
+
+
 def unscored_candidates(session: Session, everything: bool = False) -> list[int]:
     query = select(Candidate.id).order_by(Candidate.id)
     if not everything:

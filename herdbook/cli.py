@@ -345,7 +345,7 @@ def restore(source, home_path):
 @json_option("object")
 def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
-    from herdbook.feedback.catalog import fidelity_agreement, rater_agreement, rater_reliability
+    from herdbook.feedback.catalog import agreement_sentences, fidelity_agreement, rater_agreement, rater_reliability
     from herdbook.feedback.catalog import status as project_status
     from herdbook.feedback.votes import selection_settledness
     from herdbook.home import load_home
@@ -386,13 +386,8 @@ def status(home_path, as_json):
                 f"  rater {r['name']:<10} weight {r['weight']:.2f}: accepts {r['sensitivity']:.0%} of good images, "
                 f"rejects {r['specificity']:.0%} of bad ones (over {r['shared_images']} shared images)"
             )
-    for key, name in (("dino", "DINO"), ("clip_t", "CLIP-T")):
-        figures = metrics_agree[key]
-        if figures["auc"] is not None:
-            click.echo(
-                f"  {name} vs votes  AUC {figures['auc']:.2f} over {figures['accepted']} accepted and "
-                f"{figures['rejected']} rejected scored images (0.5: chance, 1: sorts them as the team does)"
-            )
+    for sentence in agreement_sentences(metrics_agree):
+        click.echo(f"  {sentence}")
 
 
 @main.command()
@@ -965,6 +960,7 @@ def rounds_evaluate(ctx, round_id, home_path):
     from herdbook.training.rounds import evaluate_round, report_lines
 
     home = load_home(home_path or ctx.obj.get("home_path"))
+    quiet_libraries()  # no progress bars for loading DINO and CLIP
     report = evaluate_round(store_of(home), home.project, round_id)
     for line in report_lines(report):
         click.echo(line)

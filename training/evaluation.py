@@ -131,11 +131,15 @@ class Embedders:
         )
 
     def clip_texts(self, texts: list[str]) -> np.ndarray:
+        """One row per text; each distinct text is embedded once (a grid repeats its prompts per seed)."""
+
         def embed(batch):
             tokens = self.clip_processor(text=batch, return_tensors="pt", padding=True, truncation=True)
             return _projected(self.clip_model.get_text_features(**tokens.to(self.device)))
 
-        return self._batches(texts, embed)
+        distinct = list(dict.fromkeys(texts))
+        embedded = self._batches(distinct, embed)
+        return embedded[[distinct.index(text) for text in texts]] if texts else embedded
 
 
 def _projected(output):

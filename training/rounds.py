@@ -724,7 +724,7 @@ def score_candidates(store, project: Project, ids: list[int], load_judges=None) 
                     )
                 ).all()
             readable = [(row, image) for row in rows if (image := _readable(project.root / row[1])) is not None]
-            damaged += [row[0] for row in rows if row not in {r for r, _ in readable}]
+            damaged += sorted({row[0] for row in rows} - {row[0] for row, _ in readable})
             rows, images = [row for row, _ in readable], [image for _, image in readable]
             if not rows:
                 continue

@@ -9,7 +9,13 @@ import streamlit as st
 
 from herdbook import actions
 from herdbook.app.context import action, local_time, project, reload_home, who
-from herdbook.feedback.catalog import cards, fidelity_agreement, rater_agreement, rater_reliability
+from herdbook.feedback.catalog import (
+    agreement_sentences,
+    cards,
+    fidelity_agreement,
+    rater_agreement,
+    rater_reliability,
+)
 from herdbook.feedback.curation import decide, diff_versions, list_versions, version_images
 from herdbook.feedback.images import thumbnail_data_url
 from herdbook.feedback.votes import selection_settledness
@@ -161,13 +167,8 @@ def page() -> None:
             hide_index=True,
             width="content",
         )
-    for key, name in (("dino", "DINO similarity to the instance set"), ("clip_t", "CLIP-T")):
-        figures = metrics_agree[key]
-        if figures["auc"] is not None:
-            st.caption(
-                f"{name} agrees with the votes at AUC {figures['auc']:.2f} over {figures['accepted']} accepted and "
-                f"{figures['rejected']} rejected scored images (0.5 = chance, 1 = it sorts them as the team does)"
-            )
+    for sentence in agreement_sentences(metrics_agree):
+        st.caption(sentence)
 
     st.subheader("Current selection")
     if firm.selected:
