@@ -134,6 +134,8 @@ def train_run(name: str, home: Path, env: dict, *args: str) -> dict:
     phases = rounds[-1]["phases"] or {}
     row = {"name": name, "wall_s": round(wall, 2), "phases": phases}
     row["outside_phases_s"] = round(wall - sum(phases.values()), 2)  # spawn and exit
+    # from the process's start to the round's weights written (a LoRA round draws its grids after)
+    row["to_weights_saved_s"] = rounds[-1]["weights_saved_after_seconds"]
     print(json.dumps(row), flush=True)
     return row
 
@@ -233,7 +235,8 @@ def main() -> None:
     print(f"{'run':<26} {'spawn to exit':>14}  phases (s)")
     for row in rows:
         phases = ", ".join(f"{k} {v:.1f}" for k, v in row["phases"].items() if v >= 0.05)
-        print(f"{row['name']:<26} {row['wall_s']:>12.2f} s  {phases}")
+        saved = f"weights saved at {row['to_weights_saved_s']:.1f} s; " if row.get("to_weights_saved_s") else ""
+        print(f"{row['name']:<26} {row['wall_s']:>12.2f} s  {saved}{phases}")
     args.results.mkdir(parents=True, exist_ok=True)
     today = datetime.date.today().isoformat()
     path = args.results / f"user_wait-{today}{'' if args.model == 'sd15' else '-' + args.model}.json"

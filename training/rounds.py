@@ -562,6 +562,7 @@ def list_rounds(session: Session) -> list[dict]:
                 "train_seconds": r.metrics.get("train_seconds"),
                 "peak_memory_gb": r.metrics.get("peak_memory_gb"),
                 "phases": r.metrics.get("phases"),  # seconds the user waited, by phase
+                "weights_saved_after_seconds": r.metrics.get("weights_saved_after_seconds"),
                 **fidelity_of(r.metrics.get("evaluation")),
                 "output": r.output_path,
                 "error": r.error,

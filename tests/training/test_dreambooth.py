@@ -334,6 +334,28 @@ def test_a_round_records_where_the_users_wait_went_and_the_phases_add_up(setting
     assert saved["phases"] == phases
 
 
+def test_a_lora_rounds_starting_grid_is_drawn_after_its_weights_are_saved_and_shows_the_base(settings_for, tmp_path):
+    """The base's grid, drawn with the round's adapters switched off once the adapters are safe,
+    is the grid a full round draws from the untouched base before it trains."""
+    import numpy as np
+    from PIL import Image
+
+    grid = dict(validation_prompts=["an ox", "an ox on a beach"], validation_seeds=[0, 1], validation_steps=2)
+    lora = settings_for("lora", mode="lora", steps=2, parent_validation_dir=str(tmp_path / "base-lora"), **grid)
+    metrics = train(lora).metrics
+    full = settings_for("full", mode="full", steps=1, parent_validation_dir=str(tmp_path / "base-full"), **grid)
+    train(full)
+    after, before = tmp_path / "base-lora", tmp_path / "base-full"
+    index = json.loads((after / "index.json").read_text())
+    assert len(index) == 4 and index == json.loads((before / "index.json").read_text())
+    for entry in index:
+        drawn_after = np.asarray(Image.open(after / entry["file"]), dtype=int)
+        assert np.abs(drawn_after - np.asarray(Image.open(before / entry["file"]), dtype=int)).max() <= 1
+    # the adapters themselves were on again for the round's own grid and stay in the saved weights
+    assert metrics["phases"]["starting model's grid"] < metrics["phases"]["save, validation grid beside it"]
+    assert 0 < metrics["weights_saved_after_seconds"] < metrics["phases_total_seconds"]
+
+
 def test_the_process_start_is_read_from_the_system():
     import time
 
