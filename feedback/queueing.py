@@ -70,14 +70,25 @@ class Settledness:
     undecided: int  # images with votes whose membership is still uncertain
     unrated_open: int  # unrated images that could still belong in the top K
     settled: int  # images with votes that are settled in or out
+    could_drop: int = 0  # selected images more votes could still take out
+    unrated_better: float = 0.0  # how many of the open unrated are expected to beat the cut
 
     def describe(self) -> str:
+        """One sentence: what could still change, then the figures it rests on."""
         if not self.selected:
-            return "no image selected yet"
+            first = "no image selected yet"
+        elif self.could_drop:
+            first = f"{self.could_drop} of the {self.selected} selected could still drop out"
+        else:
+            first = f"all {self.selected} selected are settled in"
+        if self.unrated_open and self.unrated_better >= 0.5:
+            better = round(self.unrated_better)
+            first += f"; about {_plural(better, 'better image')} may hide among the {self.unrated_open} unrated"
+        if not self.selected:
+            return first
         return (
-            f"{self.expected_survivors:.0%} of the {self.selected} selected are expected to stay; "
-            f"{self.undecided} rated image{'s' if self.undecided != 1 else ''} undecided, "
-            f"{self.unrated_open} unrated still open"
+            f"{first} ({self.expected_survivors:.0%} of the selected expected to stay; "
+            f"{_plural(self.undecided, 'rated image')} undecided, {self.unrated_open} unrated still open)"
         )
 
 
@@ -96,6 +107,8 @@ class Votes:
     ids: np.ndarray
     accepts: np.ndarray
     rejects: np.ndarray
+    prompts: np.ndarray | None = None  # what the per-prompt cap counts; None: no image shares one
+    hashes: np.ndarray | None = None  # perceptual hashes as uint64, 0 where there is none
 
     @classmethod
     def of(cls, images: Sequence[ImageVotes]) -> Votes:
@@ -104,7 +117,14 @@ class Votes:
             np.fromiter((i.id for i in images), dtype=np.int64, count=n),
             np.fromiter((i.accepts for i in images), dtype=float, count=n),
             np.fromiter((i.rejects for i in images), dtype=float, count=n),
+            np.array([i.prompt for i in images], dtype=object),
+            hash_array(i.phash for i in images),
         )
+
+
+def hash_array(phashes) -> np.ndarray:
+    """Hex perceptual hashes as uint64 (0 for none: a real hash of 0 bits would be a blank image)."""
+    return np.array([int(h, 16) if h else 0 for h in phashes], dtype=np.uint64)
 
 
 @dataclass(frozen=True)
@@ -194,16 +214,98 @@ def _open(votes: Votes, mean: np.ndarray, std: np.ndarray, cut: float, share: fl
     return uncertain, is_open
 
 
-def ruled_out(votes: Votes, team: int | None) -> np.ndarray:
-    """Rated images the selection can never take, whatever the rest of the ``team`` (every
-    rater who could still vote on an image) says: even if all who have not voted on one accept
-    it, its accepts are no majority. The posterior alone called a 0-of-3 image "near the cut"
-    in a project with fewer good images than K, and showed it before the unrated ones."""
+def rule_bounds(votes: Votes, policy: SelectionPolicy, team: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """For each image, whether the votes still to come could put it in the selection, and
+    whether they could leave it out, under the selection's own rules (min_votes, a majority of
+    accepts, min_score, the per-prompt cap, no near-copy of a better image, the top K).
+
+    Exact bounds, not estimates: an image's best case is every rater of the ``team`` who has not
+    voted on it accepting, while every other image gets its worst case (each such rater
+    rejecting), and the other way round; in the selection's greedy pass a worse neighbour can
+    only help. Without a known team every image could still go either way."""
+    n = len(votes.ids)
     if team is None:
-        return np.zeros(len(votes.ids), dtype=bool)
-    decisive = votes.accepts + votes.rejects
-    could_come = np.maximum(team - decisive, 0)
-    return (decisive > 0) & (votes.accepts + could_come <= votes.rejects)
+        return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+    to_come = np.maximum(team - (votes.accepts + votes.rejects), 0)
+    best = (votes.accepts + to_come, votes.rejects)
+    worst = (votes.accepts, votes.rejects + to_come)
+    # nobody has to vote again: an image short of min_votes may stay short, and out
+    short = votes.accepts + votes.rejects < policy.min_votes
+    can_in = taken(votes, policy, own=best, others=worst, others_out=short)
+    return can_in, ~taken(votes, policy, own=worst, others=best) | short
+
+
+def taken(
+    votes: Votes, policy: SelectionPolicy, own: tuple, others: tuple, others_out: np.ndarray | None = None
+) -> np.ndarray:
+    """Whether the selection takes each image when it has the counts ``own`` (accepts, rejects)
+    and every other image the counts ``others`` (``others_out``: ones left out whatever they count)."""
+    from herdbook.feedback.scoring import wilson_lower_bounds
+
+    def standing(accepts: np.ndarray, rejects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score = wilson_lower_bounds(accepts, accepts + rejects)
+        eligible = (accepts + rejects >= policy.min_votes) & (accepts > rejects) & (score >= policy.min_score)
+        return score, eligible
+
+    o_score, o_eligible = standing(*others)
+    if others_out is not None:
+        o_eligible &= ~others_out
+    i_score, i_eligible = standing(*own)
+    # the selection's order: best score, then more accepts, then older
+    order = np.lexsort((votes.ids, -others[0], -o_score))
+    order = order[o_eligible[order]]
+    chosen = _greedy(votes, policy, order)
+    result = i_eligible & _fits(votes, policy, chosen, (i_score, own[0]), (o_score, others[0]))
+    for i in chosen:  # an image the others' pass took: its place may go to one it kept out
+        if i_eligible[i]:
+            without = _greedy(votes, policy, order[order != i])
+            result[i] = _fits(votes, policy, without, (i_score, own[0]), (o_score, others[0]), only=i)[0]
+    return result
+
+
+def _greedy(votes: Votes, policy: SelectionPolicy, order: np.ndarray) -> np.ndarray:
+    """The images select_instance_images takes from eligible ones in ``order``."""
+    chosen: list[int] = []
+    per_prompt: dict = {}
+    for i in order:
+        if len(chosen) >= policy.top_k:
+            break
+        prompt = votes.prompts[i] if votes.prompts is not None else None
+        if prompt is not None and per_prompt.get(prompt, 0) >= policy.max_per_prompt:
+            continue
+        if _near_copies(votes, policy, np.array([i]), np.array(chosen, dtype=int)).any():
+            continue
+        chosen.append(int(i))
+        if prompt is not None:
+            per_prompt[prompt] = per_prompt.get(prompt, 0) + 1
+    return np.array(chosen, dtype=int)
+
+
+def _near_copies(votes: Votes, policy: SelectionPolicy, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """[row, column]: whether the two images' perceptual hashes are within the near-copy distance."""
+    if votes.hashes is None or not len(columns):
+        return np.zeros((len(rows), len(columns)), dtype=bool)
+    a, b = votes.hashes[rows][:, None], votes.hashes[columns][None, :]
+    close = np.bitwise_count(a ^ b) <= policy.near_duplicate_distance
+    return close & (a != 0) & (b != 0)
+
+
+def _fits(votes, policy, chosen, own, others, only: int | None = None) -> np.ndarray:
+    """Whether each image (or just ``only``), placed by its ``own`` (score, accepts), finds a
+    place among the ``chosen`` ones ranked above it (by their ``others`` standing): fewer than K,
+    fewer than the prompt's cap, and no near-copy."""
+    rows = np.arange(len(votes.ids)) if only is None else np.array([only])
+    i_score, i_accepts = own[0][rows][:, None], own[1][rows][:, None]
+    c_score, c_accepts = others[0][chosen][None, :], others[1][chosen][None, :]
+    ahead = (c_score > i_score) | (c_score == i_score) & (
+        (c_accepts > i_accepts) | (c_accepts == i_accepts) & (votes.ids[chosen][None, :] < votes.ids[rows][:, None])
+    )
+    ahead &= chosen[None, :] != rows[:, None]
+    fits = ahead.sum(axis=1) < policy.top_k
+    if votes.prompts is not None:
+        same_prompt = votes.prompts[chosen][None, :] == votes.prompts[rows][:, None]
+        fits &= (ahead & same_prompt).sum(axis=1) < policy.max_per_prompt
+    return fits & ~(ahead & _near_copies(votes, policy, rows, chosen)).any(axis=1)
 
 
 def votes_complete(votes: Votes, team: int | None) -> np.ndarray:
@@ -222,10 +324,10 @@ def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Rank
     mean, std, share = posterior(votes)
     cut = _cut(mean, policy.top_k)
     uncertain, is_open = _open(votes, mean, std, cut, share)
-    excluded = ruled_out(votes, team)
-    is_open &= ~excluded
+    can_in, can_out = rule_bounds(votes, policy, team)
+    is_open &= can_in & can_out  # what the rules settle, in or out, more votes cannot move
     decisive = votes.accepts + votes.rejects
-    short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes) & ~excluded
+    short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes) & can_in & can_out
     candidates = np.flatnonzero(is_open | short)
     # np.lexsort sorts by its last key first
     keys = (votes.ids[candidates], decisive[candidates], -uncertain[candidates], ~short[candidates])
@@ -272,6 +374,8 @@ def current_selection(images: Sequence[ImageVotes], policy: SelectionPolicy) -> 
 
 
 def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy, team: int | None = None) -> Settledness:
+    """How firm the current selection is, by the queue's own model: an image is open while the
+    rules let more votes move it (rule_bounds) and its posterior straddles the cut."""
     if not images:
         return Settledness(0, 0.0, 0, 0, 0)
     selected = current_selection(images, policy)
@@ -279,16 +383,22 @@ def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy, team: int
     mean, std, share = posterior(votes)
     cut = _cut(mean, policy.top_k)
     _, open_ = _open(votes, mean, std, cut, share)
-    open_ &= ~ruled_out(votes, team) & ~votes_complete(votes, team)
+    can_in, can_out = rule_bounds(votes, policy, team)
+    open_ &= can_in & can_out & ~votes_complete(votes, team)
     voted = (votes.accepts + votes.rejects) > 0
     chosen = np.isin(votes.ids, list(selected))
     # a selected image stays while its accept rate lies above the cut: its posterior mass there;
-    # once no vote can come for any image, the selection is final
+    # one the rules keep in stays for sure, and once no vote can come for any image the selection is final
     stays = _tail((cut - mean) / np.maximum(std, 1e-9)) if open_.any() else np.ones(len(mean))
+    stays[~can_out] = 1.0
+    unrated_open = open_ & ~voted
+    hidden = prior_above(share, cut) * int(unrated_open.sum()) if unrated_open.any() else 0.0
     return Settledness(
         selected=int(chosen.sum()),
         expected_survivors=float(stays[chosen].mean()) if chosen.any() else 0.0,
         undecided=int((open_ & voted).sum()),
-        unrated_open=int((open_ & ~voted).sum()),
+        unrated_open=int(unrated_open.sum()),
         settled=int((~open_ & voted).sum()),
+        could_drop=int((chosen & open_).sum()),
+        unrated_better=round(hidden, 1),
     )

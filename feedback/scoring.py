@@ -9,6 +9,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Tally:
@@ -40,6 +42,17 @@ def wilson_lower_bound(accepts: int, total: int, z: float = 1.96) -> float:
     centre = phat + z2 / (2 * total)
     spread = z * math.sqrt((phat * (1 - phat) + z2 / (4 * total)) / total)
     return max(0.0, (centre - spread) / (1 + z2 / total))
+
+
+def wilson_lower_bounds(accepts: np.ndarray, total: np.ndarray, z: float = 1.96) -> np.ndarray:
+    """``wilson_lower_bound`` of many images at once (the queue bounds a whole project's)."""
+    total = np.asarray(total, dtype=float)
+    safe = np.maximum(total, 1.0)
+    phat = np.asarray(accepts, dtype=float) / safe
+    z2 = z * z
+    centre = phat + z2 / (2 * safe)
+    spread = z * np.sqrt((phat * (1 - phat) + z2 / (4 * safe)) / safe)
+    return np.where(total > 0, np.maximum(0.0, (centre - spread) / (1 + z2 / safe)), 0.0)
 
 
 def score(tally: Tally) -> float:

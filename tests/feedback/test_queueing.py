@@ -134,3 +134,71 @@ def test_the_unrated_are_explored_as_long_as_the_beta_prior_says_better_ones_hid
     assert prior_above(share, _cut(mean, 24)) * 1000 == pytest.approx(14.9, abs=0.1)
     order = uncertainty_order(images, SelectionPolicy(top_k=24))
     assert sum(e.reason.startswith("unrated") for e in order) == 1000
+
+
+def test_an_image_the_per_prompt_cap_or_a_near_copy_excludes_is_settled_out():
+    """Three raters. Prompt 'a' has two images accepted 3-0 and a third at 1-0: even if both
+    others accept it, it ties them and ranks after them (older first), so with a cap of 2 it can
+    never be chosen. Likewise an image 1 bit from a 3-0 image: a near-copy of a better one."""
+    images = [
+        ImageVotes(1, 3, 0, None, "a", "ffff000000000000"),
+        ImageVotes(2, 3, 0, None, "a", "00000000ffff0000"),
+        ImageVotes(3, 1, 0, None, "a", "000000000000ffff"),
+        ImageVotes(4, 3, 0, None, "b", "0f0f0f0f00000000"),
+        ImageVotes(5, 1, 0, None, "c", "0f0f0f0f00000001"),  # a re-encode of #4
+        *[ImageVotes(6 + i, 0, 0, None, "d", None) for i in range(3)],
+    ]
+    capped = SelectionPolicy(top_k=24, max_per_prompt=2)
+    order = ids(uncertainty_order(images, capped, team=3))
+    assert 3 not in order and 5 not in order and {6, 7, 8} <= set(order)
+    firm = settledness(images, capped, team=3)
+    assert firm.undecided == 0
+    # without the cap, or without the twin's hash, the same votes could still bring each in
+    from herdbook.feedback.queueing import Votes, rule_bounds
+
+    can_in, _ = rule_bounds(Votes.of(images), capped, team=3)
+    assert not can_in[2] and not can_in[4]
+    assert rule_bounds(Votes.of(images), SelectionPolicy(top_k=24, max_per_prompt=8), team=3)[0][2]
+    unhashed = [ImageVotes(i.id, i.accepts, i.rejects, None, i.prompt, None) for i in images]
+    assert rule_bounds(Votes.of(unhashed), capped, team=3)[0][4]
+
+
+def test_the_rule_bounds_agree_with_the_selection_over_every_outcome_of_a_small_project():
+    """The bounds say an image could go in (or out) exactly when some way the remaining votes
+    fall makes select_instance_images take it (or leave it): checked by enumerating every outcome."""
+    import itertools
+
+    from herdbook.feedback.queueing import Votes, current_selection, rule_bounds
+
+    images = [
+        ImageVotes(1, 2, 0, None, "a"),
+        ImageVotes(2, 1, 0, None, "a"),
+        ImageVotes(3, 1, 1, None, "b"),
+        ImageVotes(4, 0, 1, None, "b"),
+        ImageVotes(5, 0, 0, None, "c"),
+    ]
+    policy, team = SelectionPolicy(top_k=2, max_per_prompt=1, min_votes=2), 3
+    ever_in, ever_out = set(), set()
+    per_image = [range(team - i.accepts - i.rejects + 1) for i in images]  # how many more vote
+    for more in itertools.product(*per_image):
+        for accepted in itertools.product(*[range(m + 1) for m in more]):
+            world = [
+                ImageVotes(i.id, i.accepts + a, i.rejects + m - a, None, i.prompt)
+                for i, m, a in zip(images, more, accepted, strict=True)
+            ]
+            chosen = current_selection(world, policy)
+            ever_in |= chosen
+            ever_out |= {i.id for i in images} - chosen
+    can_in, can_out = rule_bounds(Votes.of(images), policy, team)
+    assert {i.id for i, yes in zip(images, can_in, strict=True) if yes} == ever_in
+    assert {i.id for i, yes in zip(images, can_out, strict=True) if yes} == ever_out
+
+
+def test_settledness_says_in_one_sentence_what_could_still_change():
+    images = project((3, 0), (1, 0), (1, 1), *[(0, 2)] * 20, unrated=40)
+    firm = settledness(images, POLICY, team=3)
+    text = firm.describe()
+    assert text.startswith(f"{firm.could_drop} of the 2 selected could still drop out") and firm.could_drop >= 1
+    assert f"may hide among the {firm.unrated_open} unrated" in text
+    done = settledness(project(*[(3, 0)] * 2, *[(0, 3)] * 5), POLICY, team=3)
+    assert done.describe().startswith("all 2 selected are settled in (100% of the selected expected to stay")
