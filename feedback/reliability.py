@@ -13,9 +13,10 @@ Plain functions over plain tuples: no database here."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 PRIOR_MEAN = 0.8  # a typical rater's sensitivity and specificity, before any shared image
 PRIOR_STRENGTH = 4.0  # worth this many shared images
@@ -34,61 +35,48 @@ class RaterReliability:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def _estimate(hits: float, total: float) -> float:
-    """The Beta posterior mean of a rate from ``hits`` of ``total`` (soft counts)."""
-    a = PRIOR_MEAN * PRIOR_STRENGTH
-    return (hits + a) / (total + PRIOR_STRENGTH)
-
-
-def _log_odds(votes: list[tuple[str, bool]], rates: dict[str, tuple[float, float]], prior_good: float) -> float:
-    total = math.log(prior_good / (1 - prior_good))
-    for rater, accepted in votes:
-        sensitivity, specificity = rates[rater]
-        if accepted:
-            total += math.log(sensitivity / (1 - specificity))
-        else:
-            total += math.log((1 - sensitivity) / specificity)
-    return total
-
-
 def reliability(
     votes: Iterable[tuple[int, str, bool]], iterations: int = 50
 ) -> tuple[dict[str, RaterReliability], dict[int, float]]:
     """From (image, rater, accepted) votes: each rater's reliability, and each image's
-    probability of being good under the fitted model."""
-    by_image: dict[int, list[tuple[str, bool]]] = defaultdict(list)
-    for image, rater, accepted in votes:
-        by_image[image].append((rater, bool(accepted)))
-    raters = sorted({rater for cast in by_image.values() for rater, _ in cast})
-    shared = {image: cast for image, cast in by_image.items() if len({r for r, _ in cast}) > 1}
-    # start from each image's share of accepts, then alternate: images from raters, raters from images
-    good = {image: sum(a for _, a in cast) / len(cast) for image, cast in by_image.items()}
-    rates = {rater: (PRIOR_MEAN, PRIOR_MEAN) for rater in raters}
-    prior_good = 0.5
+    probability of being good under the fitted model. Array arithmetic throughout, so a
+    project's 200,000 votes fit in a fraction of a second (the queue weighs them on every load)."""
+    cast = list(votes)
+    if not cast:
+        return {}, {}
+    image_ids, image = np.unique(np.array([v[0] for v in cast], dtype=np.int64), return_inverse=True)
+    names, rater = np.unique(np.array([v[1] for v in cast], dtype=object), return_inverse=True)
+    accepted = np.array([bool(v[2]) for v in cast])
+    n_images, n_raters = len(image_ids), len(names)
+    per_image = np.bincount(image, minlength=n_images)
+    shared = per_image[image] > 1  # a vote on an image someone else voted on too
+    # start from each image's share of accepts, then alternate: raters from images, images from raters
+    good = np.bincount(image, weights=accepted, minlength=n_images) / per_image
+    sensitivity = specificity = np.full(n_raters, PRIOR_MEAN)
+    a = PRIOR_MEAN * PRIOR_STRENGTH
     for _ in range(iterations):
-        counts = {rater: [0.0, 0.0, 0.0, 0.0] for rater in raters}  # accepts of good, good, rejects of bad, bad
-        for image, cast in shared.items():
-            for rater, accepted in cast:
-                tally = counts[rater]
-                tally[0] += good[image] * accepted
-                tally[1] += good[image]
-                tally[2] += (1 - good[image]) * (not accepted)
-                tally[3] += 1 - good[image]
-        rates = {r: (_estimate(c[0], c[1]), _estimate(c[2], c[3])) for r, c in counts.items()}
-        prior_good = min(0.95, max(0.05, sum(good.values()) / len(good))) if good else 0.5
-        good = {image: 1 / (1 + math.exp(-_log_odds(cast, rates, prior_good))) for image, cast in by_image.items()}
-    shared_count = defaultdict(int)
-    for cast in shared.values():
-        for rater in {r for r, _ in cast}:
-            shared_count[rater] += 1
-    estimates = {
-        rater: RaterReliability(
-            rater,
-            sensitivity,
-            specificity,
-            shared_count[rater],
-            min(1.0, max(0.0, (sensitivity + specificity - 1) / PRIOR_J)),
+        g = good[image] * shared
+        b = (1 - good[image]) * shared
+        sensitivity = (np.bincount(rater, weights=g * accepted, minlength=n_raters) + a) / (
+            np.bincount(rater, weights=g, minlength=n_raters) + PRIOR_STRENGTH
         )
-        for rater, (sensitivity, specificity) in rates.items()
+        specificity = (np.bincount(rater, weights=b * ~accepted, minlength=n_raters) + a) / (
+            np.bincount(rater, weights=b, minlength=n_raters) + PRIOR_STRENGTH
+        )
+        prior_good = min(0.95, max(0.05, float(good.mean())))
+        sens, spec = sensitivity[rater], specificity[rater]
+        evidence = np.where(accepted, np.log(sens / (1 - spec)), np.log((1 - sens) / spec))
+        log_odds = math.log(prior_good / (1 - prior_good)) + np.bincount(image, weights=evidence, minlength=n_images)
+        good = 1 / (1 + np.exp(-log_odds))
+    shared_count = np.bincount(rater, weights=shared, minlength=n_raters)
+    estimates = {
+        str(name): RaterReliability(
+            str(name),
+            float(sensitivity[r]),
+            float(specificity[r]),
+            int(shared_count[r]),
+            min(1.0, max(0.0, (float(sensitivity[r]) + float(specificity[r]) - 1) / PRIOR_J)),
+        )
+        for r, name in enumerate(names)
     }
-    return estimates, good
+    return estimates, {int(i): float(p) for i, p in zip(image_ids, good, strict=True)}
