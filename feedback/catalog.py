@@ -8,7 +8,7 @@ from pathlib import Path
 
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Round, Vote, VoteValue
 from herdbook.feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict
-from sqlalchemy import and_, case, distinct, func, select
+from sqlalchemy import and_, case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 
 
@@ -95,11 +95,38 @@ def list_candidates(
     return rows
 
 
-def tallies(session: Session) -> dict[int, Tally]:
-    """Current vote counts per candidate that has any vote."""
+def tallies(session: Session, weigh: bool = False) -> dict[int, Tally]:
+    """Current vote counts per candidate that has any vote; with ``weigh``, each also carries
+    its accepts and rejects weighed by each rater's reliability (rater_weights)."""
     accepts, rejects, skips = _tally_columns()
-    query = select(Vote.candidate_id, accepts, rejects, skips).where(Vote.is_current).group_by(Vote.candidate_id)
-    return {cid: Tally(a, r, s) for cid, a, r, s in session.execute(query)}
+    columns = [Vote.candidate_id, accepts, rejects, skips]
+    if weigh:
+        columns += weighed_columns(rater_weights(session))
+    query = select(*columns).where(Vote.is_current).group_by(Vote.candidate_id)
+    if not weigh:
+        return {cid: Tally(a, r, s) for cid, a, r, s in session.execute(query)}
+    return {cid: Tally(a, r, s, (wa, wr)) for cid, a, r, s, wa, wr in session.execute(query)}
+
+
+def rater_weights(session: Session) -> dict[int, float]:
+    """Each rater's weight (feedback.reliability), by rater id, from every current accept or reject."""
+    from herdbook.feedback.reliability import reliability
+
+    rows = session.execute(
+        select(Vote.candidate_id, Vote.rater_id, Vote.value).where(Vote.is_current, Vote.value != VoteValue.skip)
+    )
+    raters, _ = reliability((cid, str(rater), value == VoteValue.accept) for cid, rater, value in rows)
+    return {int(rater): estimate.weight for rater, estimate in raters.items()}
+
+
+def weighed_columns(weights: dict[int, float]):
+    """SQL sums of each candidate's accepts and rejects, each vote weighing its rater's weight."""
+    weight = case(weights, value=Vote.rater_id, else_=1.0) if weights else literal(1.0)
+
+    def weighed(value: VoteValue):
+        return func.coalesce(func.sum(case((Vote.value == value, weight), else_=0.0)), 0.0)
+
+    return [weighed(VoteValue.accept), weighed(VoteValue.reject)]
 
 
 def status(session: Session) -> dict[str, int]:

@@ -68,7 +68,8 @@ def decide(
 ) -> tuple[list[Decision], dict[int, Candidate]]:
     """The current selection over every image with at least one accept or reject vote (from
     ``counts`` when given, else the database's current counts)."""
-    counts = {cid: t for cid, t in (tallies(session) if counts is None else counts).items() if t.decisive}
+    counts = counts if counts is not None else tallies(session, weigh=policy.weigh_raters)
+    counts = {cid: t for cid, t in counts.items() if t.decisive}
     candidates = {c.id: c for c in session.scalars(select(Candidate).where(Candidate.id.in_(counts)))}
     rated = [RatedImage(c.id, c.prompt, counts[c.id], c.phash, c.source_name) for c in candidates.values()]
     return select_instance_images(rated, policy), candidates
@@ -89,18 +90,35 @@ def _current_votes(session: Session) -> list[tuple[int, str, VoteValue, object, 
     )
 
 
-def _tallies_of(votes) -> dict[int, Tally]:
+def _tallies_of(votes, weigh: bool = False) -> dict[int, Tally]:
+    """Each candidate's tally from its current votes; with ``weigh``, each rater's votes also
+    weighed by their reliability, estimated from these same votes."""
     counts: dict[int, Counter] = {}
-    for cid, _rater, value, _time, _round in votes:
+    weighed: dict[int, list[float]] = {}
+    weights = {}
+    if weigh:
+        from herdbook.feedback.reliability import reliability
+
+        decisive = [
+            (cid, rater, value == VoteValue.accept) for cid, rater, value, _, _ in votes if value != VoteValue.skip
+        ]
+        weights = {name: estimate.weight for name, estimate in reliability(decisive)[0].items()}
+    for cid, rater, value, _time, _round in votes:
         counts.setdefault(cid, Counter())[value] += 1
-    return {cid: Tally(c[VoteValue.accept], c[VoteValue.reject], c[VoteValue.skip]) for cid, c in counts.items()}
+        side = weighed.setdefault(cid, [0.0, 0.0])
+        if value != VoteValue.skip:
+            side[value == VoteValue.reject] += weights.get(rater, 1.0)
+    return {
+        cid: Tally(c[VoteValue.accept], c[VoteValue.reject], c[VoteValue.skip], tuple(weighed[cid]) if weigh else None)
+        for cid, c in counts.items()
+    }
 
 
 def snapshot(session: Session, home_root: Path, policy: SelectionPolicy, repo: Path | None = None) -> Snapshot:
     """What the next version holds. A candidate whose file is gone from the home (and from the
     repository's images) is left out, named in ``notes``: one lost file must not block syncs."""
     votes = _current_votes(session)
-    counts = _tallies_of(votes)
+    counts = _tallies_of(votes, weigh=policy.weigh_raters)
     paths = dict(session.execute(select(Candidate.id, Candidate.path).where(Candidate.id.in_(counts))).all())
     notes = []
     for cid, path in paths.items():

@@ -109,6 +109,21 @@ class Votes:
     rejects: np.ndarray
     prompts: np.ndarray | None = None  # what the per-prompt cap counts; None: no image shares one
     hashes: np.ndarray | None = None  # perceptual hashes as uint64, 0 where there is none
+    # accepts and rejects as cast, where ``accepts``/``rejects`` are weighed by rater reliability
+    accepts_cast: np.ndarray | None = None
+    rejects_cast: np.ndarray | None = None
+
+    @property
+    def cast(self) -> tuple[np.ndarray, np.ndarray]:
+        """The accept and reject votes as cast: what min_votes and the raters still to come count."""
+        if self.accepts_cast is None:
+            return self.accepts, self.rejects
+        return self.accepts_cast, self.rejects_cast
+
+    @property
+    def decisive(self) -> np.ndarray:
+        accepts, rejects = self.cast
+        return accepts + rejects
 
     @classmethod
     def of(cls, images: Sequence[ImageVotes]) -> Votes:
@@ -142,7 +157,7 @@ class Ranking:
 
     def entry(self, index: int) -> QueueEntry:
         v = self.votes
-        accepts, rejects = int(v.accepts[index]), int(v.rejects[index])
+        accepts, rejects = (int(count[index]) for count in v.cast)
         decisive = accepts + rejects
         image = ImageVotes(int(v.ids[index]), accepts, rejects)
         if self.short[index]:
@@ -203,7 +218,7 @@ def _open(votes: Votes, mean: np.ndarray, std: np.ndarray, cut: float, share: fl
     alike, while together they are expected to hold at least one image above the cut."""
     uncertain = _tail(np.abs(mean - cut) / np.maximum(std, 1e-9))
     is_open = uncertain >= SETTLED
-    unrated = (votes.accepts + votes.rejects) == 0
+    unrated = votes.decisive == 0
     if unrated.any():
         above = prior_above(share, cut)
         uncertain[unrated] = min(above, 1 - above)  # the prior's mass across the cut
@@ -226,25 +241,32 @@ def rule_bounds(votes: Votes, policy: SelectionPolicy, team: int | None) -> tupl
     n = len(votes.ids)
     if team is None:
         return np.ones(n, dtype=bool), np.ones(n, dtype=bool)
-    to_come = np.maximum(team - (votes.accepts + votes.rejects), 0)
+    to_come = np.maximum(team - votes.decisive, 0)  # a vote to come counts in full
     best = (votes.accepts + to_come, votes.rejects)
     worst = (votes.accepts, votes.rejects + to_come)
+    counted = votes.decisive + to_come
     # nobody has to vote again: an image short of min_votes may stay short, and out
-    short = votes.accepts + votes.rejects < policy.min_votes
-    can_in = taken(votes, policy, own=best, others=worst, others_out=short)
-    return can_in, ~taken(votes, policy, own=worst, others=best) | short
+    short = votes.decisive < policy.min_votes
+    can_in = taken(votes, policy, counted, own=best, others=worst, others_out=short)
+    return can_in, ~taken(votes, policy, counted, own=worst, others=best) | short
 
 
 def taken(
-    votes: Votes, policy: SelectionPolicy, own: tuple, others: tuple, others_out: np.ndarray | None = None
+    votes: Votes,
+    policy: SelectionPolicy,
+    counted: np.ndarray,
+    own: tuple,
+    others: tuple,
+    others_out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Whether the selection takes each image when it has the counts ``own`` (accepts, rejects)
-    and every other image the counts ``others`` (``others_out``: ones left out whatever they count)."""
+    """Whether the selection takes each image when it has the evidence ``own`` (accepts,
+    rejects) and every other image the evidence ``others``, each with ``counted`` votes cast
+    (``others_out``: ones left out whatever they count)."""
     from herdbook.feedback.scoring import wilson_lower_bounds
 
     def standing(accepts: np.ndarray, rejects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score = wilson_lower_bounds(accepts, accepts + rejects)
-        eligible = (accepts + rejects >= policy.min_votes) & (accepts > rejects) & (score >= policy.min_score)
+        eligible = (counted >= policy.min_votes) & (accepts > rejects) & (score >= policy.min_score)
         return score, eligible
 
     o_score, o_eligible = standing(*others)
@@ -312,7 +334,7 @@ def votes_complete(votes: Votes, team: int | None) -> np.ndarray:
     """Rated images every rater of the ``team`` has voted on: no vote can move them any more."""
     if team is None:
         return np.zeros(len(votes.ids), dtype=bool)
-    decisive = votes.accepts + votes.rejects
+    decisive = votes.decisive
     return (decisive > 0) & (decisive >= team)
 
 
@@ -326,7 +348,7 @@ def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Rank
     uncertain, is_open = _open(votes, mean, std, cut, share)
     can_in, can_out = rule_bounds(votes, policy, team)
     is_open &= can_in & can_out  # what the rules settle, in or out, more votes cannot move
-    decisive = votes.accepts + votes.rejects
+    decisive = votes.decisive
     short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes) & can_in & can_out
     candidates = np.flatnonzero(is_open | short)
     # np.lexsort sorts by its last key first
@@ -366,26 +388,37 @@ def next_for(ranking: Ranking, allowed: np.ndarray, slot: int, raters: int, limi
     return [ranking.entry(int(i)) for i in mine[:limit]], len(mine)
 
 
-def current_selection(images: Sequence[ImageVotes], policy: SelectionPolicy) -> set[int]:
+def current_selection(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy) -> set[int]:
+    """The ids select_instance_images takes, from the same counts (and weighed evidence) the queue has."""
     from herdbook.feedback.scoring import Tally
 
-    rated = [RatedImage(i.id, i.prompt, Tally(i.accepts, i.rejects), i.phash) for i in images if i.accepts + i.rejects]
+    votes = images if isinstance(images, Votes) else Votes.of(images)
+    accepts, rejects = votes.cast
+    rated = [
+        RatedImage(
+            int(votes.ids[i]),
+            votes.prompts[i] if votes.prompts is not None else "",
+            Tally(int(accepts[i]), int(rejects[i]), weighed=(float(votes.accepts[i]), float(votes.rejects[i]))),
+            f"{int(votes.hashes[i]):016x}" if votes.hashes is not None and votes.hashes[i] else None,
+        )
+        for i in np.flatnonzero(votes.decisive > 0)
+    ]
     return {d.image.id for d in select_instance_images(rated, policy) if d.selected}
 
 
-def settledness(images: Sequence[ImageVotes], policy: SelectionPolicy, team: int | None = None) -> Settledness:
+def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, team: int | None = None) -> Settledness:
     """How firm the current selection is, by the queue's own model: an image is open while the
     rules let more votes move it (rule_bounds) and its posterior straddles the cut."""
-    if not images:
+    votes = images if isinstance(images, Votes) else Votes.of(images)
+    if not len(votes.ids):
         return Settledness(0, 0.0, 0, 0, 0)
-    selected = current_selection(images, policy)
-    votes = Votes.of(images)
+    selected = current_selection(votes, policy)
     mean, std, share = posterior(votes)
     cut = _cut(mean, policy.top_k)
     _, open_ = _open(votes, mean, std, cut, share)
     can_in, can_out = rule_bounds(votes, policy, team)
     open_ &= can_in & can_out & ~votes_complete(votes, team)
-    voted = (votes.accepts + votes.rejects) > 0
+    voted = votes.decisive > 0
     chosen = np.isin(votes.ids, list(selected))
     # a selected image stays while its accept rate lies above the cut: its posterior mass there;
     # one the rules keep in stays for sure, and once no vote can come for any image the selection is final

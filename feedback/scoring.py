@@ -17,6 +17,13 @@ class Tally:
     accepts: int = 0
     rejects: int = 0
     skips: int = 0
+    # the accepts and rejects weighed by each rater's reliability (feedback.reliability), when the
+    # project weighs raters; the score and the verdict rest on them, min_votes on the votes cast
+    weighed: tuple[float, float] | None = None
+
+    @property
+    def evidence(self) -> tuple[float, float]:
+        return self.weighed if self.weighed is not None else (self.accepts, self.rejects)
 
     @property
     def decisive(self) -> int:
@@ -47,7 +54,7 @@ def wilson_lower_bound(accepts: int, total: int, z: float = 1.96) -> float:
 def wilson_lower_bounds(accepts: np.ndarray, total: np.ndarray, z: float = 1.96) -> np.ndarray:
     """``wilson_lower_bound`` of many images at once (the queue bounds a whole project's)."""
     total = np.asarray(total, dtype=float)
-    safe = np.maximum(total, 1.0)
+    safe = np.where(total > 0, total, 1.0)
     phat = np.asarray(accepts, dtype=float) / safe
     z2 = z * z
     centre = phat + z2 / (2 * safe)
@@ -56,16 +63,18 @@ def wilson_lower_bounds(accepts: np.ndarray, total: np.ndarray, z: float = 1.96)
 
 
 def score(tally: Tally) -> float:
-    return wilson_lower_bound(tally.accepts, tally.decisive)
+    accepts, rejects = tally.evidence
+    return wilson_lower_bound(accepts, accepts + rejects)
 
 
 def verdict(tally: Tally) -> str:
     """'accepted' or 'rejected' where most decisive votes say so, 'tied' on a tie, 'unrated' without votes."""
     if tally.decisive == 0:
         return "unrated"
-    if tally.accepts > tally.rejects:
+    accepts, rejects = tally.evidence
+    if accepts > rejects:
         return "accepted"
-    if tally.rejects > tally.accepts:
+    if rejects > accepts:
         return "rejected"
     return "tied"
 

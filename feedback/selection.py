@@ -22,6 +22,9 @@ class SelectionPolicy(StrictSettings):
     top_k: int = Field(24, ge=1)  # Dreambooth wants a handful to a few dozen consistent images
     max_per_prompt: int = Field(8, ge=1)  # keeps one prompt from filling the set
     near_duplicate_distance: int = Field(6, ge=0, le=64)  # perceptual-hash bits; re-encodes differ by 0-4
+    # each rater's votes weigh by how reliable they are (feedback.reliability): one who accepts
+    # everything ends up weighing little. False: one vote each, the plain view
+    weigh_raters: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,16 @@ def select_instance_images(images: Iterable[RatedImage], policy: SelectionPolicy
         per_prompt[image.prompt] += 1
         decisions.append(Decision(image, True, f"rank {len(chosen)}: score {image_score:.2f} ({counts})", image_score))
     return decisions
+
+
+def weighing_text(policy: SelectionPolicy) -> str:
+    """Which view of the votes is in force, and the setting that gives the other."""
+    if policy.weigh_raters:
+        return (
+            "Votes weigh by each rater's reliability: scores, the selection and the queue use the weighed "
+            "evidence ([selection] weigh_raters = false counts one vote each)."
+        )
+    return "One vote each: raters are not weighed ([selection] weigh_raters = true weighs them by reliability)."
 
 
 def selected(decisions: Iterable[Decision]) -> list[Decision]:

@@ -347,6 +347,7 @@ def status(home_path, as_json):
     """Counts of candidates, votes, raters, rounds and dataset versions."""
     from herdbook.feedback.catalog import agreement_sentences, fidelity_agreement, rater_agreement, rater_reliability
     from herdbook.feedback.catalog import status as project_status
+    from herdbook.feedback.selection import weighing_text
     from herdbook.feedback.votes import selection_settledness
     from herdbook.home import load_home
 
@@ -367,6 +368,7 @@ def status(home_path, as_json):
                 "selection": asdict(firm),
                 "fidelity_agreement": metrics_agree,
                 "rater_reliability": reliable,
+                "weigh_raters": home.config.selection.weigh_raters,
             }
         )
         return
@@ -380,6 +382,7 @@ def status(home_path, as_json):
             f" ({overall['images']} images with 2+ votes)"
         )
     click.echo(f"  selection        {firm.describe()}")
+    click.echo(f"  votes            {weighing_text(home.config.selection)}")
     for r in reliable:
         if r["shared_images"]:
             click.echo(

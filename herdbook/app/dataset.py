@@ -18,6 +18,7 @@ from herdbook.feedback.catalog import (
 )
 from herdbook.feedback.curation import decide, diff_versions, list_versions, version_images
 from herdbook.feedback.images import thumbnail_data_url
+from herdbook.feedback.selection import weighing_text
 from herdbook.feedback.votes import selection_settledness
 
 THUMBNAIL = st.column_config.ImageColumn("Image", width="small")
@@ -149,7 +150,7 @@ def page() -> None:
         st.caption(
             "Estimated from how each rater agrees with the others (a Dawid-Skene model): how often they accept a "
             "good image and reject a bad one. A weight near 0 means their votes tell little (someone who accepts "
-            "everything). For information: scores, the selection and the queue still count every vote alike."
+            "everything). " + weighing_text(home.config.selection)
         )
         st.dataframe(
             pd.DataFrame(

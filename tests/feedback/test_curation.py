@@ -8,6 +8,7 @@ import pytest
 from herdbook.db.models import DatasetVersion
 from herdbook.feedback import curation, versioning
 from herdbook.feedback.ingest import import_images, rows_from_csv
+from herdbook.feedback.selection import SelectionPolicy
 from herdbook.feedback.votes import cast_vote
 from sqlalchemy import func, select
 
@@ -231,7 +232,9 @@ def test_what_sync_writes_imports_back_ties_included(home, store, imported, tmp_
     """A version's images/ and train.csv (good, bad and tied rows) import into a new home."""
     vote_all(store, imported, "ann", ["accept", "reject", "accept", "accept"])
     vote_all(store, imported, "bob", ["accept", "reject", "reject"])  # image 3: one accept, one reject
-    do_sync(store, home)
+    plain = home.config.selection.model_copy(update={"weigh_raters": False})  # one vote each: a tie stays a tie
+    with store.transaction() as session:
+        curation.sync(session, home.dataset_repo, home.root, plain)
     rows = {row["path"]: row for row in csv.DictReader((home.dataset_dir / "train.csv").open())}
     assert {row["rating"] for row in rows.values()} == {"good", "bad", "tied"}
 
@@ -317,3 +320,26 @@ def test_another_process_can_sync_after_this_one_used_the_repository(home, store
     assert other.returncode == 0, other.stderr
     assert "Dataset version 2" in other.stdout
     assert versions(store) == 2
+
+
+def test_a_rater_who_accepts_everything_weighs_less_in_the_selection_and_the_plain_view_is_one_setting_away(
+    home, store, imported
+):
+    """Eight images: ann, bob and cai agree on the first six (three good, three bad); spam
+    accepts everything. Image 7 only spam accepted, image 8 only ann. Weighed, spam's accept
+    counts for less (0.57 of a vote on six shared images; it falls as they grow, see
+    test_reliability), so ann's image outranks spam's; one vote each, they score the same."""
+    honest = ["accept", "reject"] * 3
+    for rater in ("ann", "bob", "cai"):
+        vote_all(store, imported[:6], rater, honest)
+    vote_all(store, imported[:7], "spam", ["accept"] * 7)
+    vote_all(store, [imported[7]], "ann", ["accept"])
+    policy = SelectionPolicy(top_k=1, max_per_prompt=8)
+    with store.transaction() as session:
+        # three of the six have three honest accepts: top_k=1 takes one of those; compare 7 and 8 alone
+        weighed = {d.image.id: d for d in curation.decide(session, policy)[0]}
+        plain = {d.image.id: d for d in curation.decide(session, policy.model_copy(update={"weigh_raters": False}))[0]}
+    spams, anns = imported[6], imported[7]
+    assert weighed[spams].score < weighed[anns].score - 0.05
+    assert plain[spams].score == plain[anns].score == pytest.approx(0.2065, abs=1e-3)
+    assert weighed[imported[1]].image.tally.evidence[0] < 0.6 < weighed[imported[0]].image.tally.evidence[0] / 3

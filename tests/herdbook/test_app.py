@@ -536,6 +536,7 @@ def test_the_dataset_page_says_how_far_the_scores_agree_with_the_votes(demo_home
     assert "Rater reliability" in [s.value for s in at.subheader]  # two raters share four images
     reliability = next(d.value for d in at.dataframe if "Weight" in d.value.columns)
     assert reliability["Rater"].tolist() == ["ann", "bob"] and reliability["Shared images"].tolist() == [4, 4]
+    assert any("Votes weigh by each rater's reliability" in c.value for c in at.caption)  # which view is in force
 
 
 def test_the_rate_page_orders_by_likeness_to_the_instance_set_and_says_so(demo_home):

@@ -422,3 +422,9 @@ def test_status_shows_each_raters_reliability_and_a_spammer_weighs_little(tmp_pa
     assert reliable["spam"]["weight"] < 0.3 < reliable["ann"]["weight"] and reliable["ann"]["shared_images"] == 20
     text = run("status", "--home", home).output
     assert re.search(r"rater spam +weight 0\.\d\d: accepts \d+% of good images, rejects \d+% of bad ones", text)
+    assert "votes            Votes weigh by each rater's reliability" in text
+    # the plain view is one setting away, and status says it is in force
+    config = home / "herdbook.toml"
+    config.write_text(config.read_text().replace("weigh_raters = true", "weigh_raters = false"))
+    assert json.loads(run("status", "--json", "--home", home).output)["weigh_raters"] is False
+    assert "One vote each: raters are not weighed" in run("status", "--home", home).output
