@@ -41,9 +41,11 @@ def _tally_columns():
 
 
 def list_candidates(
-    session: Session, unrated_by: str | None = None, ids: list[int] | None = None
+    session: Session, unrated_by: str | None = None, ids: list[int] | None = None, weigh: bool = False
 ) -> list[CandidateRow]:
+    """Every candidate with its votes as cast and its score (from the weighed evidence with ``weigh``)."""
     accepts, rejects, skips = _tally_columns()
+    weighed = weighed_columns(rater_weights(session)) if weigh else [accepts, rejects]
     query = (
         select(
             Candidate.id,
@@ -59,6 +61,7 @@ def list_candidates(
             Candidate.generation,
             Candidate.dino,
             Candidate.clip_t,
+            *weighed,
         )
         .outerjoin(Vote, and_(Vote.candidate_id == Candidate.id, Vote.is_current))
         .group_by(Candidate.id)
@@ -72,8 +75,10 @@ def list_candidates(
     if ids is not None:
         query = query.where(Candidate.id.in_(ids))
     rows = []
-    for cid, name, prompt, round_id, path, a, r, s, negative, seed, generation, dino, clip_t in session.execute(query):
-        tally_score = round(score(Tally(a, r, s)), 4)
+    for cid, name, prompt, round_id, path, a, r, s, negative, seed, generation, dino, clip_t, wa, wr in session.execute(
+        query
+    ):
+        tally_score = round(score(Tally(a, r, s, (wa, wr))), 4)
         rows.append(
             CandidateRow(
                 cid,

@@ -244,9 +244,10 @@ def candidates(home_path, as_json, unrated_by):
     from herdbook.feedback.catalog import list_candidates
     from herdbook.home import load_home
 
-    store = store_of(load_home(home_path))
+    home = load_home(home_path)
+    store = store_of(home)
     with store.transaction() as session:
-        rows = list_candidates(session, unrated_by=unrated_by)
+        rows = list_candidates(session, unrated_by=unrated_by, weigh=home.config.selection.weigh_raters)
     if as_json:
         emit_json([r.as_dict() for r in rows])
         return
