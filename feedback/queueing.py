@@ -72,6 +72,9 @@ class Settledness:
     settled: int  # images with votes that are settled in or out
     could_drop: int = 0  # selected images more votes could still take out
     unrated_better: float = 0.0  # how many of the open unrated are expected to beat the cut
+    # the expected share of the selected that are good, i.e. that most raters would accept:
+    # each one's posterior mass above an accept rate of 1/2 (what the selection's majority rule asks)
+    expected_precision: float = 0.0
 
     def describe(self) -> str:
         """One sentence: what could still change, then the figures it rests on."""
@@ -87,7 +90,8 @@ class Settledness:
         if not self.selected:
             return first
         return (
-            f"{first} ({self.expected_survivors:.0%} of the selected expected to stay; "
+            f"{first} (an estimated {self.expected_precision:.0%} of them good, "
+            f"{self.expected_survivors:.0%} expected to stay; "
             f"{_plural(self.undecided, 'rated image')} undecided, {self.unrated_open} unrated still open)"
         )
 
@@ -426,6 +430,10 @@ def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, t
     stays[~can_out] = 1.0
     unrated_open = open_ & ~voted
     hidden = prior_above(share, cut) * int(unrated_open.sum()) if unrated_open.any() else 0.0
+    a, b = share * PRIOR_WEIGHT + votes.accepts, (1 - share) * PRIOR_WEIGHT + votes.rejects
+    from scipy.special import betaincc
+
+    good = betaincc(a[chosen], b[chosen], 0.5)
     return Settledness(
         selected=int(chosen.sum()),
         expected_survivors=float(stays[chosen].mean()) if chosen.any() else 0.0,
@@ -434,4 +442,5 @@ def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, t
         settled=int((~open_ & voted).sum()),
         could_drop=int((chosen & open_).sum()),
         unrated_better=round(hidden, 1),
+        expected_precision=float(good.mean()) if chosen.any() else 0.0,
     )

@@ -173,7 +173,14 @@ def page() -> None:
 
     st.subheader("Current selection")
     if firm.selected:
-        left, middle, right = st.columns(3)
+        st.caption(firm.describe().capitalize())
+        first, left, middle, right = st.columns(4)
+        first.metric(
+            "Estimated precision",
+            f"{firm.expected_precision:.0%}",
+            help="The expected share of the selected images that most raters would accept, from the votes so far "
+            "(bench/queue_scenarios.txt checks it against simulated teams)",
+        )
         left.metric(
             "Expected to stay",
             f"{firm.expected_survivors:.0%}",

@@ -1,5 +1,7 @@
 """The rating queue's policy, on plain data: no database, no browser."""
 
+import re
+
 import pytest
 from herdbook.feedback.queueing import ImageVotes, QueueEntry, settledness, spread, uncertainty_order
 from herdbook.feedback.selection import SelectionPolicy
@@ -201,4 +203,26 @@ def test_settledness_says_in_one_sentence_what_could_still_change():
     assert text.startswith(f"{firm.could_drop} of the 2 selected could still drop out") and firm.could_drop >= 1
     assert f"may hide among the {firm.unrated_open} unrated" in text
     done = settledness(project(*[(3, 0)] * 2, *[(0, 3)] * 5), POLICY, team=3)
-    assert done.describe().startswith("all 2 selected are settled in (100% of the selected expected to stay")
+    assert re.match(
+        r"all 2 selected are settled in \(an estimated \d+% of them good, 100% expected to stay", done.describe()
+    )
+
+
+def test_the_estimated_precision_is_the_models_own_expectation_on_a_small_fixture():
+    """Two selected images, 3-0 and 2-1, beside two rejected ones: the prior's mean is the
+    project's accept share (5 of 10), worth two votes; each selected image is good with its
+    posterior mass above 1/2, integrated here on a grid rather than through scipy."""
+    import numpy as np
+
+    firm = settledness(project((3, 0), (2, 1), (0, 2), (0, 2)), POLICY)
+    share = 5 / 10
+    grid = np.linspace(0, 1, 400_001)[1:-1]
+
+    def good(accepts, rejects):
+        a, b = 2 * share + accepts, 2 * (1 - share) + rejects
+        density = grid ** (a - 1) * (1 - grid) ** (b - 1)
+        return density[grid > 0.5].sum() / density.sum()
+
+    assert firm.selected == 2
+    assert firm.expected_precision == pytest.approx((good(3, 0) + good(2, 1)) / 2, abs=1e-3)
+    assert "an estimated" in firm.describe() and f"{firm.expected_precision:.0%} of them good" in firm.describe()
