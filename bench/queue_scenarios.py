@@ -223,7 +223,11 @@ def main() -> None:
         for other in ("arrival", "random"):
             # where the other order reached 95%; a seed where ours never did counts as the whole budget
             budget = scenario.raters * scenario.candidates
-            pairs = [(o, budget if u is None else u) for o, u in zip(medians[other], medians["uncertainty"]) if o]
+            pairs = [
+                (o, budget if u is None else u)
+                for o, u in zip(medians[other], medians["uncertainty"], strict=True)
+                if o
+            ]
             ratios[other] = statistics.median(o / u for o, u in pairs) if pairs else None
         verdicts.append((scenario.name, ratios["arrival"], ratios["random"]))
         shown = {k: "no seed reached 95%" if v is None else f"{v:.1f}x" for k, v in ratios.items()}
