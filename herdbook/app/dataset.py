@@ -176,7 +176,7 @@ def page() -> None:
         st.caption(firm.describe().capitalize())
         first, left, middle, right = st.columns(4)
         first.metric(
-            "Estimated precision",
+            "Est. precision",  # fits its quarter of the page at 1024 px
             f"{firm.expected_precision:.0%}",
             help="The expected share of the selected images that most raters would accept, from the votes so far "
             "(bench/queue_scenarios.txt checks it against simulated teams)",
@@ -189,7 +189,7 @@ def page() -> None:
         )
         middle.metric("Rated, undecided", firm.undecided, help="Rated images more votes could still move in or out")
         right.metric("Unrated, open", firm.unrated_open, help="Unrated images that could still belong in the top K")
-        if firm.expected_survivors >= 0.95 and not firm.undecided:
+        if firm.expected_survivors >= 0.95 and not firm.undecided and firm.unrated_better < 0.5:
             st.success("The selection is settled: more votes are unlikely to change it. A round is worth starting.")
     p = home.config.selection
     st.caption(

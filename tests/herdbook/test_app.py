@@ -218,6 +218,23 @@ def test_generate_queues_a_job(demo_home):
         )
 
 
+def test_the_dataset_page_calls_the_selection_settled_only_once_the_unrated_can_hold_nothing_better(demo_home):
+    """Six accepted of twelve rated, every vote in: the six are settled in, but 24 images nobody
+    rated may hold better ones, so it is no time to start a round yet; once all 36 are rated, it is."""
+    settled = "The selection is settled: more votes are unlikely to change it. A round is worth starting."
+    with demo_home.open_store().transaction() as session:
+        for candidate in range(1, 13):
+            cast_vote(session, candidate, "ann", "accept" if candidate % 2 == 0 else "reject")
+    at = page("dataset").run()
+    told = [c.value for c in at.caption if "better images may hide among the 24 unrated" in c.value]
+    assert len(told) == 1 and told[0].startswith("All 6 selected are settled in")
+    assert settled not in [s.value for s in at.success]
+    with demo_home.open_store().transaction() as session:
+        for candidate in range(13, 37):
+            cast_vote(session, candidate, "ann", "reject")
+    assert settled in [s.value for s in page("dataset").run().success]
+
+
 @pytest.mark.slow  # seconds: out of the quick loop
 def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     with demo_home.open_store().transaction() as session:
@@ -229,7 +246,7 @@ def test_dataset_page_syncs_and_explains_the_selection(demo_home):
     said = at.success[0].value  # what the sync did, not only that it ran
     assert "Dataset version 1 committed" in said and "1 selected of 2 rated" in said and "+2 images" in said
     shown = {m.label: m.value for m in at.metric}
-    assert shown["Estimated precision"].endswith("%") and shown["Expected to stay"].endswith("%")
+    assert shown["Est. precision"].endswith("%") and shown["Expected to stay"].endswith("%")
     frames = at.dataframe
     selection = frames[-1].value
     assert list(selection["#"]) == [1, 2]
