@@ -61,12 +61,23 @@ def load_pretrained(loader, name: str, setting: str = "base_model", **kwargs):
         return loader.from_pretrained(str(folder), **kwargs)
     if not _is_hub_id(name):
         raise ModelLoadError(f"no model folder at {folder}")
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    # asked first: where the hub can't be reached, the library retried ~50 s a model (even its
+    # local-only load looks for an adapter there), for each round's DINO and CLIP and each scoring
+    unreachable = not offline and not hub_reachable()
+    if unreachable and not _in_cache(name):
+        raise ModelLoadError(
+            f"{name} is not in the local Hugging Face cache and the hub is unreachable from this machine; "
+            f"download it where the hub is reachable (`huggingface-cli download {name}`) or set {setting} "
+            "to a local folder"
+        )
     try:
         return loader.from_pretrained(name, local_files_only=True, **kwargs)
     except (OSError, ValueError):
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
+        if offline or unreachable:
+            why = "HF_HUB_OFFLINE=1" if offline else "the hub is unreachable from this machine"
             raise ModelLoadError(
-                f"{name} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it where the hub "
+                f"{name} is not in the local Hugging Face cache and {why}; download it where the hub "
                 f"is reachable (`huggingface-cli download {name}`) or set {setting} to a local folder"
             ) from None
     try:
@@ -78,10 +89,21 @@ def load_pretrained(loader, name: str, setting: str = "base_model", **kwargs):
         ) from error
 
 
+def _in_cache(name: str) -> bool:
+    """Whether any snapshot of the hub id ``name`` is in the local cache (a pipeline's or a model's)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("model_index.json", "config.json"))
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection (its endpoint, or HF_ENDPOINT)."""
+    """Whether the Hugging Face hub answers a TCP connection (its endpoint, or HF_ENDPOINT).
+    Behind a proxy a direct connection says nothing: then the library is left to try."""
     import socket
     from urllib.parse import urlsplit
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
 
     host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:

@@ -112,6 +112,26 @@ def test_missing_models_are_named(monkeypatch):
         load_components(ModelChain("herdbook-tests/not-a-model"))
 
 
+def test_a_model_missing_from_the_cache_fails_at_once_when_the_hub_is_unreachable(monkeypatch):
+    """Without HF_HUB_OFFLINE, a machine that can't reach the hub waited ~50 s a model while the
+    library retried (each round's DINO and CLIP, each generation's scoring); it is refused in one line."""
+    import socket
+
+    from herdbook.training import models
+
+    def no_route(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and the hub is unreachable"):
+        load_components(ModelChain("herdbook-tests/not-a-model"))  # the probe's answer, not the library's retries
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # through a proxy, the library is left to try
+    assert models.hub_reachable()
+
+
 def test_the_comparison_grid_holds_the_base_and_each_round_at_the_same_prompts(project):
     from herdbook.training.rounds import comparison_grid
 
