@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Round, Vote, VoteValue
 from herdbook.feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict
 from sqlalchemy import and_, case, distinct, func, literal, select
@@ -115,13 +117,15 @@ def tallies(session: Session, weigh: bool = False) -> dict[int, Tally]:
 
 def rater_weights(session: Session) -> dict[int, float]:
     """Each rater's weight (feedback.reliability), by rater id, from every current accept or reject."""
-    from herdbook.feedback.reliability import reliability
+    from herdbook.feedback import reliability
 
     rows = session.execute(
-        select(Vote.candidate_id, Vote.rater_id, Vote.value).where(Vote.is_current, Vote.value != VoteValue.skip)
-    )
-    raters, _ = reliability((cid, str(rater), value == VoteValue.accept) for cid, rater, value in rows)
-    return {int(rater): estimate.weight for rater, estimate in raters.items()}
+        select(Vote.candidate_id, Vote.rater_id, Vote.value == VoteValue.accept).where(
+            Vote.is_current, Vote.value != VoteValue.skip
+        )
+    ).all()
+    votes = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64).reshape(-1, 3)
+    return reliability.rater_weights(votes[:, 1], votes[:, 0], votes[:, 2])
 
 
 def weighed_columns(weights: dict[int, float]):

@@ -39,44 +39,86 @@ def reliability(
     votes: Iterable[tuple[int, str, bool]], iterations: int = 50
 ) -> tuple[dict[str, RaterReliability], dict[int, float]]:
     """From (image, rater, accepted) votes: each rater's reliability, and each image's
-    probability of being good under the fitted model. Array arithmetic throughout, so a
-    project's 200,000 votes fit in a fraction of a second (the queue weighs them on every load)."""
+    probability of being good under the fitted model."""
     cast = list(votes)
     if not cast:
         return {}, {}
     image_ids, image = np.unique(np.array([v[0] for v in cast], dtype=np.int64), return_inverse=True)
     names, rater = np.unique(np.array([v[1] for v in cast], dtype=object), return_inverse=True)
     accepted = np.array([bool(v[2]) for v in cast])
-    n_images, n_raters = len(image_ids), len(names)
-    per_image = np.bincount(image, minlength=n_images)
-    shared = per_image[image] > 1  # a vote on an image someone else voted on too
-    # start from each image's share of accepts, then alternate: raters from images, images from raters
-    good = np.bincount(image, weights=accepted, minlength=n_images) / per_image
-    sensitivity = specificity = np.full(n_raters, PRIOR_MEAN)
-    a = PRIOR_MEAN * PRIOR_STRENGTH
-    for _ in range(iterations):
-        g = good[image] * shared
-        b = (1 - good[image]) * shared
-        sensitivity = (np.bincount(rater, weights=g * accepted, minlength=n_raters) + a) / (
-            np.bincount(rater, weights=g, minlength=n_raters) + PRIOR_STRENGTH
-        )
-        specificity = (np.bincount(rater, weights=b * ~accepted, minlength=n_raters) + a) / (
-            np.bincount(rater, weights=b, minlength=n_raters) + PRIOR_STRENGTH
-        )
-        prior_good = min(0.95, max(0.05, float(good.mean())))
-        sens, spec = sensitivity[rater], specificity[rater]
-        evidence = np.where(accepted, np.log(sens / (1 - spec)), np.log((1 - sens) / spec))
-        log_odds = math.log(prior_good / (1 - prior_good)) + np.bincount(image, weights=evidence, minlength=n_images)
-        good = 1 / (1 + np.exp(-log_odds))
-    shared_count = np.bincount(rater, weights=shared, minlength=n_raters)
+    fitted = fit(image, rater, accepted, len(image_ids), len(names), iterations)
     estimates = {
         str(name): RaterReliability(
             str(name),
-            float(sensitivity[r]),
-            float(specificity[r]),
-            int(shared_count[r]),
-            min(1.0, max(0.0, (float(sensitivity[r]) + float(specificity[r]) - 1) / PRIOR_J)),
+            float(fitted.sensitivity[r]),
+            float(fitted.specificity[r]),
+            int(fitted.shared[r]),
+            float(fitted.weight[r]),
         )
         for r, name in enumerate(names)
     }
-    return estimates, {int(i): float(p) for i, p in zip(image_ids, good, strict=True)}
+    return estimates, {int(i): float(p) for i, p in zip(image_ids, fitted.good, strict=True)}
+
+
+def rater_weights(rater_ids: np.ndarray, image_ids: np.ndarray, accepted: np.ndarray) -> dict[int, float]:
+    """Each rater's weight, by id, from votes given as arrays (read from the database as numbers:
+    200,000 votes never become Python tuples)."""
+    raters = np.unique(rater_ids)
+    return dict(zip(raters.tolist(), _weights(rater_ids, image_ids, accepted)[1].tolist(), strict=True))
+
+
+def vote_weights(rater_ids: np.ndarray, image_ids: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """Each vote's weight: its rater's (the queue sums them per image)."""
+    rater, weight = _weights(rater_ids, image_ids, accepted)
+    return weight[rater]
+
+
+def _weights(rater_ids, image_ids, accepted) -> tuple[np.ndarray, np.ndarray]:
+    """Each vote's rater index, and each rater's weight."""
+    if not len(rater_ids):
+        return np.zeros(0, dtype=int), np.zeros(0)
+    images, image = np.unique(image_ids, return_inverse=True)
+    raters, rater = np.unique(rater_ids, return_inverse=True)
+    return rater, fit(image, rater, np.asarray(accepted, dtype=bool), len(images), len(raters)).weight
+
+
+@dataclass(frozen=True)
+class Fitted:
+    sensitivity: np.ndarray  # per rater
+    specificity: np.ndarray
+    shared: np.ndarray  # per rater: images someone else voted on too
+    weight: np.ndarray
+    good: np.ndarray  # per image: the probability it is good
+
+
+def fit(
+    image: np.ndarray, rater: np.ndarray, accepted: np.ndarray, n_images: int, n_raters: int, iterations: int = 50
+) -> Fitted:
+    """Dawid-Skene by EM over votes given as index arrays (``image``, ``rater``: 0..n-1), in
+    array arithmetic; it stops once no image's probability moves by 1e-4."""
+    per_image = np.bincount(image, minlength=n_images)
+    shared = per_image[image] > 1  # a vote on an image someone else voted on too
+    # start from each image's share of accepts, then alternate: raters from images, images from raters
+    good = np.bincount(image, weights=accepted, minlength=n_images) / np.maximum(per_image, 1)
+    sensitivity = specificity = np.full(n_raters, PRIOR_MEAN)
+    a = PRIOR_MEAN * PRIOR_STRENGTH
+    rejected = ~accepted
+    for _ in range(iterations):
+        g = good[image] * shared
+        b = shared - g
+        sensitivity = (np.bincount(rater, weights=g * accepted, minlength=n_raters) + a) / (
+            np.bincount(rater, weights=g, minlength=n_raters) + PRIOR_STRENGTH
+        )
+        specificity = (np.bincount(rater, weights=b * rejected, minlength=n_raters) + a) / (
+            np.bincount(rater, weights=b, minlength=n_raters) + PRIOR_STRENGTH
+        )
+        prior_good = min(0.95, max(0.05, float(good.mean())))
+        on_accept = np.log(sensitivity / (1 - specificity))
+        on_reject = np.log((1 - sensitivity) / specificity)
+        evidence = np.where(accepted, on_accept[rater], on_reject[rater])
+        log_odds = math.log(prior_good / (1 - prior_good)) + np.bincount(image, weights=evidence, minlength=n_images)
+        moved, good = good, 1 / (1 + np.exp(-log_odds))
+        if np.abs(good - moved).max() < 1e-4:
+            break
+    weight = np.clip((sensitivity + specificity - 1) / PRIOR_J, 0.0, 1.0)
+    return Fitted(sensitivity, specificity, np.bincount(rater, weights=shared, minlength=n_raters), weight, good)

@@ -130,3 +130,29 @@ def test_the_team_is_every_rater_and_user_and_status_settles_once_all_have_voted
         assert (firm.undecided, firm.expected_survivors) == (0, 1.0)  # nobody is left to vote
         add_user(session, "dee", "rater", "dee's password")  # a user who has not voted yet could
         assert team_size(session) == 3 and selection_settledness(session, SelectionPolicy(top_k=2)).undecided > 0
+
+
+def test_the_queue_weighs_votes_as_the_selection_does(store, imported):
+    """The queue reads every vote as numbers and weighs it in numpy; the selection's tallies weigh
+    in SQL: the same evidence per image, and the votes as cast beside it."""
+    import numpy as np
+    from herdbook.feedback.catalog import tallies
+    from herdbook.feedback.votes import vote_counts
+
+    with store.transaction() as session:
+        for rater in ("ann", "bob", "cai"):
+            for cid, value in zip(imported[:6], ["accept", "reject"] * 3, strict=True):
+                cast_vote(session, cid, rater, value)
+        for cid in imported[:7]:
+            cast_vote(session, cid, "spam", "accept")
+        cast_vote(session, imported[7], "ann", "skip")
+    with store.transaction() as session:
+        votes, counted = vote_counts(session, weigh=True), tallies(session, weigh=True)
+    for position, cid in enumerate(votes.ids.tolist()):
+        tally = counted.get(cid)
+        evidence = tally.evidence if tally else (0.0, 0.0)
+        assert (votes.accepts[position], votes.rejects[position]) == pytest.approx(evidence)
+        cast = (tally.accepts, tally.rejects) if tally else (0, 0)
+        assert (votes.accepts_cast[position], votes.rejects_cast[position]) == cast
+    spam_only = list(votes.ids).index(imported[6])
+    assert 0 < votes.accepts[spam_only] < 1 and np.isclose(votes.accepts_cast[spam_only], 1)
