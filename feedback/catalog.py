@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Round, Vote, VoteValue
 from herdbook.feedback.scoring import Tally, agreement, agreement_by_prompt, score, verdict
-from sqlalchemy import and_, case, distinct, func, literal, select
+from sqlalchemy import and_, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 
@@ -47,7 +47,7 @@ def list_candidates(
 ) -> list[CandidateRow]:
     """Every candidate with its votes as cast and its score (from the weighed evidence with ``weigh``)."""
     accepts, rejects, skips = _tally_columns()
-    weighed = weighed_columns(rater_weights(session)) if weigh else [accepts, rejects]
+    evidence = weighed_evidence(session) if weigh else {}
     query = (
         select(
             Candidate.id,
@@ -63,7 +63,6 @@ def list_candidates(
             Candidate.generation,
             Candidate.dino,
             Candidate.clip_t,
-            *weighed,
         )
         .outerjoin(Vote, and_(Vote.candidate_id == Candidate.id, Vote.is_current))
         .group_by(Candidate.id)
@@ -77,10 +76,8 @@ def list_candidates(
     if ids is not None:
         query = query.where(Candidate.id.in_(ids))
     rows = []
-    for cid, name, prompt, round_id, path, a, r, s, negative, seed, generation, dino, clip_t, wa, wr in session.execute(
-        query
-    ):
-        tally_score = round(score(Tally(a, r, s, (wa, wr))), 4)
+    for cid, name, prompt, round_id, path, a, r, s, negative, seed, generation, dino, clip_t in session.execute(query):
+        tally_score = round(score(Tally(a, r, s, evidence.get(cid, (0.0, 0.0)) if weigh else None)), 4)
         rows.append(
             CandidateRow(
                 cid,
@@ -104,38 +101,31 @@ def list_candidates(
 
 def tallies(session: Session, weigh: bool = False) -> dict[int, Tally]:
     """Current vote counts per candidate that has any vote; with ``weigh``, each also carries
-    its accepts and rejects weighed by each rater's reliability (rater_weights)."""
+    its accepts and rejects weighed by each rater's reliability (weighed_evidence)."""
     accepts, rejects, skips = _tally_columns()
-    columns = [Vote.candidate_id, accepts, rejects, skips]
-    if weigh:
-        columns += weighed_columns(rater_weights(session))
-    query = select(*columns).where(Vote.is_current).group_by(Vote.candidate_id)
-    if not weigh:
-        return {cid: Tally(a, r, s) for cid, a, r, s in session.execute(query)}
-    return {cid: Tally(a, r, s, (wa, wr)) for cid, a, r, s, wa, wr in session.execute(query)}
+    query = select(Vote.candidate_id, accepts, rejects, skips).where(Vote.is_current).group_by(Vote.candidate_id)
+    evidence = weighed_evidence(session) if weigh else {}
+    return {cid: Tally(a, r, s, evidence.get(cid) if weigh else None) for cid, a, r, s in session.execute(query)}
 
 
-def rater_weights(session: Session) -> dict[int, float]:
-    """Each rater's weight (feedback.reliability), by rater id, from every current accept or reject."""
-    from herdbook.feedback import reliability
-
+def decisive_votes(session: Session) -> np.ndarray:
+    """Every current accept or reject as rows of (candidate id, rater id, accepted), read as
+    numbers (200,000 votes never become Python objects one by one)."""
     rows = session.execute(
         select(Vote.candidate_id, Vote.rater_id, Vote.value == VoteValue.accept).where(
             Vote.is_current, Vote.value != VoteValue.skip
         )
     ).all()
-    votes = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64).reshape(-1, 3)
-    return reliability.rater_weights(votes[:, 1], votes[:, 0], votes[:, 2])
+    return np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64).reshape(-1, 3)
 
 
-def weighed_columns(weights: dict[int, float]):
-    """SQL sums of each candidate's accepts and rejects, each vote weighing its rater's weight."""
-    weight = case(weights, value=Vote.rater_id, else_=1.0) if weights else literal(1.0)
+def weighed_evidence(session: Session) -> dict[int, tuple[float, float]]:
+    """Each voted candidate's accepts and rejects weighed by its raters' reliability."""
+    from herdbook.feedback.reliability import weighed_sums
 
-    def weighed(value: VoteValue):
-        return func.coalesce(func.sum(case((Vote.value == value, weight), else_=0.0)), 0.0)
-
-    return [weighed(VoteValue.accept), weighed(VoteValue.reject)]
+    votes = decisive_votes(session)
+    images, accepts, rejects = weighed_sums(votes[:, 0], votes[:, 1], votes[:, 2])
+    return dict(zip(images.tolist(), zip(accepts.tolist(), rejects.tolist(), strict=True), strict=True))
 
 
 def status(session: Session) -> dict[str, int]:

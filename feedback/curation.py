@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from herdbook.db.errors import NotFound
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Vote, VoteValue
 from herdbook.feedback import versioning
@@ -92,24 +93,27 @@ def _current_votes(session: Session) -> list[tuple[int, str, VoteValue, object, 
 
 def _tallies_of(votes, weigh: bool = False) -> dict[int, Tally]:
     """Each candidate's tally from its current votes; with ``weigh``, each rater's votes also
-    weighed by their reliability, estimated from these same votes."""
+    weighed by their reliability, estimated from these same votes (reliability.weighed_sums)."""
     counts: dict[int, Counter] = {}
-    weighed: dict[int, list[float]] = {}
-    weights = {}
+    for cid, _rater, value, _time, _round in votes:
+        counts.setdefault(cid, Counter())[value] += 1
+    evidence = {}
     if weigh:
-        from herdbook.feedback.reliability import reliability
+        from herdbook.feedback.reliability import weighed_sums
 
         decisive = [
             (cid, rater, value == VoteValue.accept) for cid, rater, value, _, _ in votes if value != VoteValue.skip
         ]
-        weights = {name: estimate.weight for name, estimate in reliability(decisive)[0].items()}
-    for cid, rater, value, _time, _round in votes:
-        counts.setdefault(cid, Counter())[value] += 1
-        side = weighed.setdefault(cid, [0.0, 0.0])
-        if value != VoteValue.skip:
-            side[value == VoteValue.reject] += weights.get(rater, 1.0)
+        columns = [np.array(column) for column in zip(*decisive, strict=True)] if decisive else [np.zeros(0)] * 3
+        images, accepts, rejects = weighed_sums(*columns)
+        evidence = dict(zip(images.tolist(), zip(accepts.tolist(), rejects.tolist(), strict=True), strict=True))
     return {
-        cid: Tally(c[VoteValue.accept], c[VoteValue.reject], c[VoteValue.skip], tuple(weighed[cid]) if weigh else None)
+        cid: Tally(
+            c[VoteValue.accept],
+            c[VoteValue.reject],
+            c[VoteValue.skip],
+            evidence.get(cid, (0.0, 0.0)) if weigh else None,
+        )
         for cid, c in counts.items()
     }
 

@@ -413,6 +413,8 @@ def current_selection(images: Sequence[ImageVotes] | Votes, policy: SelectionPol
 def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, team: int | None = None) -> Settledness:
     """How firm the current selection is, by the queue's own model: an image is open while the
     rules let more votes move it (rule_bounds) and its posterior straddles the cut."""
+    from scipy.special import betaincc
+
     votes = images if isinstance(images, Votes) else Votes.of(images)
     if not len(votes.ids):
         return Settledness(0, 0.0, 0, 0, 0)
@@ -431,8 +433,6 @@ def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, t
     unrated_open = open_ & ~voted
     hidden = prior_above(share, cut) * int(unrated_open.sum()) if unrated_open.any() else 0.0
     a, b = share * PRIOR_WEIGHT + votes.accepts, (1 - share) * PRIOR_WEIGHT + votes.rejects
-    from scipy.special import betaincc
-
     good = betaincc(a[chosen], b[chosen], 0.5)
     return Settledness(
         selected=int(chosen.sum()),

@@ -60,26 +60,20 @@ def reliability(
     return estimates, {int(i): float(p) for i, p in zip(image_ids, fitted.good, strict=True)}
 
 
-def rater_weights(rater_ids: np.ndarray, image_ids: np.ndarray, accepted: np.ndarray) -> dict[int, float]:
-    """Each rater's weight, by id, from votes given as arrays (read from the database as numbers:
-    200,000 votes never become Python tuples)."""
-    raters = np.unique(rater_ids)
-    return dict(zip(raters.tolist(), _weights(rater_ids, image_ids, accepted)[1].tolist(), strict=True))
-
-
-def vote_weights(rater_ids: np.ndarray, image_ids: np.ndarray, accepted: np.ndarray) -> np.ndarray:
-    """Each vote's weight: its rater's (the queue sums them per image)."""
-    rater, weight = _weights(rater_ids, image_ids, accepted)
-    return weight[rater]
-
-
-def _weights(rater_ids, image_ids, accepted) -> tuple[np.ndarray, np.ndarray]:
-    """Each vote's rater index, and each rater's weight."""
-    if not len(rater_ids):
-        return np.zeros(0, dtype=int), np.zeros(0)
+def weighed_sums(
+    image_ids: np.ndarray, rater_ids: np.ndarray, accepted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Accept and reject votes as arrays (rater ids or names) -> each voted image's id, and its
+    accepts and rejects, each vote weighing its rater's weight. The one place votes are weighed:
+    the queue, the selection and the candidate list all call it."""
+    accepted = np.asarray(accepted, dtype=bool)
+    if not len(image_ids):
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
     images, image = np.unique(image_ids, return_inverse=True)
     raters, rater = np.unique(rater_ids, return_inverse=True)
-    return rater, fit(image, rater, np.asarray(accepted, dtype=bool), len(images), len(raters)).weight
+    weight = fit(image, rater, accepted, len(images), len(raters)).weight[rater]
+    sums = [np.bincount(image, weights=weight * side, minlength=len(images)) for side in (accepted, ~accepted)]
+    return images, *sums
 
 
 @dataclass(frozen=True)

@@ -192,22 +192,17 @@ def vote_counts(session: Session, weigh: bool = False) -> Votes:
     prompts = np.array([row[1] for row in rows], dtype=object)  # the selection's rules need both
     hashes = hash_array(row[2] for row in rows)
     if weigh:  # each vote read once: its rater's weight is needed per vote
-        from herdbook.feedback.reliability import vote_weights
+        from herdbook.feedback.catalog import decisive_votes
+        from herdbook.feedback.reliability import weighed_sums
 
-        cast = session.execute(
-            select(Vote.candidate_id, Vote.rater_id, Vote.value == VoteValue.accept).where(
-                Vote.is_current, Vote.value != VoteValue.skip
-            )
-        ).all()
-        votes = np.fromiter(itertools.chain.from_iterable(cast), dtype=np.int64).reshape(-1, 3)
+        votes = decisive_votes(session)
         at, accepted = np.searchsorted(ids, votes[:, 0]), votes[:, 2].astype(bool)
-        weight = vote_weights(votes[:, 1], votes[:, 0], accepted)
         accepts = np.bincount(at, weights=accepted, minlength=len(ids)).astype(float)
         rejects = np.bincount(at, weights=~accepted, minlength=len(ids)).astype(float)
-        evidence = (
-            np.bincount(at, weights=weight * accepted, minlength=len(ids)),
-            np.bincount(at, weights=weight * ~accepted, minlength=len(ids)),
-        )
+        images, weighed_accepts, weighed_rejects = weighed_sums(votes[:, 0], votes[:, 1], accepted)
+        where = np.searchsorted(ids, images)
+        evidence = np.zeros(len(ids)), np.zeros(len(ids))
+        evidence[0][where], evidence[1][where] = weighed_accepts, weighed_rejects
         return Votes(ids, *evidence, prompts, hashes, accepts, rejects)
     accepts, rejects = np.zeros(len(ids)), np.zeros(len(ids))
     summed = session.execute(

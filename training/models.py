@@ -61,25 +61,20 @@ def load_pretrained(loader, name: str, setting: str = "base_model", **kwargs):
         return loader.from_pretrained(str(folder), **kwargs)
     if not _is_hub_id(name):
         raise ModelLoadError(f"no model folder at {folder}")
+    if _in_cache(name):
+        try:
+            return loader.from_pretrained(name, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            pass  # part of it is cached: the hub may have the rest
+    # asked before the library is: where the hub can't be reached, it retried ~50 s a model (for
+    # each round's DINO and CLIP, each scoring); a cached model never waits for the question
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    # asked first: where the hub can't be reached, the library retried ~50 s a model (even its
-    # local-only load looks for an adapter there), for each round's DINO and CLIP and each scoring
-    unreachable = not offline and not hub_reachable()
-    if unreachable and not _in_cache(name):
+    if offline or not hub_reachable():
+        why = "HF_HUB_OFFLINE=1" if offline else "the hub is unreachable from this machine"
         raise ModelLoadError(
-            f"{name} is not in the local Hugging Face cache and the hub is unreachable from this machine; "
-            f"download it where the hub is reachable (`huggingface-cli download {name}`) or set {setting} "
-            "to a local folder"
+            f"{name} is not in the local Hugging Face cache and {why}; download it where the hub "
+            f"is reachable (`huggingface-cli download {name}`) or set {setting} to a local folder"
         )
-    try:
-        return loader.from_pretrained(name, local_files_only=True, **kwargs)
-    except (OSError, ValueError):
-        if offline or unreachable:
-            why = "HF_HUB_OFFLINE=1" if offline else "the hub is unreachable from this machine"
-            raise ModelLoadError(
-                f"{name} is not in the local Hugging Face cache and {why}; download it where the hub "
-                f"is reachable (`huggingface-cli download {name}`) or set {setting} to a local folder"
-            ) from None
     try:
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:

@@ -173,7 +173,8 @@ def page() -> None:
 
     st.subheader("Current selection")
     if firm.selected:
-        st.caption(firm.describe().capitalize())
+        said = firm.describe()
+        st.caption(said[:1].upper() + said[1:])
         first, left, middle, right = st.columns(4)
         first.metric(
             "Est. precision",  # fits its quarter of the page at 1024 px
