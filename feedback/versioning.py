@@ -131,15 +131,32 @@ def copy_out(path: Path, commit_id: str, relpaths: Iterable[str], dest: Path) ->
     return [Path(p) for p in _in_child("copy_out", path, commit_id, list(relpaths), dest)]
 
 
-def working_tree_lock(path: Path):
-    """Held while a process writes the working tree and commits it, or restores old files into it."""
+@contextlib.contextmanager
+def working_tree_lock(path: Path, timeout: float = -1):
+    """Held while a process writes the working tree and commits it, or restores old files into it.
+    Once it is ours, an Oxen child that a killed process left behind finishes first: the lock of
+    a process killed with -9 goes with it, but its child goes on committing, and a sync beside
+    it found "nothing new" while the child's commit went unrecorded. (``timeout``: seconds to
+    wait, -1 for as long as it takes; filelock.Timeout when they pass.)"""
     from filelock import FileLock
 
     if not (path / ".oxen").is_dir():
         _repo(path)  # raises the VersioningError that says what to do
-    return FileLock(str(path.with_name(f".{path.name}.lock")))  # beside the repository, not in it
+    with FileLock(str(path.with_name(f".{path.name}.lock")), timeout=timeout):  # beside the repository, not in it
+        with _writer_lock(path, timeout):
+            pass
+        yield
 
 
+def _writer_lock(path: Path, timeout: float = -1):
+    """Held by an Oxen child for as long as it writes the working tree or the history, whoever
+    started it and whether or not they are still alive."""
+    from filelock import FileLock
+
+    return FileLock(str(path.with_name(f".{path.name}.writer.lock")), timeout=timeout)
+
+
+WRITES_THE_WORKING_TREE = {"commit", "copy_out"}
 BACKGROUND_NICENESS = 10  # added to an Oxen child's niceness (Unix): its work is background work
 
 
@@ -184,10 +201,12 @@ def _serve_one_request() -> None:
         "copy_out": _copy_out,
         "push": _push,
     }[operation]
+    held = _writer_lock(Path(path)) if operation in WRITES_THE_WORKING_TREE else contextlib.nullcontext()
     try:
         if operation == "copy_out":
             args = [args[0], args[1], Path(args[2])]
-        result = work(Path(path), *args)
+        with held:
+            result = work(Path(path), *args)
     except (VersioningError, PushError) as error:
         print(json.dumps({"error": type(error).__name__, "message": str(error)}))
         return

@@ -343,3 +343,78 @@ def test_a_rater_who_accepts_everything_weighs_less_in_the_selection_and_the_pla
     assert weighed[spams].score < weighed[anns].score - 0.05
     assert plain[spams].score == plain[anns].score == pytest.approx(0.2065, abs=1e-3)
     assert weighed[imported[1]].image.tally.evidence[0] < 0.6 < weighed[imported[0]].image.tally.evidence[0] / 3
+
+
+def hold_in_another_process(lock_path: Path):
+    """A process that holds a file lock until its standard input closes (as an orphaned Oxen child holds the writer lock)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from filelock import FileLock; held = FileLock(sys.argv[1]); held.acquire(); print('held', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_the_working_tree_is_not_ours_while_an_oxen_child_still_writes_it(home, store, imported):
+    """A process killed with -9 releases its lock at once, but its Oxen child goes on committing:
+    the next sync must wait for the child (which holds the writer lock) before it looks."""
+    import filelock
+
+    repo = home.dataset_repo.path
+    holder = hold_in_another_process(Path(versioning._writer_lock(repo).lock_file))
+    try:
+        with pytest.raises(filelock.Timeout), versioning.working_tree_lock(repo, timeout=0.2):
+            pass
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    with versioning.working_tree_lock(repo, timeout=30):
+        pass
+
+
+def flock_holders(path: Path) -> set[int]:
+    """The processes holding a flock on ``path``, from /proc/locks."""
+    inode = path.stat().st_ino if path.exists() else None
+    holders = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "FLOCK" in fields and inode is not None and fields[-3].endswith(f":{inode}"):
+            holders.add(int(fields[-4]))
+    return holders
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path("/proc/locks").exists(), reason="finding the Oxen child that holds a lock needs /proc/locks"
+)
+def test_a_sync_killed_with_9_while_oxen_commits_is_recorded_by_the_next_sync(home, store, imported):
+    """Before, a sync started at once ran beside the orphaned Oxen child, said "Nothing new to
+    commit" and left the child's commit unrecorded until the sync after."""
+    import signal
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from herdbook.cli import main
+
+    vote_all(store, imported, "ann", ["accept", "reject"] * 4)
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "herdbook.cli", "sync", "--home", str(home.root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    writer = Path(versioning._writer_lock(home.dataset_repo.path).lock_file)
+    # until its Oxen child holds the writer lock (the sync itself takes it for a moment first)
+    while sync.poll() is None and not flock_holders(writer) - {sync.pid}:
+        pass
+    assert sync.poll() is None, "the sync ended before its Oxen child was seen committing"
+    os.kill(sync.pid, signal.SIGKILL)
+    sync.wait()
+    after = CliRunner().invoke(main, ["sync", "--home", str(home.root)], catch_exceptions=False)
+    assert after.exit_code == 0, after.output
+    assert "left unrecorded by an interrupted sync" in after.output
+    assert versions(store) == 1 and len(versioning.history(home.dataset_repo.path)) == 1
