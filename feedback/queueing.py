@@ -9,9 +9,10 @@ on Beta posteriors of each image's accept rate:
   reject is strong evidence and one accept a lead worth following) with the weight of
   ``PRIOR_WEIGHT`` votes.
 - The cut lies halfway between the K-th and (K+1)-th best posterior means. An image's membership is uncertain while its
-  posterior puts real mass on the other side of the cut: ``uncertainty`` is that mass (a
-  normal approximation of the Beta, cheap for 50,000 images at once).
-- Images below ``SETTLED`` are settled (clearly in or clearly out) and leave the queue.
+  posterior puts real mass on the other side of the cut: ``uncertainty`` is that mass (the
+  Beta's exact tail, one scipy call for 50,000 images).
+- Images below ``SETTLED`` are settled (clearly in or clearly out) and leave the queue, as long
+  as all the settled together are expected to hold fewer than one image on the wrong side.
   Selected images short of ``min_votes`` come first whatever their uncertainty; then the
   most uncertain. Unrated images all share the prior, and what matters is how many better
   ones hide among them: they stay open while they are expected to hold at least one image
@@ -29,17 +30,18 @@ would ever settle.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from herdbook.feedback.selection import RatedImage, SelectionPolicy, select_instance_images
+from herdbook.feedback.selection import SelectionPolicy
 
 POLICIES = ("uncertainty", "oldest", "newest-round", "most-alike")
 DEFAULT_POLICY = "uncertainty"
 PRIOR_WEIGHT = 2.0  # the prior counts as this many votes
-SETTLED = 0.03  # an image whose membership is this sure (97%) is not shown again
+SETTLED = 0.03  # an image this sure (97%) of its side of the cut may settle...
+SETTLED_TOGETHER = 1.0  # ...while all the settled together are expected to hold fewer than one on the wrong side
+STAY_DRAWS = 64  # simulated futures behind "expected to stay"
 
 
 @dataclass(frozen=True)
@@ -178,17 +180,33 @@ class Ranking:
         return QueueEntry(image.id, reason, round(float(self.uncertainty[index]), 3))
 
 
-def posterior(votes: Votes) -> tuple[np.ndarray, np.ndarray, float]:
-    """Posterior mean and standard deviation of each image's accept rate, and the prior's mean."""
+@dataclass(frozen=True)
+class Posterior:
+    """Each image's accept rate as Beta(a, b): the prior (mean ``share``, worth PRIOR_WEIGHT
+    votes) plus its weighed accepts and rejects."""
+
+    a: np.ndarray
+    b: np.ndarray
+    share: float
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.a / (self.a + self.b)
+
+    def above(self, cut: float) -> np.ndarray:
+        """Each image's posterior mass above ``cut``, exactly: at a few votes the Beta is far
+        from normal, and a normal tail settled images whose only votes weighed next to nothing."""
+        from scipy.special import betaincc
+
+        return betaincc(self.a, self.b, min(max(cut, 0.0), 1.0))
+
+
+def posterior(votes: Votes) -> Posterior:
     accepts, rejects = votes.accepts, votes.rejects
     decisive = accepts.sum() + rejects.sum()
     share = accepts.sum() / decisive if decisive else 0.5
     share = min(max(share, 0.02), 0.98)
-    a = share * PRIOR_WEIGHT + accepts
-    b = (1 - share) * PRIOR_WEIGHT + rejects
-    mean = a / (a + b)
-    std = np.sqrt(mean * (1 - mean) / (a + b + 1))
-    return mean, std, share
+    return Posterior(share * PRIOR_WEIGHT + accepts, (1 - share) * PRIOR_WEIGHT + rejects, share)
 
 
 def _cut(mean: np.ndarray, top_k: int) -> float:
@@ -199,38 +217,59 @@ def _cut(mean: np.ndarray, top_k: int) -> float:
     return float(kth + next_) / 2
 
 
-_erfc = np.vectorize(math.erfc, otypes=[float])
-
-
-def _tail(z: np.ndarray) -> np.ndarray:
-    """P(Z > z) for a standard normal."""
-    return 0.5 * _erfc(z / math.sqrt(2)) if len(z) else z
-
-
 def prior_above(share: float, cut: float) -> float:
     """The prior's mass above the cut: P(Beta(share * w, (1 - share) * w) > cut), exactly. With
     most images rejected the prior is very skewed, and a normal approximation of it put 0.23 of
     1,000 unrated images above the cut where the Beta gives 14.9, so exploring stopped early."""
-    from scipy.special import betaincc
+    return float(
+        Posterior(np.array([share * PRIOR_WEIGHT]), np.array([(1 - share) * PRIOR_WEIGHT]), share).above(cut)[0]
+    )
 
-    return float(betaincc(share * PRIOR_WEIGHT, (1 - share) * PRIOR_WEIGHT, min(max(cut, 0.0), 1.0)))
 
-
-def _open(votes: Votes, mean: np.ndarray, std: np.ndarray, cut: float, share: float) -> tuple[np.ndarray, np.ndarray]:
+def _open(votes: Votes, belief: Posterior, cut: float, movable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each image's uncertainty (its posterior mass across the cut), and whether it is still
-    open. A rated image is open while its uncertainty is at least SETTLED; the unrated, all
-    alike, while together they are expected to hold at least one image above the cut."""
-    uncertain = _tail(np.abs(mean - cut) / np.maximum(std, 1e-9))
-    is_open = uncertain >= SETTLED
+    open. A rated image settles when it is SETTLED-sure of its side, and only while all the
+    settled together are expected to hold fewer than SETTLED_TOGETHER on the wrong side, surest
+    first: one image at 1% is sure, but four hundred at 1% (each rejected once by a rater who may
+    be wrong) hide four good ones. The unrated, all alike, stay open as long as one of them is
+    unsure or together they are expected to hold one above the cut (fifty thousand at one in
+    fifty hide a thousand). Only what votes can still move (``movable``) counts."""
+    above = belief.above(cut)
+    uncertain = np.minimum(above, 1 - above)
     unrated = votes.decisive == 0
+    sure = np.flatnonzero(movable & ~unrated & (uncertain < SETTLED))
+    surest_first = sure[np.argsort(uncertain[sure], kind="stable")]
+    settled = surest_first[np.cumsum(uncertain[surest_first]) < SETTLED_TOGETHER]
+    is_open = movable.copy()
+    is_open[settled] = False
     if unrated.any():
-        above = prior_above(share, cut)
-        uncertain[unrated] = min(above, 1 - above)  # the prior's mass across the cut
         first = int(np.argmax(unrated))
         # above the cut (a young project, fewer images than K) every unrated image is worth a look
-        below = mean[first] < cut
-        is_open[unrated] = not below or float(uncertain[first]) * unrated.sum() >= 1
+        hidden = float(above[first]) * unrated.sum()
+        is_open[unrated] &= belief.mean[first] >= cut or hidden >= SETTLED_TOGETHER
     return uncertain, is_open
+
+
+@dataclass(frozen=True)
+class _Model:
+    """What the queue and settledness both rest on."""
+
+    belief: Posterior
+    cut: float
+    uncertain: np.ndarray
+    is_open: np.ndarray
+    can_in: np.ndarray
+    can_out: np.ndarray
+
+
+def _model(votes: Votes, policy: SelectionPolicy, team: int | None) -> _Model:
+    belief = posterior(votes)
+    cut = _cut(belief.mean, policy.top_k)
+    can_in, can_out = rule_bounds(votes, policy, team)
+    # what the rules settle, in or out, and what every rater has voted on, more votes cannot move
+    movable = can_in & can_out & ~votes_complete(votes, team)
+    uncertain, is_open = _open(votes, belief, cut, movable)
+    return _Model(belief, cut, uncertain, is_open, can_in, can_out)
 
 
 def rule_bounds(votes: Votes, policy: SelectionPolicy, team: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -347,14 +386,11 @@ def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Rank
     (by posterior mean) with votes but short of ``min_votes``, then the most uncertain; fewer
     votes, then older, break ties. Settled images are left out, and so are images the rules
     exclude whatever the rest of the ``team`` (the raters there are) votes."""
-    mean, std, share = posterior(votes)
-    cut = _cut(mean, policy.top_k)
-    uncertain, is_open = _open(votes, mean, std, cut, share)
-    can_in, can_out = rule_bounds(votes, policy, team)
-    is_open &= can_in & can_out  # what the rules settle, in or out, more votes cannot move
+    model = _model(votes, policy, team)
+    mean, cut, uncertain = model.belief.mean, model.cut, model.uncertain
     decisive = votes.decisive
-    short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes) & can_in & can_out
-    candidates = np.flatnonzero(is_open | short)
+    short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes) & model.can_in & model.can_out
+    candidates = np.flatnonzero(model.is_open | short)
     # np.lexsort sorts by its last key first
     keys = (votes.ids[candidates], decisive[candidates], -uncertain[candidates], ~short[candidates])
     order = candidates[np.lexsort(keys)]
@@ -394,49 +430,72 @@ def next_for(ranking: Ranking, allowed: np.ndarray, slot: int, raters: int, limi
 
 def current_selection(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy) -> set[int]:
     """The ids select_instance_images takes, from the same counts (and weighed evidence) the queue has."""
-    from herdbook.feedback.scoring import Tally
-
     votes = images if isinstance(images, Votes) else Votes.of(images)
-    accepts, rejects = votes.cast
-    rated = [
-        RatedImage(
-            int(votes.ids[i]),
-            votes.prompts[i] if votes.prompts is not None else "",
-            Tally(int(accepts[i]), int(rejects[i]), weighed=(float(votes.accepts[i]), float(votes.rejects[i]))),
-            f"{int(votes.hashes[i]):016x}" if votes.hashes is not None and votes.hashes[i] else None,
-        )
-        for i in np.flatnonzero(votes.decisive > 0)
-    ]
-    return {d.image.id for d in select_instance_images(rated, policy) if d.selected}
+    return {int(i) for i in votes.ids[_selected(votes, policy)]}
+
+
+def _selected(votes: Votes, policy: SelectionPolicy) -> np.ndarray:
+    """The indices select_instance_images takes, computed over the arrays: 0.1 s where building
+    its RatedImage list took 0.6 s on 50,000 images, and what a simulation can run many times."""
+    from herdbook.feedback.scoring import wilson_lower_bounds
+
+    eligible = np.flatnonzero((votes.decisive >= max(policy.min_votes, 1)) & (votes.accepts > votes.rejects))
+    accepts, rejects = votes.accepts[eligible], votes.rejects[eligible]
+    score = wilson_lower_bounds(accepts, accepts + rejects)
+    eligible, score = eligible[score >= policy.min_score], score[score >= policy.min_score]
+    # best score, more accepts (as cast), older
+    return _greedy(votes, policy, eligible[np.lexsort((votes.ids[eligible], -votes.cast[0][eligible], -score))])
+
+
+def _expected_to_stay(
+    votes: Votes, policy: SelectionPolicy, model: _Model, team: int | None, chosen: np.ndarray
+) -> float:
+    """The share of the selection that it keeps once every vote still to come is cast, by
+    simulation: each open image's missing votes drawn from its posterior, the selection's own
+    pass run on each draw. (A posterior mass above the cut said 92% where 10% stayed: it knew
+    nothing of ties at the top, the rules or the images still unrated.)"""
+    if not chosen.any():
+        return 0.0
+    # without a known team, one more vote on each open image
+    to_come = np.ones(len(votes.ids), dtype=int) if team is None else np.maximum(team - votes.decisive, 0).astype(int)
+    to_come = to_come * model.is_open
+    moving = np.flatnonzero(to_come > 0)
+    if not len(moving):
+        return 1.0
+    accepts_cast, rejects_cast = votes.cast
+    cast = accepts_cast.sum() + rejects_cast.sum()
+    weight = (votes.accepts.sum() + votes.rejects.sum()) / cast if cast else 1.0  # a vote to come weighs the average
+    rng = np.random.default_rng(0)  # the same votes always show the same figure
+    kept = []
+    for _ in range(STAY_DRAWS):
+        drawn = rng.binomial(to_come[moving], rng.beta(model.belief.a[moving], model.belief.b[moving]))
+        future = [array.astype(float) for array in (votes.accepts, votes.rejects, accepts_cast, rejects_cast)]
+        for array, added in zip(
+            future, (weight * drawn, weight * (to_come[moving] - drawn), drawn, to_come[moving] - drawn), strict=True
+        ):
+            array[moving] += added
+        outcome = Votes(votes.ids, future[0], future[1], votes.prompts, votes.hashes, future[2], future[3])
+        kept.append(np.isin(np.flatnonzero(chosen), _selected(outcome, policy)).mean())
+    return float(np.mean(kept))
 
 
 def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, team: int | None = None) -> Settledness:
     """How firm the current selection is, by the queue's own model: an image is open while the
     rules let more votes move it (rule_bounds) and its posterior straddles the cut."""
-    from scipy.special import betaincc
-
     votes = images if isinstance(images, Votes) else Votes.of(images)
     if not len(votes.ids):
         return Settledness(0, 0.0, 0, 0, 0)
     selected = current_selection(votes, policy)
-    mean, std, share = posterior(votes)
-    cut = _cut(mean, policy.top_k)
-    _, open_ = _open(votes, mean, std, cut, share)
-    can_in, can_out = rule_bounds(votes, policy, team)
-    open_ &= can_in & can_out & ~votes_complete(votes, team)
+    model = _model(votes, policy, team)
+    belief, cut, open_ = model.belief, model.cut, model.is_open
     voted = votes.decisive > 0
     chosen = np.isin(votes.ids, list(selected))
-    # a selected image stays while its accept rate lies above the cut: its posterior mass there;
-    # one the rules keep in stays for sure, and once no vote can come for any image the selection is final
-    stays = _tail((cut - mean) / np.maximum(std, 1e-9)) if open_.any() else np.ones(len(mean))
-    stays[~can_out] = 1.0
     unrated_open = open_ & ~voted
-    hidden = prior_above(share, cut) * int(unrated_open.sum()) if unrated_open.any() else 0.0
-    a, b = share * PRIOR_WEIGHT + votes.accepts, (1 - share) * PRIOR_WEIGHT + votes.rejects
-    good = betaincc(a[chosen], b[chosen], 0.5)
+    hidden = prior_above(belief.share, cut) * int(unrated_open.sum()) if unrated_open.any() else 0.0
+    good = belief.above(0.5)[chosen]
     return Settledness(
         selected=int(chosen.sum()),
-        expected_survivors=float(stays[chosen].mean()) if chosen.any() else 0.0,
+        expected_survivors=_expected_to_stay(votes, policy, model, team, chosen),
         undecided=int((open_ & voted).sum()),
         unrated_open=int(unrated_open.sum()),
         settled=int((~open_ & voted).sum()),
