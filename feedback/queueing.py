@@ -397,13 +397,17 @@ def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Rank
     return Ranking(votes, order, uncertain, mean, cut, short, policy.top_k, policy.min_votes)
 
 
-def spread_indices(order: np.ndarray, slot: int, raters: int) -> np.ndarray:
-    """This rater's view of a shared order: every ``raters``-th entry from ``slot`` first, then
-    the rest, so active raters start on different images and none is left unseen."""
+def spread_indices(order: np.ndarray, slot: int, raters: int, turn: np.ndarray | None = None) -> np.ndarray:
+    """This rater's view of a shared order: the images whose next vote is their turn first, then
+    the rest, so active raters start on different images and none is left unseen. ``turn`` (an
+    integer per image, taken modulo ``raters``) says whose turn; without it, every
+    ``raters``-th entry from ``slot``. By position alone, raters who load their pages a few votes
+    apart overlap, as every vote shifts the order."""
     if raters <= 1:
         return order
-    positions = np.arange(len(order)) % raters == slot % raters
-    return np.concatenate([order[positions], order[~positions]])
+    key = np.arange(len(order)) if turn is None else turn[order]
+    mine = key % raters == slot % raters
+    return np.concatenate([order[mine], order[~mine]])
 
 
 def uncertainty_order(
@@ -423,7 +427,9 @@ def spread(order: Sequence[QueueEntry], slot: int, raters: int) -> list[QueueEnt
 def next_for(ranking: Ranking, allowed: np.ndarray, slot: int, raters: int, limit: int) -> tuple[list[QueueEntry], int]:
     """A rater's next ``limit`` entries among the ``allowed`` images (bool per image), and how
     many open images their queue holds in all."""
-    mine = spread_indices(ranking.order, slot, raters)
+    # an image's next vote is the turn of the rater after the one before: its id plus its votes cast
+    turn = ranking.votes.ids + ranking.votes.decisive.astype(np.int64)
+    mine = spread_indices(ranking.order, slot, raters, turn)
     mine = mine[allowed[mine]]
     return [ranking.entry(int(i)) for i in mine[:limit]], len(mine)
 

@@ -318,3 +318,23 @@ def test_expected_to_stay_is_the_share_the_selection_keeps_after_the_votes_to_co
     kept = (place[:, :24] <= 24).mean(axis=1)
     assert firm.selected == 24
     assert firm.expected_survivors == pytest.approx(kept.mean(), abs=0.03)
+
+
+def test_raters_who_load_their_pages_a_few_votes_apart_get_different_images():
+    """Every vote shifts the shared order; spread by position, a page read one vote later took
+    half of the page read before it. An image's next vote is one rater's turn (its id plus its
+    votes cast), which a shifted order does not move."""
+    import numpy as np
+    from herdbook.feedback.queueing import Votes, next_for, rank
+
+    policy, team = SelectionPolicy(top_k=8), 4
+    images = project((3, 0), (2, 1), *[(0, 2)] * 10, unrated=60)
+    allowed = np.ones(len(images), dtype=bool)
+    pages = []
+    for rater in range(team):
+        pages.append({e.id for e in next_for(rank(Votes.of(images), policy, team), allowed, rater, team, 10)[0]})
+        first = min(pages[-1]) - 1  # this rater votes on an image of their page (ids count from 1)
+        a, r = images[first].accepts, images[first].rejects
+        images[first] = ImageVotes(images[first].id, a, r + 1, None, images[first].prompt)
+    assert all(len(page) == 10 for page in pages)
+    assert not any(pages[i] & pages[j] for i in range(team) for j in range(i + 1, team))

@@ -574,3 +574,38 @@ def test_the_rate_page_orders_by_likeness_to_the_instance_set_and_says_so(demo_h
     at.selectbox(key="filter_order").set_value("most-alike").run()
     caption = shown_caption(at)
     assert caption.startswith(f"#{most_alike.id} ") and f"DINO {most_alike.dino:.2f} to the instance set" in caption
+
+
+def test_the_rate_page_reads_the_queue_again_as_others_vote(demo_home, monkeypatch):
+    """The page holds 50 cards; before, it kept them until 5 were left, so an image the others
+    settled meanwhile (here: rejected by three raters, which no vote of ann's can bring back)
+    was still shown to ann. Now the cards after the one on screen are read again, here (a read
+    taken to cost 45 ms) every 9 votes."""
+    from herdbook.db.access import Actor
+    from herdbook.feedback.votes import QueueFilter
+
+    from herdbook.app import rate
+
+    store = demo_home.open_store()
+    queue = rate.load_queue(store, Actor("ann", "rater"), QueueFilter(), demo_home.config.selection)
+    monkeypatch.setattr(rate, "votes_between_reads", lambda seconds: 9)
+    doomed = queue.cards[-1].id
+    with store.transaction() as session:
+        for rater in ("bob", "cai", "dan"):
+            cast_vote(session, doomed, rater, "reject")
+    for _ in range(8):
+        rate.vote(store, queue, queue.cards[0].id, "skip")
+    assert doomed in [c.id for c in queue.cards]  # read 8 votes ago
+    rate.vote(store, queue, queue.cards[0].id, "skip")
+    assert doomed not in [c.id for c in queue.cards] and queue.since_read == 0
+
+
+def test_a_page_reads_its_queue_as_often_as_a_read_costs_each_vote_5_ms():
+    from herdbook.feedback.votes import QueueFilter
+
+    from herdbook.app import rate
+
+    assert [rate.votes_between_reads(s) for s in (0.002, 0.018, 0.08, 1.0)] == [1, 4, 16, 25]
+    assert rate.Queue(None, QueueFilter(), since_read=4, read_seconds=0.018).stale
+    assert not rate.Queue(None, QueueFilter(), since_read=3, read_seconds=0.018).stale
+    assert not rate.Queue(None, QueueFilter(order="oldest"), since_read=99, read_seconds=0.001).stale
