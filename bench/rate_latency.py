@@ -7,7 +7,7 @@ element. The same is measured on bench/bare_fragment_app.py, a bare fragment wit
 and two shortcut buttons, as Streamlit's own floor: with herdbook's flags, and with Streamlit's
 defaults (which force a full garbage collection after every run; herdbook turns that off).
 
-    .venv/bin/python bench/rate_latency.py [--presses 100]
+    .venv/bin/python bench/rate_latency.py [--presses 100] [--candidates 50000]
 
 Target (issue 3): p95 under 150 ms. Output of the reported run: bench/rate_latency.txt.
 """
@@ -171,12 +171,17 @@ def summary(name: str, values: list[float]) -> str:
 
 
 def main() -> None:
+    global N_CANDIDATES, VOTES_PER_RATER, UNIQUE  # build_home reads them
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presses", type=int, default=100)
+    parser.add_argument("--candidates", type=int, default=N_CANDIDATES, help="Project size (4 votes per candidate).")
     parser.add_argument(
         "--baseline", type=Path, default=ROOT / "bench" / "bare_fragment_app.py", help="The app to compare with."
     )
     args = parser.parse_args()
+    N_CANDIDATES, VOTES_PER_RATER = args.candidates, args.candidates * 4 // N_RATERS
+    if N_CANDIDATES <= 2000:  # a small project's queue may show any of them: each gets its own file
+        UNIQUE = N_CANDIDATES
     from herdbook.serve import APP, app_command
 
     with tempfile.TemporaryDirectory() as scratch:
