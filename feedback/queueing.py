@@ -77,6 +77,7 @@ class Settledness:
     # the expected share of the selected that are good, i.e. that most raters would accept:
     # each one's posterior mass above an accept rate of 1/2 (what the selection's majority rule asks)
     expected_precision: float = 0.0
+    wanted: int = 0  # K: with fewer selected, the unrated may fill the set rather than beat it
 
     def describe(self) -> str:
         """One sentence: what could still change, then the figures it rests on."""
@@ -88,7 +89,11 @@ class Settledness:
             first = f"all {self.selected} selected are settled in"
         if self.unrated_open and self.unrated_better >= 0.5:
             better = round(self.unrated_better)
-            first += f"; about {_plural(better, 'better image')} may hide among the {self.unrated_open} unrated"
+            images = _plural(better, "image")
+            kind = (
+                images.replace(" ", " better ", 1) if self.selected >= self.wanted else f"{images} good enough to join"
+            )
+            first += f"; about {kind} may hide among the {self.unrated_open} unrated"
         if not self.selected:
             return first
         return (
@@ -508,4 +513,5 @@ def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, t
         could_drop=int((chosen & open_).sum()),
         unrated_better=round(hidden, 1),
         expected_precision=float(good.mean()) if chosen.any() else 0.0,
+        wanted=policy.top_k,
     )

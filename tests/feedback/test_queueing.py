@@ -223,7 +223,7 @@ def test_settledness_says_in_one_sentence_what_could_still_change():
     firm = settledness(images, POLICY, team=3)
     text = firm.describe()
     assert text.startswith(f"{firm.could_drop} of the 2 selected could still drop out") and firm.could_drop >= 1
-    assert f"may hide among the {firm.unrated_open} unrated" in text
+    assert f"better images may hide among the {firm.unrated_open} unrated" in text  # 2 selected of 2 wanted
     done = settledness(project(*[(3, 0)] * 2, *[(0, 3)] * 5), POLICY, team=3)
     assert re.match(
         r"all 2 selected are settled in \(an estimated \d+% of them good, 100% expected to stay", done.describe()
