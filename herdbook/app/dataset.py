@@ -185,8 +185,8 @@ def page() -> None:
         left.metric(
             "Expected to stay",
             f"{firm.expected_survivors:.0%}",
-            help=f"The share of the top {home.config.selection.top_k} that more votes are expected to keep. "
-            + firm.describe(),
+            help="The share of the selected images still selected once the votes still to come are in, "
+            "over 64 futures drawn from the votes so far. " + firm.describe(),
         )
         middle.metric("Rated, undecided", firm.undecided, help="Rated images more votes could still move in or out")
         right.metric("Unrated, open", firm.unrated_open, help="Unrated images that could still belong in the top K")
