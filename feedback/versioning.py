@@ -332,9 +332,13 @@ def _push(path: Path, remote_name: str, remote: str, branch: str) -> None:
         raise PushError(str(error).splitlines()[0] if str(error) else type(error).__name__) from error
 
 
-def copy_repository(path: Path, dest: Path) -> None:
-    """A copy of the repository's files (working tree and .oxen) for a backup."""
-    shutil.copytree(path, dest, symlinks=True)
+def copy_repository(path: Path, dest: Path, timeout: float = -1) -> None:
+    """A copy of the repository's files (working tree and .oxen) for a backup, taken between
+    commits: a copy taken while a sync's Oxen child wrote would hold half a commit. (A folder
+    without .oxen is copied as it is, for what a backup can save of a damaged home.)"""
+    held = working_tree_lock(path, timeout) if (path / ".oxen").is_dir() else contextlib.nullcontext()
+    with held:
+        shutil.copytree(path, dest, symlinks=True)
 
 
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")

@@ -375,6 +375,23 @@ def test_the_working_tree_is_not_ours_while_an_oxen_child_still_writes_it(home, 
         pass
 
 
+def test_a_backup_copies_the_repository_between_commits(home, store, imported, tmp_path):
+    """A backup taken while an Oxen child commits would copy half a commit: it waits for the child."""
+    import filelock
+
+    repo = home.dataset_repo.path
+    holder = hold_in_another_process(Path(versioning._writer_lock(repo).lock_file))
+    try:
+        with pytest.raises(filelock.Timeout):
+            versioning.copy_repository(repo, tmp_path / "copy", timeout=0.2)
+        assert not (tmp_path / "copy").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    versioning.copy_repository(repo, tmp_path / "copy", timeout=30)
+    assert (tmp_path / "copy" / ".oxen").is_dir()
+
+
 def flock_holders(path: Path) -> set[int]:
     """The processes holding a flock on ``path``, from /proc/locks."""
     inode = path.stat().st_ino if path.exists() else None
