@@ -476,18 +476,34 @@ def _expected_to_stay(
     accepts_cast, rejects_cast = votes.cast
     cast = accepts_cast.sum() + rejects_cast.sum()
     weight = (votes.accepts.sum() + votes.rejects.sum()) / cast if cast else 1.0  # a vote to come weighs the average
+    a, b, n = model.belief.a[moving], model.belief.b[moving], to_come[moving]
     rng = np.random.default_rng(0)  # the same votes always show the same figure
     kept = []
     for _ in range(STAY_DRAWS):
-        drawn = rng.binomial(to_come[moving], rng.beta(model.belief.a[moving], model.belief.b[moving]))
-        future = [array.astype(float) for array in (votes.accepts, votes.rejects, accepts_cast, rejects_cast)]
-        for array, added in zip(
-            future, (weight * drawn, weight * (to_come[moving] - drawn), drawn, to_come[moving] - drawn), strict=True
-        ):
-            array[moving] += added
-        outcome = Votes(votes.ids, future[0], future[1], votes.prompts, votes.hashes, future[2], future[3])
+        accepts = rng.binomial(n, rng.beta(a, b))
+        outcome = _with_votes(votes, moving, accepts, n - accepts, weight)
         kept.append(np.isin(np.flatnonzero(chosen), _selected(outcome, policy)).mean())
     return float(np.mean(kept))
+
+
+def _with_votes(votes: Votes, rows: np.ndarray, accepts: np.ndarray, rejects: np.ndarray, weight: float) -> Votes:
+    """``votes`` with more accepts and rejects cast on ``rows``, each weighing ``weight``."""
+
+    def plus(counts: np.ndarray, added: np.ndarray) -> np.ndarray:
+        counts = counts.astype(float)
+        counts[rows] += added
+        return counts
+
+    accepts_cast, rejects_cast = votes.cast
+    return Votes(
+        votes.ids,
+        plus(votes.accepts, weight * accepts),
+        plus(votes.rejects, weight * rejects),
+        votes.prompts,
+        votes.hashes,
+        plus(accepts_cast, accepts),
+        plus(rejects_cast, rejects),
+    )
 
 
 def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, team: int | None = None) -> Settledness:
