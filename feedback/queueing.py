@@ -8,9 +8,9 @@ on Beta posteriors of each image's accept rate:
   mean is the project's overall accept share (most generated images are rejected, so one
   reject is strong evidence and one accept a lead worth following) with the weight of
   ``PRIOR_WEIGHT`` votes.
-- The cut lies halfway between the K-th and (K+1)-th best posterior means. An image's membership is uncertain while its
-  posterior puts real mass on the other side of the cut: ``uncertainty`` is that mass (the
-  Beta's exact tail, one scipy call for 50,000 images).
+- The cut lies halfway between the K-th and (K+1)-th best posterior means. An image's
+  membership is uncertain while its posterior puts real mass on the other side of the cut:
+  ``uncertainty`` is that mass (the Beta's exact tail, one scipy call for 50,000 images).
 - Images below ``SETTLED`` are settled (clearly in or clearly out) and leave the queue, as long
   as all the settled together are expected to hold fewer than one image on the wrong side.
   Selected images short of ``min_votes`` come first whatever their uncertainty; then the
@@ -89,10 +89,8 @@ class Settledness:
             first = f"all {self.selected} selected are settled in"
         if self.unrated_open and self.unrated_better >= 0.5:
             better = round(self.unrated_better)
-            images = _plural(better, "image")
-            kind = (
-                images.replace(" ", " better ", 1) if self.selected >= self.wanted else f"{images} good enough to join"
-            )
+            noun = "image" if better == 1 else "images"
+            kind = f"{better} better {noun}" if self.selected >= self.wanted else f"{better} {noun} good enough to join"
             first += f"; about {kind} may hide among the {self.unrated_open} unrated"
         if not self.selected:
             return first
@@ -236,9 +234,9 @@ def _open(votes: Votes, belief: Posterior, cut: float, movable: np.ndarray) -> t
     open. A rated image settles when it is SETTLED-sure of its side, and only while all the
     settled together are expected to hold fewer than SETTLED_TOGETHER on the wrong side, surest
     first: one image at 1% is sure, but four hundred at 1% (each rejected once by a rater who may
-    be wrong) hide four good ones. The unrated, all alike, stay open as long as one of them is
-    unsure or together they are expected to hold one above the cut (fifty thousand at one in
-    fifty hide a thousand). Only what votes can still move (``movable``) counts."""
+    be wrong) hide four good ones. The unrated, all alike, stay open while they lie above the cut
+    or together are expected to hold one image above it (fifty thousand at one in fifty hide a
+    thousand). Only what votes can still move (``movable``) counts."""
     above = belief.above(cut)
     uncertain = np.minimum(above, 1 - above)
     unrated = votes.decisive == 0
