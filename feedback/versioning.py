@@ -138,11 +138,9 @@ def working_tree_lock(path: Path, timeout: float = -1):
     a process killed with -9 goes with it, but its child goes on committing, and a sync beside
     it found "nothing new" while the child's commit went unrecorded. (``timeout``: seconds to
     wait, -1 for as long as it takes; filelock.Timeout when they pass.)"""
-    from filelock import FileLock
-
     if not (path / ".oxen").is_dir():
         _repo(path)  # raises the VersioningError that says what to do
-    with FileLock(str(path.with_name(f".{path.name}.lock")), timeout=timeout):  # beside the repository, not in it
+    with _lock(path.with_name(f".{path.name}.lock"), timeout):  # beside the repository, not in it
         with _writer_lock(path, timeout):
             pass
         yield
@@ -151,9 +149,31 @@ def working_tree_lock(path: Path, timeout: float = -1):
 def _writer_lock(path: Path, timeout: float = -1):
     """Held by an Oxen child for as long as it writes the working tree or the history, whoever
     started it and whether or not they are still alive."""
-    from filelock import FileLock
+    return _lock(writer_lock_path(path), timeout)
 
-    return FileLock(str(path.with_name(f".{path.name}.writer.lock")), timeout=timeout)
+
+def writer_lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.writer.lock")
+
+
+@contextlib.contextmanager
+def _lock(lock_path: Path, timeout: float):
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:  # a TimeoutError, so an OSError too: the caller's to handle
+        raise
+    except OSError as error:  # a folder or an unreadable file where the lock file goes
+        raise VersioningError(
+            f"can't take the lock {lock_path} ({error.strerror}): it must be a file this user can write; "
+            "remove it if it is anything else"
+        ) from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 WRITES_THE_WORKING_TREE = {"commit", "copy_out"}

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from herdbook.db.models import DatasetVersion
 from herdbook.feedback import curation, versioning
+from herdbook.feedback.errors import VersioningError
 from herdbook.feedback.ingest import import_images, rows_from_csv
 from herdbook.feedback.selection import SelectionPolicy
 from herdbook.feedback.votes import cast_vote
@@ -364,7 +365,7 @@ def test_the_working_tree_is_not_ours_while_an_oxen_child_still_writes_it(home, 
     import filelock
 
     repo = home.dataset_repo.path
-    holder = hold_in_another_process(Path(versioning._writer_lock(repo).lock_file))
+    holder = hold_in_another_process(versioning.writer_lock_path(repo))
     try:
         with pytest.raises(filelock.Timeout), versioning.working_tree_lock(repo, timeout=0.2):
             pass
@@ -380,7 +381,7 @@ def test_a_backup_copies_the_repository_between_commits(home, store, imported, t
     import filelock
 
     repo = home.dataset_repo.path
-    holder = hold_in_another_process(Path(versioning._writer_lock(repo).lock_file))
+    holder = hold_in_another_process(versioning.writer_lock_path(repo))
     try:
         with pytest.raises(filelock.Timeout):
             versioning.copy_repository(repo, tmp_path / "copy", timeout=0.2)
@@ -390,6 +391,15 @@ def test_a_backup_copies_the_repository_between_commits(home, store, imported, t
         holder.wait()
     versioning.copy_repository(repo, tmp_path / "copy", timeout=30)
     assert (tmp_path / "copy" / ".oxen").is_dir()
+
+
+def test_a_folder_where_a_lock_file_goes_is_named_not_a_traceback(home, store, imported):
+    repo = home.dataset_repo.path
+    versioning.writer_lock_path(repo).mkdir()
+    with pytest.raises(VersioningError, match=r"can't take the lock .*writer\.lock.*must be a file"):
+        do_sync(store, home)
+    versioning.writer_lock_path(repo).rmdir()
+    assert do_sync(store, home).version is not None  # nothing was half done
 
 
 def flock_holders(path: Path) -> set[int]:
@@ -424,7 +434,7 @@ def test_a_sync_killed_with_9_while_oxen_commits_is_recorded_by_the_next_sync(ho
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    writer = Path(versioning._writer_lock(home.dataset_repo.path).lock_file)
+    writer = versioning.writer_lock_path(home.dataset_repo.path)
     # until its Oxen child holds the writer lock (the sync itself takes it for a moment first)
     while sync.poll() is None and not flock_holders(writer) - {sync.pid}:
         pass
