@@ -36,7 +36,7 @@ from herdbook.feedback.tables import (
     rating_word,
     to_csv,
 )
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 
@@ -64,14 +64,28 @@ class SyncResult:
     notes: list[str] = field(default_factory=list)
 
 
+# what a decision and the tables written from it read of each candidate: plain rows, where whole
+# Candidate objects (their JSON columns parsed) took 1.2 s of the 2.2 s on 50,000 rated images
+DECIDED_COLUMNS = (
+    Candidate.id,
+    Candidate.prompt,
+    Candidate.phash,
+    Candidate.source_name,
+    Candidate.path,
+    Candidate.round_id,
+)
+
+
 def decide(
     session: Session, policy: SelectionPolicy, counts: dict[int, Tally] | None = None
-) -> tuple[list[Decision], dict[int, Candidate]]:
+) -> tuple[list[Decision], dict[int, Row]]:
     """The current selection over every image with at least one accept or reject vote (from
-    ``counts`` when given, else the database's current counts)."""
+    ``counts`` when given, else the database's current counts), and each such candidate's row
+    (DECIDED_COLUMNS, by id)."""
     counts = counts if counts is not None else tallies(session, weigh=policy.weigh_raters)
     counts = {cid: t for cid, t in counts.items() if t.decisive}
-    candidates = {c.id: c for c in session.scalars(select(Candidate).where(Candidate.id.in_(counts)))}
+    query = select(*DECIDED_COLUMNS).where(Candidate.id.in_(counts))
+    candidates = {row.id: row for row in session.execute(query)}
     rated = [RatedImage(c.id, c.prompt, counts[c.id], c.phash, c.source_name) for c in candidates.values()]
     return select_instance_images(rated, policy), candidates
 
