@@ -121,11 +121,10 @@ def decisive_votes(session: Session) -> np.ndarray:
 
 def weighed_evidence(session: Session) -> dict[int, tuple[float, float]]:
     """Each voted candidate's accepts and rejects weighed by its raters' reliability."""
-    from herdbook.feedback.reliability import weighed_sums
+    from herdbook.feedback.reliability import weighed_by_image
 
     votes = decisive_votes(session)
-    images, accepts, rejects = weighed_sums(votes[:, 0], votes[:, 1], votes[:, 2])
-    return dict(zip(images.tolist(), zip(accepts.tolist(), rejects.tolist(), strict=True), strict=True))
+    return weighed_by_image(votes[:, 0], votes[:, 1], votes[:, 2])
 
 
 def status(session: Session) -> dict[str, int]:

@@ -15,7 +15,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from herdbook.db.errors import NotFound
 from herdbook.db.models import Candidate, DatasetVersion, Rater, Vote, VoteValue
 from herdbook.feedback import versioning
@@ -113,14 +112,12 @@ def _tallies_of(votes, weigh: bool = False) -> dict[int, Tally]:
         counts.setdefault(cid, Counter())[value] += 1
     evidence = {}
     if weigh:
-        from herdbook.feedback.reliability import weighed_sums
+        from herdbook.feedback.reliability import weighed_by_image
 
         decisive = [
             (cid, rater, value == VoteValue.accept) for cid, rater, value, _, _ in votes if value != VoteValue.skip
         ]
-        columns = [np.array(column) for column in zip(*decisive, strict=True)] if decisive else [np.zeros(0)] * 3
-        images, accepts, rejects = weighed_sums(*columns)
-        evidence = dict(zip(images.tolist(), zip(accepts.tolist(), rejects.tolist(), strict=True), strict=True))
+        evidence = weighed_by_image(*(zip(*decisive, strict=True) if decisive else ([], [], [])))
     return {
         cid: Tally(
             c[VoteValue.accept],

@@ -76,6 +76,12 @@ def weighed_sums(
     return images, *sums
 
 
+def weighed_by_image(image_ids, rater_ids, accepted) -> dict[int, tuple[float, float]]:
+    """``weighed_sums`` as a mapping: image id -> (weighed accepts, weighed rejects)."""
+    images, accepts, rejects = weighed_sums(np.asarray(image_ids), np.asarray(rater_ids), accepted)
+    return dict(zip(images.tolist(), zip(accepts.tolist(), rejects.tolist(), strict=True), strict=True))
+
+
 @dataclass(frozen=True)
 class Fitted:
     sensitivity: np.ndarray  # per rater

@@ -78,31 +78,30 @@ class Queue:
 
 
 def load_queue(store, actor: Actor, filters: QueueFilter, selection) -> Queue:
-    started = time.perf_counter()
     with store.transaction() as session:
-        entries, size = queue_view(session, actor.name, filters, limit=BATCH, selection=selection)
-        ids = [e.id for e in entries]
-        return Queue(
-            actor,
-            filters,
-            cards(session, ids),
-            size,
-            rater_vote_count(session, actor.name),
-            reasons={e.id: e.reason for e in entries},
-            earlier={} if filters.unrated_only else my_votes(session, actor.name, ids),
-            selection=selection,
-            read_seconds=time.perf_counter() - started,
-        )
+        queue = Queue(actor, filters, votes=rater_vote_count(session, actor.name), selection=selection)
+        read_cards(session, queue)
+        return queue
+
+
+def read_cards(session, queue: Queue) -> None:
+    """Fill the page with the next BATCH cards of its queue (but those voted here and not stored
+    yet), and time the read."""
+    started = time.perf_counter()
+    entries, queue.left = queue_view(session, queue.rater, queue.filters, limit=BATCH, selection=queue.selection)
+    waiting = {candidate_id for candidate_id, _ in queue.unsaved}
+    ids = [e.id for e in entries if e.id not in waiting]
+    queue.cards = cards(session, ids)
+    queue.reasons.update({e.id: e.reason for e in entries})
+    if not queue.filters.unrated_only:
+        queue.earlier.update(my_votes(session, queue.rater, ids))
+    queue.since_read, queue.read_seconds = 0, time.perf_counter() - started
 
 
 def refill(store, queue: Queue) -> None:
     if queue.stale:
-        fresh = load_queue(store, queue.actor, queue.filters, queue.selection)
-        waiting = {candidate_id for candidate_id, _ in queue.unsaved}  # voted here, not stored yet
-        queue.cards = [c for c in fresh.cards if c.id not in waiting]
-        queue.left, queue.since_read, queue.read_seconds = fresh.left, 0, fresh.read_seconds
-        queue.reasons.update(fresh.reasons)
-        queue.earlier.update(fresh.earlier)
+        with store.transaction() as session:
+            read_cards(session, queue)
         return
     if len(queue.cards) < 5:
         with store.transaction() as session:
