@@ -9,13 +9,22 @@ arriving in waves whose quality rises per wave, and raters with their own lenien
 a rater accepts an image when its quality plus their noise clears the bar shifted by their
 leniency. Some scenarios add a spammer (accepts 95% of everything) and a tiring rater (noise
 grows with each vote). The truly good images are the 2K best (so a precise top K exists).
+Each rater's noise on each image is drawn once per seed, so every order is asked the same votes
+and they differ only in which they ask for (the tiring rater's grows with their votes, so theirs
+differ a little by order).
+
+Two measures per run: the votes at which the selection first is 95% precise, and the votes from
+which it stays so to the end of the run (the queue empty, or every vote cast): a team stops when
+the app says so, not when the truth it cannot see crosses the line for a moment. The ratios
+count the seeds where the selection is 95% precise once every rater has voted on every image
+(where any order can get there).
 
 The queue is herdbook's own code, as ``queue_view`` runs it: the votes weighed by each rater's
 reliability (``feedback.reliability``, as ``[selection] weigh_raters`` does by default), ranked by
 ``rank`` with the team, a rater's page from ``next_for`` (raters spread apart). The selection is
 ``select_instance_images`` over the same tallies, as ``herdbook select`` makes it, and the figures
 checked are ``settledness(...)``'s, as the Dataset page and ``status`` show them.
-No database: the same functions over arrays, so 75 runs fit in minutes on two cores.
+No database: the same functions over arrays, so 75 runs fit in about five minutes on one core.
 
     python -m bench.queue_scenarios [--seeds 5] [--only NAME]
 """
@@ -32,11 +41,8 @@ from herdbook.feedback.reliability import reliability
 from herdbook.feedback.scoring import Tally
 from herdbook.feedback.selection import RatedImage, SelectionPolicy, select_instance_images
 
-# votes a rater casts before their page reads the queue again: the Rate page reads as often as a read
-# costs each vote 5 ms (every 4th vote at 1,200 images on the 2-core machine, every vote at 72), so 10 is slow
-BATCH = 10
-CHECK_EVERY = 25  # votes between precision checks
-CALIBRATE_EVERY = 100  # votes between settledness readings
+PAGE = 10  # cards an arrival or random page holds
+CALIBRATE_EVERY = 4  # precision checks between settledness readings
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,19 @@ class Scenario:
     raters: int
     spammer: bool = True
     tiring: bool = True
+    # votes a rater casts before the Rate page reads the queue again: as often as a read costs each
+    # vote 5 ms (votes_between_reads; bench/rate_latency.txt, 2-core machine: about every 4th vote
+    # at 1,200 images, every vote at 200)
+    reads_every: int = 4
+    check_every: int = 25  # votes between precision checks
 
 
 SCENARIOS = [
     Scenario("waves of 400, 8 raters, K=24", 1200, 3, 24, 8),
     Scenario("one wave of 1200, 8 raters, K=24", 1200, 1, 24, 8),
-    Scenario("waves of 200, 6 raters, K=8", 600, 3, 8, 6),
+    Scenario("waves of 200, 6 raters, K=8", 600, 3, 8, 6, reads_every=2),
     Scenario("honest team, waves of 400, K=24", 1200, 3, 24, 8, spammer=False, tiring=False),
-    Scenario("small project: 72 images, K=24", 72, 1, 24, 4, spammer=False),
+    Scenario("small project: 72 images, K=24", 72, 1, 24, 4, spammer=False, reads_every=1, check_every=3),
 ]
 ORDERS = ("uncertainty", "arrival", "random")
 
@@ -70,6 +81,9 @@ class Team:
     noise: np.ndarray
     spammer: int | None
     tiring: int | None
+    # each rater's draw on each image, fixed per seed, so every order is asked the same votes
+    # (common random numbers: orders differ by which votes they ask for, not by luck)
+    draws: np.ndarray
 
 
 def make_team(scenario: Scenario, seed: int) -> Team:
@@ -88,14 +102,16 @@ def make_team(scenario: Scenario, seed: int) -> Team:
         rng.uniform(0.3, 0.8, raters),
         raters - 1 if scenario.spammer else None,
         raters - 2 if scenario.tiring else None,
+        rng.standard_normal((raters, n)),
     )
 
 
-def accepts(team: Team, rng: np.random.Generator, rater: int, image: int, cast_so_far: int) -> bool:
+def accepts(team: Team, rater: int, image: int, cast_so_far: int) -> bool:
+    draw = team.draws[rater, image]
     if rater == team.spammer:
-        return bool(rng.random() < 0.95)
+        return bool(draw < 1.645)  # 95% of standard normal draws
     noise = team.noise[rater] * (1 + cast_so_far / 300 if rater == team.tiring else 1)
-    return bool(team.quality[image] + rng.normal(0, noise) > team.bar + team.leniency[rater])
+    return bool(team.quality[image] + noise * draw > team.bar + team.leniency[rater])
 
 
 class Tallies:
@@ -149,7 +165,8 @@ def run(scenario: Scenario, order: str, seed: int) -> dict:
     shuffled = [rng.permutation(n) for _ in range(raters)]
     pages: list[list[int]] = [[] for _ in range(raters)]
     wave_gap = 2 * -(-n // scenario.waves)  # a wave arrives after two votes an image of the one before
-    result = {"to_90": None, "to_95": None, "votes": 0, "readings": []}
+    result = {"votes": 0, "readings": []}
+    trace: list[tuple[int, float]] = []  # (votes cast, the selection's precision) at each check
     idle, waves_in = 0, 0
     budget = raters * n
     while result["votes"] < budget:
@@ -166,12 +183,12 @@ def run(scenario: Scenario, order: str, seed: int) -> dict:
             allowed = arrived & ~voted[rater]
             if order == "uncertainty":
                 ranking = rank(tallies.votes(ids), policy, team=raters)
-                pages[rater] = [e.id for e in next_for(ranking, allowed, rater, raters, BATCH)[0]]
+                pages[rater] = [e.id for e in next_for(ranking, allowed, rater, raters, scenario.reads_every)[0]]
             elif order == "arrival":
-                pages[rater] = [int(i) for i in np.flatnonzero(allowed)[:BATCH]]
+                pages[rater] = [int(i) for i in np.flatnonzero(allowed)[:PAGE]]
             else:
                 mine = shuffled[rater]
-                pages[rater] = [int(i) for i in mine[allowed[mine]][:BATCH]]
+                pages[rater] = [int(i) for i in mine[allowed[mine]][:PAGE]]
             if not pages[rater]:
                 idle += 1  # nothing this rater could vote on now; the next rater's turn
                 continue
@@ -180,25 +197,33 @@ def run(scenario: Scenario, order: str, seed: int) -> dict:
         if voted[rater, image]:
             continue
         voted[rater, image] = True
-        tallies.add(image, rater, accepts(team, rng, rater, image, cast_by[rater]))
+        tallies.add(image, rater, accepts(team, rater, image, cast_by[rater]))
         cast_by[rater] += 1
         result["votes"] += 1
         votes_now = result["votes"]
-        if votes_now % CHECK_EVERY == 0 and (result["to_95"] is None or order == "uncertainty"):
+        if votes_now % scenario.check_every == 0:
             votes = tallies.votes(ids)
             chosen = selection(votes, policy)
-            reached = precision(chosen, policy, team.good)
-            for target, key in ((0.9, "to_90"), (0.95, "to_95")):
-                if result[key] is None and reached >= target:
-                    result[key] = votes_now
-            if order == "uncertainty" and votes_now % CALIBRATE_EVERY == 0:
+            trace.append((votes_now, precision(chosen, policy, team.good)))
+            if order == "uncertainty" and votes_now % (CALIBRATE_EVERY * scenario.check_every) == 0:
                 firm = settledness(votes, policy, team=raters)
                 good_share = float(np.mean(team.good[chosen])) if chosen else 0.0
                 result["readings"].append((firm.expected_precision, firm.expected_survivors, good_share, chosen))
-            if result["to_95"] is not None and order != "uncertainty":
-                break
     # what "expected to stay" claims: the share of the selection at each reading that the last one keeps
-    final = set(selection(tallies.votes(ids), policy))
+    final = selection(tallies.votes(ids), policy)
+    trace.append((result["votes"], precision(final, policy, team.good)))
+    final = set(final)
+    for target, key in ((0.9, "to_90"), (0.95, "to_95")):
+        result[key] = next((cast for cast, reached in trace if reached >= target), None)
+    # a team stops when the app says so, not when the truth it cannot see crosses the line: the
+    # votes after which the precision stayed at 95% or more to the end of the run (the queue empty,
+    # or every rater's vote on every image cast)
+    result["stays_95"] = None
+    for cast, reached in trace:
+        if reached < 0.95:
+            result["stays_95"] = None
+        elif result["stays_95"] is None:
+            result["stays_95"] = cast
     result["readings"] = [
         (shown, stays, good_share, sum(i in final for i in chosen) / len(chosen) if chosen else 1.0)
         for shown, stays, good_share, chosen in result["readings"]
@@ -210,13 +235,23 @@ def ceiling(scenario: Scenario, seed: int) -> float:
     """The precision of the selection once every rater has voted on every image: what no order
     can beat at the end, though one may pass it for a moment on the way."""
     team = make_team(scenario, seed)
-    rng = np.random.default_rng(seed * 7919 + len(ORDERS))
     tallies = Tallies(scenario.candidates)
     for image in range(scenario.candidates):
         for rater in range(scenario.raters):
-            tallies.add(image, rater, accepts(team, rng, rater, image, image))
+            tallies.add(image, rater, accepts(team, rater, image, image))
     policy = SelectionPolicy(top_k=scenario.top_k)
     return precision(selection(tallies.votes(np.arange(scenario.candidates)), policy), policy, team.good)
+
+
+def ratio(runs: dict, other: str, key: str, budget: int, possible: list[bool]) -> float | None:
+    """The median over the ``possible`` seeds of the other order's votes over ours, where the
+    other order got there at all; a seed where ours never did counts as the whole budget."""
+    pairs = [
+        (theirs[key], budget if ours[key] is None else ours[key])
+        for theirs, ours, can in zip(runs[other], runs["uncertainty"], possible, strict=True)
+        if theirs[key] and can
+    ]
+    return statistics.median(o / u for o, u in pairs) if pairs else None
 
 
 def describe(value: int | None) -> str:
@@ -236,33 +271,24 @@ def main() -> None:
         print(f"\n## {scenario.name}: {scenario.candidates} candidates in {scenario.waves} wave(s), "
               f"{scenario.raters} raters{', a spammer' if scenario.spammer else ''}"
               f"{', a tiring rater' if scenario.tiring else ''}")  # fmt: skip
-        print(f"{'order':<12} {'votes to 90% (per seed)':<44} {'votes to 95% (per seed)':<44}")
-        medians = {}
+        print(f"{'order':<12} {'votes to 90% (per seed)':<36} {'votes to 95%':<36} {'95% from then on':<36}")
+        runs = {order: [run(scenario, order, seed) for seed in range(args.seeds)] for order in ORDERS}
+        for r in runs["uncertainty"]:
+            readings += [(*reading, scenario.waves == 1) for reading in r["readings"]]
         for order in ORDERS:
-            runs = [run(scenario, order, seed) for seed in range(args.seeds)]
-            if order == "uncertainty":
-                for r in runs:
-                    readings += [(*reading, scenario.waves == 1) for reading in r["readings"]]
-            to_90 = ", ".join(describe(r["to_90"]) for r in runs)
-            to_95 = ", ".join(describe(r["to_95"]) for r in runs)
-            print(f"{order:<12} {to_90:<44} {to_95:<44}", flush=True)
-            medians[order] = [r["to_95"] for r in runs]
-        every_vote = ", ".join(f"{ceiling(scenario, seed):.0%}" for seed in range(args.seeds))
-        print(f"precision once every rater voted on every image (one draw of their noise, per seed): {every_vote}")
-        ratios = {}
-        for other in ("arrival", "random"):
-            # where the other order reached 95%; a seed where ours never did counts as the whole budget
-            budget = scenario.raters * scenario.candidates
-            pairs = [
-                (o, budget if u is None else u)
-                for o, u in zip(medians[other], medians["uncertainty"], strict=True)
-                if o
-            ]
-            ratios[other] = statistics.median(o / u for o, u in pairs) if pairs else None
-        verdicts.append((scenario.name, ratios["arrival"], ratios["random"]))
-        shown = {k: "no seed reached 95%" if v is None else f"{v:.2f}x" for k, v in ratios.items()}
-        print(f"median ratio of votes to 95%: arrival / uncertainty {shown['arrival']}, random / uncertainty "
-              f"{shown['random']} (over the seeds where that order reached it)")  # fmt: skip
+            columns = (", ".join(describe(r[key]) for r in runs[order]) for key in ("to_90", "to_95", "stays_95"))
+            print(f"{order:<12} " + " ".join(f"{c:<36}" for c in columns), flush=True)
+        ceilings = [ceiling(scenario, seed) for seed in range(args.seeds)]
+        print(f"precision once every rater voted on every image, per seed: {', '.join(f'{c:.0%}' for c in ceilings)}"
+              " (the ratios below count the seeds where it is 95% or more: where any order can get there)")  # fmt: skip
+        budget = scenario.raters * scenario.candidates
+        possible = [c >= 0.95 for c in ceilings]
+        for key, what in (("to_95", "votes to 95%"), ("stays_95", "votes to 95% for good")):
+            ratios = {other: ratio(runs, other, key, budget, possible) for other in ("arrival", "random")}
+            verdicts.append((scenario.name, what, ratios["arrival"], ratios["random"]))
+            shown = {k: "no seed reached it" if v is None else f"{v:.2f}x" for k, v in ratios.items()}
+            print(f"median ratio of {what}: arrival / uncertainty {shown['arrival']}, random / uncertainty "
+                  f"{shown['random']} (over the seeds where that order reached it)")  # fmt: skip
     calibrations = (
         ("estimated precision", 0, 2, "the share of the selected that are truly good at that moment", readings),
         ("expected to stay", 1, 3, "the share of the selection at that moment that the run's last selection keeps",
@@ -283,11 +309,11 @@ def main() -> None:
                     f"{100 * (shown - reached):>+13.0f}"
                 )
     print("\n## against the targets (>= 3x fewer votes than arrival, >= 2x fewer than random, median over seeds)")
-    for name, vs_arrival, vs_random in verdicts:
+    for name, what, vs_arrival, vs_random in verdicts:
         met = "met" if (vs_arrival or 3) >= 3 and (vs_random or 2) >= 2 else "missed"
         figures = [f"{v:.2f}x {k}" if v else f"no {k} run reached 95%" for k, v in (("arrival", vs_arrival),
                                                                                   ("random", vs_random))]  # fmt: skip
-        print(f"{name:<36} {', '.join(figures)}: {met}")
+        print(f"{name:<36} {what:<22} {', '.join(figures)}: {met}")
 
 
 if __name__ == "__main__":
