@@ -208,11 +208,11 @@ def run(scenario: Scenario, order: str, seed: int) -> dict:
             if order == "uncertainty" and votes_now % (CALIBRATE_EVERY * scenario.check_every) == 0:
                 firm = settledness(votes, policy, team=raters)
                 good_share = float(np.mean(team.good[chosen])) if chosen else 0.0
-                result["readings"].append((firm.expected_precision, firm.expected_survivors, good_share, chosen))
-    # what "expected to stay" claims: the share of the selection at each reading that the last one keeps
-    final = selection(tallies.votes(ids), policy)
-    trace.append((result["votes"], precision(final, policy, team.good)))
-    final = set(final)
+                result["readings"].append(
+                    (firm.expected_precision, firm.expected_survivors, good_share, chosen, arrived.copy())
+                )
+    final_votes = tallies.votes(ids)
+    trace.append((result["votes"], precision(selection(final_votes, policy), policy, team.good)))
     for target, key in ((0.9, "to_90"), (0.95, "to_95")):
         result[key] = next((cast for cast, reached in trace if reached >= target), None)
     # a team stops when the app says so, not when the truth it cannot see crosses the line: the
@@ -224,11 +224,30 @@ def run(scenario: Scenario, order: str, seed: int) -> dict:
             result["stays_95"] = None
         elif result["stays_95"] is None:
             result["stays_95"] = cast
+    # "expected to stay" speaks of the votes still to come on the images there are, so each reading
+    # is checked against the last selection among the images that had arrived when it was shown
     result["readings"] = [
-        (shown, stays, good_share, sum(i in final for i in chosen) / len(chosen) if chosen else 1.0)
-        for shown, stays, good_share, chosen in result["readings"]
+        (shown, stays, good_share, kept_share(chosen, final_votes, there, policy))
+        for shown, stays, good_share, chosen, there in result["readings"]
     ]
     return result
+
+
+def kept_share(chosen: list[int], votes: Votes, there: np.ndarray, policy: SelectionPolicy) -> float:
+    """The share of ``chosen`` that the selection keeps from the final ``votes`` on the images ``there``."""
+    if not chosen:
+        return 1.0
+    only = Votes(
+        votes.ids,
+        votes.accepts * there,
+        votes.rejects * there,
+        votes.prompts,
+        votes.hashes,
+        votes.accepts_cast * there,
+        votes.rejects_cast * there,
+    )
+    final = set(selection(only, policy))
+    return sum(i in final for i in chosen) / len(chosen)
 
 
 def ceiling(scenario: Scenario, seed: int) -> float:
@@ -291,7 +310,7 @@ def main() -> None:
                   f"{shown['random']} (over the seeds where that order reached it)")  # fmt: skip
     calibrations = (
         ("estimated precision", 0, 2, "the share of the selected that are truly good at that moment", readings),
-        ("expected to stay", 1, 3, "the share of the selection at that moment that the run's last selection keeps",
+        ("expected to stay", 1, 3, "the share of the selection at that moment that the run's last selection among the same images keeps",
          readings),
         ("expected to stay", 1, 3, "the same, in the scenarios where every candidate is there from the start",
          [r for r in readings if r[4]]),

@@ -320,6 +320,37 @@ def test_expected_to_stay_is_the_share_the_selection_keeps_after_the_votes_to_co
     assert firm.expected_survivors == pytest.approx(kept.mean(), abs=0.03)
 
 
+def test_the_votes_to_come_stop_where_the_queue_stops_asking():
+    """``expected to stay`` draws each open image's votes one at a time and stops once the image
+    is sure of its side of the cut, as the queue does: drawing every vote to come at once read
+    10-17 points low where most images settle after one more. Image 0 is sure whatever one more
+    vote says (50 accepts, 1 reject, cut 1/2); image 1 (Beta(1, 1)) never is after one vote."""
+    import numpy as np
+    from herdbook.feedback.queueing import _VotesToCome
+
+    votes_to_come = _VotesToCome(np.array([50.0, 1.0]), np.array([1.0, 1.0]), np.array([8, 8]), 1.0, 0.5)
+    rng = np.random.default_rng(0)
+    cast = np.array([sum(votes_to_come.draw(rng)) for _ in range(200)])
+    assert (cast[:, 0] == 1).all()
+    assert (cast[:, 1] >= 2).all() and (cast[:, 1] <= 8).all() and (cast[:, 1] < 8).any()
+    # Beta(1 + k, 1 + j) is sure of its side only once |k - j| is large: no vote after that
+    for k, j in zip(*np.nonzero(votes_to_come.known[:, :, 1] == 1), strict=True):
+        assert abs(int(k) - int(j)) >= 3
+
+
+def test_an_image_no_run_of_votes_could_settle_gets_every_vote_to_come():
+    """Votes that weigh next to nothing (a spammer's team) never settle an image, whatever they
+    say: the simulation gives it all its votes without asking, which keeps a 50,000-image
+    project's settledness near a second."""
+    import numpy as np
+    from herdbook.feedback.queueing import _VotesToCome
+
+    votes_to_come = _VotesToCome(np.array([1.0, 1.0]), np.array([1.0, 1.0]), np.array([5, 5]), 0.01, 0.5)
+    assert not votes_to_come.settles.any()
+    accepts, rejects = votes_to_come.draw(np.random.default_rng(0))
+    assert (accepts + rejects == 5).all()
+
+
 def test_raters_who_load_their_pages_a_few_votes_apart_get_different_images():
     """Every vote shifts the shared order; spread by position, a page read one vote later took
     half of the page read before it. An image's next vote is one rater's turn (its id plus its
