@@ -2,7 +2,8 @@
 for the uncertainty queue against arrival order and a uniformly random order, per scenario and seed,
 and how well the figures the app shows predict what they claim: the selection's estimated precision
 against the share of the selected that are truly good, and the share "expected to stay" against the
-share of the selection that the run's last selection keeps.
+share of the selection that the run's last selection keeps among the images there were then (the
+figure speaks of the votes still to come, not of candidates not generated yet).
 
 Each scenario is a project with a latent quality per image (continuous, normal), candidates
 arriving in waves whose quality rises per wave, and raters with their own leniency and noise:
