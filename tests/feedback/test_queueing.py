@@ -334,8 +334,9 @@ def test_the_votes_to_come_stop_where_the_queue_stops_asking():
     assert (cast[:, 0] == 1).all()
     assert (cast[:, 1] >= 2).all() and (cast[:, 1] <= 8).all() and (cast[:, 1] < 8).any()
     # Beta(1 + k, 1 + j) is sure of its side only once |k - j| is large: no vote after that
-    for k, j in zip(*np.nonzero(votes_to_come.known[:, :, 1] == 1), strict=True):
-        assert abs(int(k) - int(j)) >= 3
+    for cast, table in votes_to_come.known.items():
+        for k in np.flatnonzero(table[:, 1] == 1):
+            assert abs(int(k) - (cast - int(k))) >= 3
 
 
 def test_an_image_no_run_of_votes_could_settle_gets_every_vote_to_come():
