@@ -33,6 +33,7 @@ No database: the same functions over arrays, so 75 runs fit in about five minute
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -238,15 +239,8 @@ def kept_share(chosen: list[int], votes: Votes, there: np.ndarray, policy: Selec
     """The share of ``chosen`` that the selection keeps from the final ``votes`` on the images ``there``."""
     if not chosen:
         return 1.0
-    only = Votes(
-        votes.ids,
-        votes.accepts * there,
-        votes.rejects * there,
-        votes.prompts,
-        votes.hashes,
-        votes.accepts_cast * there,
-        votes.rejects_cast * there,
-    )
+    columns = ("accepts", "rejects", "accepts_cast", "rejects_cast")
+    only = dataclasses.replace(votes, **{name: getattr(votes, name) * there for name in columns})
     final = set(selection(only, policy))
     return sum(i in final for i in chosen) / len(chosen)
 

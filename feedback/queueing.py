@@ -515,7 +515,9 @@ class _VotesToCome:
     def _settled(self, m: int, k: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if m > self.REMEMBERED_VOTES:
             return self._sure(rows, k, m - k)
-        table = self.known.setdefault(m, np.full((m + 1, len(self.a)), -1, dtype=np.int8))
+        table = self.known.get(m)
+        if table is None:  # (setdefault would build a new table on every call)
+            table = self.known[m] = np.full((m + 1, len(self.a)), -1, dtype=np.int8)
         unknown = table[k, rows] < 0
         if unknown.any():
             table[k[unknown], rows[unknown]] = self._sure(rows[unknown], k[unknown], m - k[unknown])

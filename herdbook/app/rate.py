@@ -90,12 +90,18 @@ def read_cards(session, queue: Queue) -> None:
     started = time.perf_counter()
     entries, queue.left = queue_view(session, queue.rater, queue.filters, limit=BATCH, selection=queue.selection)
     waiting = {candidate_id for candidate_id, _ in queue.unsaved}
-    ids = [e.id for e in entries if e.id not in waiting]
-    queue.cards = cards(session, ids)
+    queue.cards = []
+    add_cards(session, queue, [e for e in entries if e.id not in waiting])
+    queue.since_read, queue.read_seconds = 0, time.perf_counter() - started
+
+
+def add_cards(session, queue: Queue, entries) -> None:
+    """The queue entries' cards after the page's, with why each is there and this rater's earlier vote."""
+    ids = [e.id for e in entries]
     queue.reasons.update({e.id: e.reason for e in entries})
+    queue.cards += cards(session, ids)
     if not queue.filters.unrated_only:
         queue.earlier.update(my_votes(session, queue.rater, ids))
-    queue.since_read, queue.read_seconds = 0, time.perf_counter() - started
 
 
 def refill(store, queue: Queue) -> None:
@@ -107,11 +113,7 @@ def refill(store, queue: Queue) -> None:
         with store.transaction() as session:
             have = {c.id for c in queue.cards}
             entries = next_entries(session, queue.rater, queue.filters, BATCH + len(have), queue.selection)
-            more = [e for e in entries if e.id not in have][: BATCH - len(queue.cards)]
-            queue.reasons.update({e.id: e.reason for e in more})
-            queue.cards += cards(session, [e.id for e in more])
-            if not queue.filters.unrated_only:
-                queue.earlier.update(my_votes(session, queue.rater, [e.id for e in more]))
+            add_cards(session, queue, [e for e in entries if e.id not in have][: BATCH - len(queue.cards)])
 
 
 def save_unsaved(store, queue: Queue) -> bool:
