@@ -4,9 +4,11 @@ start, each timed in a fresh process (twice: the first also fills the page and b
 It first says whether each heavy package has bytecode beside its sources: pip byte-compiles what
 it installs, but an image built otherwise may hold sources only in a folder Python can't write,
 and then every process compiles them again. ``--bytecode DIR`` compiles them into DIR first
-(PYTHONPYCACHEPREFIX), as pip would have, and times the imports with it.
+(PYTHONPYCACHEPREFIX), as pip would have, and times the imports with it. ``--why`` then says
+where the slowest imports spend their time: the modules slowest in themselves (-X importtime's
+self time) and the functions slowest in themselves (cProfile's tottime), each in a fresh process.
 
-    python3 -m bench.startup [--bytecode DIR]
+    python3 -m bench.startup [--bytecode DIR] [--why]
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def timed(code: str, env: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bytecode", type=Path, help="byte-compile the heavy packages into this folder first")
+    parser.add_argument("--why", action="store_true", help="profile the slowest imports")
     args = parser.parse_args()
     env = dict(os.environ)
     folders = package_folders()
@@ -103,6 +106,43 @@ def main() -> None:
     print("\nthe slowest top-level imports of herdbook.training.dreambooth + herdbook.cli:")
     for seconds, name in sorted(rows, reverse=True)[:12]:
         print(f"  {seconds:6.2f} s  {name}")
+    if args.why:
+        for name, code in WHY:
+            why(name, code, env)
+
+
+WHY = [
+    ("import transformers (CLIP)", "from transformers import CLIPTextModel"),
+    ("import diffusers (UNet, VAE)", "from diffusers import AutoencoderKL, UNet2DConditionModel"),
+    ("import peft", "import peft"),
+    ("what a round imports", "import herdbook.cli as c; c.quiet_libraries(); import herdbook.training.dreambooth"),
+]
+
+
+def why(name: str, code: str, env: dict, rows: int = 15) -> None:
+    """The modules and the functions ``code`` spends the most time in, themselves."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env)
+    modules = []
+    for line in done.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            own, cumulative, module = line.split(":", 1)[1].split("|")
+            if own.strip().isdigit():
+                modules.append((int(own) / 1e6, int(cumulative) / 1e6, module.strip()))
+    total = sum(own for own, _, _ in modules)
+    print(f"\n## {name}: {len(modules)} modules, {total:.2f} s in their own code; slowest in themselves:")
+    for own, cumulative, module in sorted(modules, reverse=True)[:rows]:
+        print(f"  {own:6.2f} s own {cumulative:6.2f} s with imports  {module}")
+    profile = (
+        "import cProfile, pstats, io; p = cProfile.Profile(); p.enable(); "
+        f"exec({code!r}); p.disable(); out = io.StringIO(); "
+        f"pstats.Stats(p, stream=out).sort_stats('tottime').print_stats({rows}); print(out.getvalue())"
+    )
+    done = subprocess.run([sys.executable, "-c", profile], capture_output=True, text=True, env=env)
+    lines = done.stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    print(f"  functions slowest in themselves ({name}):")
+    for line in lines[max(0, start - 3) : start + rows + 1]:
+        print("   " + line[:160])
 
 
 if __name__ == "__main__":

@@ -119,6 +119,45 @@ def load_components(chain: ModelChain, device: torch.device | None = None) -> Co
     return components
 
 
+def sampling_copy(components: Components, dtype: torch.dtype, adapters: bool = True) -> Components:
+    """The components again, for drawing, with their weights in ``dtype``; the originals stay as
+    they are (a round's save reads them meanwhile). LoRA adapters are merged into the copy's
+    weights (as a round's adapters are fused when a later job loads it), or with
+    ``adapters=False`` left out: the starting model under them."""
+    import dataclasses
+
+    copied = {
+        name: cast_copy(getattr(components, name), dtype) for name in ("unet", "vae", *components.family.encoder_names)
+    }
+    for model in copied.values():
+        for layer in model.modules():
+            if not (hasattr(layer, "base_layer") and hasattr(layer, "merge")):  # not a peft adapter layer
+                continue
+            if adapters:
+                layer.merge()
+            else:
+                layer.enable_adapters(False)
+        model.requires_grad_(False).eval()
+    return dataclasses.replace(components, **copied)
+
+
+def cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``model`` whose floating-point weights are in ``dtype``, made without copying
+    them in their own type first (a deepcopy then cast would hold SDXL's float32 UNet twice)."""
+    import copy
+    import itertools
+
+    copies: dict[int, torch.Tensor] = {}
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        cast = tensor.detach().to(dtype, copy=True) if tensor.is_floating_point() else tensor.detach().clone()
+        copies[id(tensor)] = (
+            torch.nn.Parameter(cast, requires_grad=False) if isinstance(tensor, torch.nn.Parameter) else cast
+        )
+    # deepcopy takes a tensor it finds in its memo as already copied: the module tree is copied,
+    # the weights are the cast tensors (tied weights stay tied: one id, one copy)
+    return copy.deepcopy(model, copies)
+
+
 def sampling_pipeline(
     components: Components,
     device: torch.device,

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +19,10 @@ import torch
 from herdbook.training.components import (
     PRECOMPILED_ATTENTION,
     Components,
+    inference_dtype,
     load_components,
     make_pipeline,
+    sampling_copy,
     sampling_pipeline,
 )
 from herdbook.training.data import image_files, load_images
@@ -86,7 +87,7 @@ def train(
     # a LoRA round leaves the starting model intact under its adapters: its grid waits until the
     # round's weights are safe (SDXL's at 1024 px took 42 s of a 148 s round on the H200 machine)
     if accelerator.is_main_process and settings.mode != "lora":
-        render_starting_grid(settings, parts, device, weight_dtype)
+        render_starting_grid(settings, parts, device)
     clock.end("starting model's grid")
 
     # What trains: the whole UNet, or LoRA adapters on its attention (and the text encoders').
@@ -240,15 +241,15 @@ def train(
             setattr(parts, name, accelerator.unwrap_model(encoder))
         clock.end("probe")
         saving = time.perf_counter()
-        # the weights are written while the validation grid is drawn: both only read them (a full
-        # round's ~4 GB took ~5 s to write on the H200 machine, its grid ~5 s to draw)
+        # the weights are written while the validation grid is drawn from a copy (a full round's
+        # ~4 GB took ~5 s to write on the H200 machine)
+        drawn = sampling_copy(parts, inference_dtype(device)) if settings.validation_prompts else parts
         with ThreadPoolExecutor(1, thread_name_prefix="herdbook-save") as pool:
             saved = pool.submit(with_end_time, save_output, settings, parts, loss_history)
-            result.validation = validation_images(settings, parts, device, weight_dtype)
+            result.validation = validation_images(settings, drawn, device)
             result.output, saved_at = saved.result()
             if settings.mode == "lora":
-                with adapters_off(parts):
-                    render_starting_grid(settings, parts, device, weight_dtype)
+                render_starting_grid(settings, parts, device)
         weights_saved = time.perf_counter() - started
         peaks.end("save and validation grid")
         save_seconds = time.perf_counter() - saving
@@ -863,12 +864,12 @@ def finish_saved_round(settings: RoundSettings, saved: dict, accelerator, clock:
         if settings.mode == "lora" and settings.parent_validation_dir:  # stopped before its grid was drawn
             folder = Path(settings.parent_validation_dir)
             if settings.validation_prompts and not grid_covers(folder, settings):
-                render_starting_grid(
-                    settings, load_components(settings.model), accelerator.device, dtype_of(accelerator)
-                )
+                render_starting_grid(settings, load_components(settings.model), accelerator.device)
         parts = load_components(chain)
         clock.end("model load")
-        result.validation = validation_images(settings, parts, accelerator.device, dtype_of(accelerator))
+        result.validation = validation_images(
+            settings, sampling_copy(parts, inference_dtype(accelerator.device)), accelerator.device
+        )
         clock.end("validation grid")
         result.metrics = {
             "steps_run": 0,
@@ -894,33 +895,16 @@ def with_end_time(work: Callable, *args):
     return work(*args), time.time()
 
 
-@contextmanager
-def adapters_off(parts: Components):
-    """The starting model under a LoRA round's adapters: each adapter layer off, then on again."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [
-        m for model in (parts.unet, *parts.text_encoders) for m in model.modules() if isinstance(m, BaseTunerLayer)
-    ]
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
-
-
 @torch.no_grad()
-def render_starting_grid(settings: RoundSettings, parts: Components, device: torch.device, dtype: torch.dtype) -> None:
-    """The starting model at the validation prompts and seeds (once), so rounds compare with it."""
+def render_starting_grid(settings: RoundSettings, parts: Components, device: torch.device) -> None:
+    """The starting model at the validation prompts and seeds (once), so rounds compare with it.
+    A LoRA round's parts draw it with their adapters left out."""
     folder = Path(settings.parent_validation_dir) if settings.parent_validation_dir else None
     if folder is None or not settings.validation_prompts or grid_covers(folder, settings):
         return
     for part in (parts.unet, *parts.frozen_parts):
         part.to(device)
-    with mixed_precision(device, dtype):
-        render_grid(parts, settings.validation_prompts, settings.validation_seeds, folder, settings, device)
+    render_grid(sampling_copy(parts, inference_dtype(device), adapters=False), settings, folder, device)
 
 
 def grid_covers(folder: Path, settings: RoundSettings) -> bool:
@@ -934,32 +918,26 @@ def grid_covers(folder: Path, settings: RoundSettings) -> bool:
 
 
 @torch.no_grad()
-def validation_images(
-    settings: RoundSettings, parts: Components, device: torch.device, dtype: torch.dtype = torch.float32
-) -> list[dict]:
-    """The fixed prompts and seeds every round is compared at."""
+def validation_images(settings: RoundSettings, drawing: Components, device: torch.device) -> list[dict]:
+    """The fixed prompts and seeds every round is compared at, drawn from ``drawing`` (a
+    sampling_copy of the round's parts)."""
     if not settings.validation_prompts:
         return []
-    with mixed_precision(device, dtype):
-        return render_grid(
-            parts,
-            settings.validation_prompts,
-            settings.validation_seeds,
-            settings.output / "validation",
-            settings,
-            device,
-        )
+    return render_grid(drawing, settings, settings.output / "validation", device)
 
 
 @torch.no_grad()
-def render_grid(
-    parts: Components, prompts: list[str], seeds: list[int], folder: Path, settings: RoundSettings, device: torch.device
-) -> list[dict]:
+def render_grid(drawing: Components, settings: RoundSettings, folder: Path, device: torch.device) -> list[dict]:
+    """The validation prompts at every seed, drawn as `herdbook generate` draws them (in the
+    inference type, the UNet's call captured on a GPU) from ``drawing``, a sampling_copy: a
+    round's save reads the originals meanwhile. Drawn under autocast from the float32 weights,
+    every kernel launched from Python, SD-1.5's 24-image grid took ~14 s on the H200 machine."""
     folder.mkdir(parents=True, exist_ok=True)
-    parts.unet.eval()
-    pipeline = sampling_pipeline(parts, device)
+    dtype = inference_dtype(device)
+    pipeline = sampling_pipeline(drawing, device, dtype, graphs=settings.fast_path == "auto")
     entries = []
-    for p_index, prompt in enumerate(prompts):
+    for p_index, prompt in enumerate(settings.validation_prompts):
+        seeds = settings.validation_seeds
         images = draw(pipeline, prompt, seeds, settings.validation_steps, settings.guidance_scale, settings.resolution)
         for seed, image in zip(seeds, images, strict=True):
             name = f"p{p_index}-s{seed}.png"

@@ -363,3 +363,47 @@ def test_the_process_start_is_read_from_the_system():
 
     started = process_started_at()
     assert started is not None and 0 < time.time() - started < 24 * 3600
+
+
+def test_a_lora_rounds_grid_is_what_generate_draws_from_the_round(settings_for, tiny_model):
+    """The grid is drawn from a copy with the adapters merged, as a later job loads the round:
+    the same pixels `herdbook generate --round` gives at those seeds, and not the base's."""
+    import numpy as np
+    from herdbook.training.generate import generate_images
+    from herdbook.training.settings import GenerationSettings
+    from PIL import Image
+
+    settings = settings_for(
+        "lora", mode="lora", steps=3, learning_rate=5e-2, validation_prompts=["an ox"], validation_seeds=[0, 1]
+    )
+    result = train(settings)
+
+    def generated(*adapters: str) -> list:
+        chain = ModelChain(str(tiny_model), adapters)
+        made = GenerationSettings(
+            prompt="an ox", model=chain, count=2, steps=settings.validation_steps,
+            guidance_scale=settings.guidance_scale, resolution=settings.resolution,
+        )  # fmt: skip
+        return [np.asarray(image.image, dtype=int) for image in generate_images(made)]
+
+    grid = [np.asarray(Image.open(settings.output / "validation" / f"p0-s{seed}.png"), dtype=int) for seed in (0, 1)]
+    from_round, from_base = generated(str(result.output)), generated()
+    assert all(np.abs(a - b).max() <= 1 for a, b in zip(grid, from_round, strict=True))
+    assert all(np.abs(a - b).max() > 8 for a, b in zip(grid, from_base, strict=True))
+
+
+def test_a_sampling_copy_leaves_the_parts_it_copies_as_they_are(tiny_model):
+    """The save reads the round's float32 weights while the grid is drawn from the copy."""
+    from herdbook.training.components import sampling_copy
+
+    parts = load_components(ModelChain(str(tiny_model)))
+    before = unet_weights(parts)
+    copy = sampling_copy(parts, torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in parts.unet.parameters())
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in copy.unet.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in copy.text_encoder.parameters())
+    for name, weight in copy.unet.state_dict().items():
+        assert torch.equal(weight, before[name].to(torch.bfloat16))
+    with torch.no_grad():
+        next(copy.unet.parameters()).add_(1.0)
+    assert all(torch.equal(weight, before[name]) for name, weight in parts.unet.state_dict().items())
