@@ -657,9 +657,12 @@ def datasets_export(ctx, version, dest, home_path, clear):
 
 def background_loading(chain) -> None:
     """Start reading the model's weight files and importing the training libraries, each in a
-    thread, while this process does what needs neither (the database, the dataset export)."""
+    thread, and compiling the GPU kernels in a child process, while this process does what
+    needs none of them (the database, the dataset export)."""
+    from herdbook.training import precompile
     from herdbook.training.models import import_training_in_background, prefetch
 
+    precompile.start()
     prefetch(chain)
     import_training_in_background()
 
@@ -1073,9 +1076,11 @@ def worker(home_path, workers):
     """Run queued jobs (training, generation) until stopped with Ctrl-C."""
     from herdbook.home import load_home
     from herdbook.jobs import run_worker
+    from herdbook.training import precompile
 
     quiet_libraries()
     home = load_home(home_path)
+    precompile.start()  # the first job's kernels, while the worker waits for it
     click.echo(f"herdbook worker for {home.root} ({home.config.jobs.queue} queue); Ctrl-C stops it")
     run_worker(home, workers, announce=click.echo)
 
