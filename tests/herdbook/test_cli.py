@@ -431,3 +431,26 @@ def test_status_shows_each_raters_reliability_and_a_spammer_weighs_little(tmp_pa
     config.write_text(config.read_text().replace("weigh_raters = true", "weigh_raters = false"))
     assert json.loads(run("status", "--json", "--home", home).output)["weigh_raters"] is False
     assert "One vote each: raters are not weighed" in run("status", "--home", home).output
+
+
+def test_the_command_leaves_at_once_with_its_status_and_all_it_owed_done(tmp_path):
+    """`herdbook` exits without finalising the interpreter (~1 s after a round), but with the
+    command's own status, its output flushed, other threads' work and atexit's done."""
+    missing = subprocess.run(
+        [sys.executable, "-m", "herdbook.cli", "status", "--home", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "no herdbook project" in missing.stderr
+    version = subprocess.run([sys.executable, "-m", "herdbook.cli", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "version" in version.stdout
+    script = (
+        "import atexit, sys, threading, time\n"
+        "from herdbook.cli import leave\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "sys.stdout.write('buffered')\n"
+        "leave(3)\n"
+    )
+    owed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert owed.returncode == 3 and owed.stdout == "bufferedthread done\natexit ran\n"
