@@ -656,16 +656,17 @@ def datasets_export(ctx, version, dest, home_path, clear):
     click.echo(f"Exported {len(written)} instance image(s) to {dest}")
 
 
-def background_loading(chain) -> None:
+def background_loading(chain, lora: bool = False):
     """Start reading the model's weight files and importing the training libraries, each in a
     thread, and compiling the GPU kernels in a child process, while this process does what
-    needs none of them (the database, the dataset export)."""
+    needs none of them (the database, the dataset export). Returns the importing thread, to
+    join before this thread imports any of those libraries."""
     from herdbook.training import precompile
     from herdbook.training.models import import_training_in_background, prefetch
 
     precompile.start()
     prefetch(chain)
-    import_training_in_background()
+    return import_training_in_background(chain, lora)
 
 
 def quiet_libraries() -> None:
@@ -743,7 +744,7 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     from herdbook.training.phases import PhaseClock, process_started_at
     from herdbook.training.rounds import generate_candidates, score_candidates
 
-    background_loading(model)
+    background_loading(model).join()
     quiet_libraries()
 
     clock = PhaseClock(process_started_at())
@@ -872,10 +873,15 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
     The model's files are read and the training libraries imported in the background meanwhile:
     the dataset's export waits on child processes, and the imports alone take seconds."""
     from herdbook.training.phases import process_started_at
-    from herdbook.training.rounds import report_lines, round_model, run_round
+    from herdbook.training.rounds import planned_settings, report_lines, run_round
 
     with store.transaction() as session:
-        background_loading(round_model(session, round_id))
+        planned = planned_settings(session, round_id)
+        imports = background_loading(planned.model, lora=planned.mode == "lora")
+
+    def prepare() -> None:
+        imports.join()
+        quiet_libraries()
 
     with progress_bar(total, "step", f"Round {round_id}") as bar:
 
@@ -890,7 +896,7 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
             progress=on_step,
             processes=processes,
             started_at=process_started_at(),
-            prepare=quiet_libraries,
+            prepare=prepare,
         )
     m = finished.metrics
     click.echo(f"Round {round_id} finished: {finished.output_path}")

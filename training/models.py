@@ -7,6 +7,7 @@ quarter of a round's wait; bench/startup.txt)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -168,12 +169,21 @@ def prefetch(chain: ModelChain) -> threading.Thread:
     return thread
 
 
-def import_training_in_background() -> threading.Thread:
+def import_training_in_background(chain: ModelChain | None = None, lora: bool = False) -> threading.Thread:
     """Import torch, diffusers, transformers and herdbook's trainer in a background thread, while
-    the caller waits on something else (the database, the dataset export's child processes)."""
+    the caller waits on something else (the database, the dataset export's child processes),
+    with the classes ``chain``'s family loads with and, for LoRA (``lora`` or adapters), peft.
+    The caller joins the thread before importing any of them itself: two threads importing
+    transformers at once can each find it half-made (an ImportError)."""
 
     def load() -> None:
         import herdbook.training.dreambooth  # noqa: F401
+
+        if chain is not None:
+            with contextlib.suppress(ModelLoadError):  # loading will say what is wrong with the model
+                model_family(chain.pipeline).import_classes()
+        if lora or (chain is not None and chain.adapters):
+            import peft  # noqa: F401
 
     thread = threading.Thread(target=load, name="herdbook-imports", daemon=True)
     thread.start()

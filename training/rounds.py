@@ -236,9 +236,9 @@ def training_available() -> str | None:
     return None
 
 
-def round_model(session: Session, round_id: int) -> ModelChain:
-    """The model a recorded round starts from."""
-    return settings_of(_round(session, round_id)).model
+def planned_settings(session: Session, round_id: int) -> RoundSettings:
+    """A recorded round's settings: the model it starts from, its mode."""
+    return settings_of(_round(session, round_id))
 
 
 def settings_of(record: Round) -> RoundSettings:
