@@ -222,6 +222,7 @@ def train(
             save_checkpoint(checkpoints, accelerator, trainable, optimizer, lr_scheduler, step, loss_history)
             checkpoint_seconds += time.perf_counter() - saving
     record(losses.read())
+    run_step = None  # a captured step's graph keeps its activations' memory: the grids can have it
 
     train_seconds = time.perf_counter() - train_started
     first_steps = sum(step_seconds[: CapturedStep.WARMUP + 1])
