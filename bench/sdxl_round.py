@@ -45,6 +45,25 @@ from bench.gpu_round import ROOT, synthetic_instance, training_run  # noqa: E402
 FLOOR_S_PER_STEP = 0.016
 
 
+# SDXL-base 1.0's UNet config (2.6 B parameters)
+SDXL_UNET = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),  # diffusers' name for the head count: 64-wide heads
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,  # 6 x 256 + 1280
+)
+
+
 def sdxl_components() -> Components:
     """SDXL-base 1.0's UNet, VAE and two text encoders, from their configs, random weights."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
@@ -53,22 +72,7 @@ def sdxl_components() -> Components:
 
     torch.manual_seed(0)
     with torch.device("cuda"):  # initialising 3.5 B parameters on the GPU takes seconds, not minutes
-        unet = UNet2DConditionModel(
-            sample_size=128,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),  # diffusers' name for the head count: 64-wide heads
-            cross_attention_dim=2048,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,  # 6 x 256 + 1280
-        )
+        unet = UNet2DConditionModel(**SDXL_UNET)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,

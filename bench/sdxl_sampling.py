@@ -6,6 +6,7 @@ choices; the VAE decoding 4 images; then one whole draw() profiled by kernel fam
 idle time between kernels.
 
     python3 -m bench.sdxl_sampling [--steps 30] [--variants herdbook,flash,cudnn,efficient]
+    python3 -m bench.sdxl_sampling --arithmetic   # no GPU: the UNet call's FLOPs, and the floor they set
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import defaultdict
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench.sdxl_round import sdxl_components
+from bench.sdxl_round import SDXL_UNET, sdxl_components
 from bench.step_profile import captured_ms, family, profiled_call
 
 BACKENDS = {
@@ -101,12 +102,57 @@ def draw_profile(steps: int) -> None:
     print(f"  GPU idle between kernels: {sum(gaps) / 1e3:.1f} ms in {len(gaps)} gaps", flush=True)
 
 
+PEAK_TFLOPS = 790  # the H200's measured bf16 matrix rate (bench/sdxl_round.py)
+# kernel time of one 30-step draw, above: the UNet's 30 calls, with the text encoders' matmuls and the
+# VAE decode's convolutions (~130 ms in all) in it too, so the rates below are the UNet's at least
+MEASURED_MS = {"matmul": 1602.8, "convolution": 593.3, "attention": 658.4}
+
+
+def arithmetic(steps: int = 30, target_s: float = 3.0, vae_ms: float = 129.9) -> None:
+    """FLOPs of one UNet call at batch 8 and 1024 px, counted on the meta device (no GPU, no
+    weights), against the kernel time the profile above measured for each kind of work."""
+    from diffusers import UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kinds = {"aten.addmm": "matmul", "aten.mm": "matmul", "aten.convolution": "convolution", "aten.bmm": "attention"}
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        added = {"text_embeds": torch.empty(8, 1280), "time_ids": torch.empty(8, 6)}
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            unet(torch.empty(8, 4, 128, 128), torch.tensor(500.0), torch.empty(8, 77, 2048), added_cond_kwargs=added)
+    flops: dict[str, float] = defaultdict(float)
+    for op, count in counter.get_flop_counts()["Global"].items():
+        flops[kinds.get(str(op), str(op))] += count
+    total = sum(flops.values())
+    floor_ms = total / PEAK_TFLOPS / 1e9
+    print(f"one UNet call, batch 8 at 1024 (4 images with guidance): {total / 1e12:.1f} TFLOP, "
+          f"{floor_ms:.1f} ms at {PEAK_TFLOPS} TFLOP/s")  # fmt: skip
+    for kind, count in sorted(flops.items(), key=lambda kv: -kv[1]):
+        ms = count / PEAK_TFLOPS / 1e9
+        measured = MEASURED_MS.get(kind)
+        rate = (
+            f"; the draw's {measured / steps:.1f} ms a call, {ms / (measured / steps):.0%} of peak or more"
+            if measured
+            else ""
+        )
+        print(f"  {kind:<12} {count / 1e12:6.1f} TFLOP  {ms:5.1f} ms at peak{rate}")
+    per_call = (target_s * 1e3 - vae_ms) / steps
+    print(f"a {target_s:.1f} s draw of {steps} steps leaves {per_call:.0f} ms a UNet call after the VAE's "
+          f"{vae_ms:.0f} ms: {floor_ms / per_call:.0%} of peak over the whole call, norms and all "
+          f"(measured: 121.4 ms, {floor_ms / 121.4:.0%})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--variants", default="herdbook,flash,cudnn,efficient")
     parser.add_argument("--skip-draw", action="store_true")
+    parser.add_argument("--arithmetic", action="store_true", help="count the UNet call's FLOPs (no GPU)")
     args = parser.parse_args()
+    if args.arithmetic:
+        arithmetic(args.steps)
+        return
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     parts = sdxl_components()
     unet_calls(parts, args.variants.split(","))
