@@ -46,21 +46,26 @@ def start() -> subprocess.Popen | None:
 def compile_kernels() -> list[str]:
     """Run each kernel once on tiny inputs of the types rounds and draws use; what ran."""
     import torch
-    from herdbook.training.layers import GegluFunction, add_bias_, attention, on_gpu_with_triton
+    from herdbook.training.components import inference_dtype
+    from herdbook.training.layers import (
+        ChannelsLastGroupNorm,
+        GegluFunction,
+        add_bias_,
+        attention,
+        on_gpu_with_triton,
+    )
     from herdbook.training.masters import FlatAdamW
 
     if not torch.cuda.is_available():
         return []
     device = torch.device("cuda")
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = inference_dtype(device)  # and the fast path's working copy's (bf16, where the GPU has it)
     like = {"device": device, "dtype": dtype}
     if not on_gpu_with_triton(torch.empty(1, **like)):
         return []
     ran = []
 
     # GroupNorm over channels-last activations, forward and backward (training.layers)
-    from herdbook.training.layers import ChannelsLastGroupNorm
-
     norm = ChannelsLastGroupNorm(32, 64).to(**like)
     x = torch.randn(1, 64, 8, 8, **like).to(memory_format=torch.channels_last).requires_grad_()
     norm(x).float().sum().backward()
