@@ -38,7 +38,7 @@ class CapturedStep:
         if self.graph is None:
             self.inputs = tuple(x.clone() for x in inputs)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # as _capture below
                 self.output = self.step(*self.inputs)
         else:
             for static, new in zip(self.inputs, inputs, strict=True):
@@ -108,6 +108,8 @@ class GraphedUNet(torch.nn.Module):
         torch.cuda.current_stream().wait_stream(side)
         static_inputs = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: a round's save thread copies weights to the host while its grid is
+        # captured, and in the default (global) mode any thread's synchronising copy breaks it
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_output = call(*static_inputs)
         return graph, static_inputs, static_output
