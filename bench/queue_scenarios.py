@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -257,6 +258,25 @@ def ceiling(scenario: Scenario, seed: int) -> float:
     return precision(selection(tallies.votes(np.arange(scenario.candidates)), policy), policy, team.good)
 
 
+def blind_floor(scenario: Scenario, seed: int, orders: int = 400) -> float:
+    """Fewer votes than any order that cannot see an image before its votes could need, on
+    average: the votes until ceil(0.95 K) truly good images have each had a first vote that
+    accepts it. Such an order can tell apart only the waves (and is granted all of them at once,
+    best first), every first vote is granted the rater who would accept, and every image it
+    accepted wrongly costs nothing to put out. A selection needs an accept on each image it takes
+    (min_votes 1 and a majority), so no order reaches 95% sooner, whatever it does after."""
+    team = make_team(scenario, seed)
+    n, need = scenario.candidates, math.ceil(0.95 * scenario.top_k)
+    found = team.good & np.array([any(accepts(team, r, i, 0) for r in range(scenario.raters)) for i in range(n)])
+    rng = np.random.default_rng(seed)
+    waves = sorted(set(team.wave.tolist()), reverse=True)
+    votes = []
+    for _ in range(orders):
+        order = np.concatenate([rng.permutation(np.flatnonzero(team.wave == w)) for w in waves])
+        votes.append(int(np.argmax(np.cumsum(found[order]) >= need)) + 1)
+    return statistics.mean(votes)
+
+
 def ratio(runs: dict, other: str, key: str, budget: int, possible: list[bool]) -> float | None:
     """The median over the ``possible`` seeds of the other order's votes over ours, where the
     other order got there at all; a seed where ours never did counts as the whole budget."""
@@ -297,6 +317,17 @@ def main() -> None:
               " (the ratios below count the seeds where it is 95% or more: where any order can get there)")  # fmt: skip
         budget = scenario.raters * scenario.candidates
         possible = [c >= 0.95 for c in ceilings]
+        floors = [blind_floor(scenario, seed) for seed in range(args.seeds)]
+        best = {}  # per order, the median over the possible seeds of its votes over the floor
+        for other in ("arrival", "random"):
+            ratios = [
+                r["to_95"] / f for r, f, can in zip(runs[other], floors, possible, strict=True) if r["to_95"] and can
+            ]
+            if ratios:
+                best[other] = statistics.median(ratios)
+        print(f"blind floor (votes to 95% no order that can't see the images could beat), per seed: "
+              f"{', '.join(f'{f:,.0f}' for f in floors)}; the most any such order could show, votes to 95%: "
+              + ", ".join(f"{k} / floor {v:.2f}x" for k, v in best.items()))  # fmt: skip
         for key, what in (("to_95", "votes to 95%"), ("stays_95", "votes to 95% for good")):
             ratios = {other: ratio(runs, other, key, budget, possible) for other in ("arrival", "random")}
             verdicts.append((scenario.name, what, ratios["arrival"], ratios["random"]))

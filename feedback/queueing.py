@@ -13,7 +13,8 @@ on Beta posteriors of each image's accept rate:
   ``uncertainty`` is that mass (the Beta's exact tail, one scipy call for 50,000 images).
 - Images below ``SETTLED`` are settled (clearly in or clearly out) and leave the queue, as long
   as all the settled together are expected to hold fewer than one image on the wrong side.
-  Selected images short of ``min_votes`` come first whatever their uncertainty; then the
+  Selected images short of ``min_votes`` come first whatever their uncertainty, and so, once
+  the selection is full, do those one accept put there (a team's second opinion); then the
   most uncertain. Unrated images all share the prior, and what matters is how many better
   ones hide among them: they stay open while they are expected to hold at least one image
   above the cut (their count times the prior's mass above it), so exploration goes on until
@@ -163,6 +164,7 @@ class Ranking:
     short: np.ndarray  # bool: in the top K by posterior but short of min_votes
     top_k: int
     min_votes: int
+    lone: np.ndarray  # bool: selected on one vote, in a full selection (lone_accepts)
 
     def entry(self, index: int) -> QueueEntry:
         v = self.votes
@@ -171,6 +173,9 @@ class Ranking:
         image = ImageVotes(int(v.ids[index]), accepts, rejects)
         if self.short[index]:
             return QueueEntry(image.id, f"in the top {self.top_k} with {_plural(decisive, 'vote')} of {self.min_votes}")
+        if self.lone[index]:
+            reason = f"in the top {self.top_k} on one accept: a second opinion"
+            return QueueEntry(image.id, reason, round(float(self.uncertainty[index]), 3))
         above = self.mean[index] >= self.cut
         if decisive == 0:
             reason = (
@@ -395,18 +400,35 @@ def votes_complete(votes: Votes, team: int | None) -> np.ndarray:
 
 def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Ranking:
     """The open images in the order their next vote is most useful: first those in the top K
-    (by posterior mean) with votes but short of ``min_votes``, then the most uncertain; fewer
-    votes, then older, break ties. Settled images are left out, and so are images the rules
+    (by posterior mean) with votes but short of ``min_votes``, and those a full selection took on
+    one accept (lone_accepts), then the most uncertain; fewer votes, then older, break ties. Settled images are left out, and so are images the rules
     exclude whatever the rest of the ``team`` (the raters there are) votes."""
     model = _model(votes, policy, team)
     mean, cut, uncertain = model.belief.mean, model.cut, model.uncertain
     decisive = votes.decisive
     short = (mean >= cut) & (decisive > 0) & (decisive < policy.min_votes) & model.can_in & model.can_out
+    lone = lone_accepts(votes, policy, team) & model.is_open
+    first = short | lone
     candidates = np.flatnonzero(model.is_open | short)
     # np.lexsort sorts by its last key first
-    keys = (votes.ids[candidates], decisive[candidates], -uncertain[candidates], ~short[candidates])
+    keys = (votes.ids[candidates], decisive[candidates], -uncertain[candidates], ~first[candidates])
     order = candidates[np.lexsort(keys)]
-    return Ranking(votes, order, uncertain, mean, cut, short, policy.top_k, policy.min_votes)
+    return Ranking(votes, order, uncertain, mean, cut, short, policy.top_k, policy.min_votes, lone)
+
+
+def lone_accepts(votes: Votes, policy: SelectionPolicy, team: int | None) -> np.ndarray:
+    """The selected images that only one vote put there, once the selection is full and a team
+    can give second opinions. Then a new image's lone accept can at best tie with them, while a
+    second vote on one either confirms it or takes it out (a majority of accepts) and lets the
+    next one in: on the 72-image simulated project, asking these first took the votes to a
+    95%-precise top 24 from 2.1x fewer than arrival order to 2.8x (bench/queue_scenarios.txt)."""
+    lone = np.zeros(len(votes.ids), dtype=bool)
+    if team is None or team < 2:
+        return lone
+    chosen = _selected(votes, policy)
+    if len(chosen) >= policy.top_k:
+        lone[chosen] = votes.decisive[chosen] == 1
+    return lone
 
 
 def spread_indices(order: np.ndarray, slot: int, raters: int, turn: np.ndarray | None = None) -> np.ndarray:

@@ -370,3 +370,18 @@ def test_raters_who_load_their_pages_a_few_votes_apart_get_different_images():
         images[first] = ImageVotes(images[first].id, a, r + 1, None, images[first].prompt)
     assert all(len(page) == 10 for page in pages)
     assert not any(pages[i] & pages[j] for i in range(team) for j in range(i + 1, team))
+
+
+def test_a_full_selection_of_lone_accepts_gets_second_opinions_before_the_unrated():
+    """Four images each accepted once fill a top 4: a fifth image's lone accept could only tie
+    with them, so a team's next votes go to the selected ones, where a reject takes one out."""
+    policy = SelectionPolicy(top_k=4, min_votes=1)
+    images = project((1, 0), (1, 0), (1, 0), (1, 0), (0, 1), unrated=6)
+    order = uncertainty_order(images, policy, team=3)
+    assert set(ids(order[:4])) == {1, 2, 3, 4}
+    assert all(e.reason == "in the top 4 on one accept: a second opinion" for e in order[:4])
+    assert ids(order[4:]) and set(ids(order[4:])) <= {5, 6, 7, 8, 9, 10, 11}
+    # a lone curator has no second opinion to give, and a selection not yet full wants filling
+    assert set(ids(uncertainty_order(images, policy, team=1)[:4])) != {1, 2, 3, 4}
+    not_full = project((1, 0), (1, 0), (0, 1), unrated=6)
+    assert ids(uncertainty_order(not_full, policy, team=3))[0] not in {1, 2}
