@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from herdbook.db.models import Job, utcnow
 from herdbook.db.store import beat_while_running
-from herdbook.errors import JobError, NotFound
+from herdbook.errors import HerdbookError, JobError, NotFound
 from herdbook.home import Home
 
 LOG_LIMIT = 20_000  # characters of log kept per job
@@ -290,21 +290,50 @@ def resume_interrupted_rounds(session: Session, home: Home) -> list[int]:
 def run_worker(home: Home, workers: int = 1, announce=print) -> None:
     """Run the consumer in this process until interrupted (Ctrl-C); first queue a resume for
     every interrupted round, saying so through ``announce``."""
+    from herdbook.training.pipelines import PipelineCache
+
+    cache = PipelineCache()
     store = home.open_store()
     try:
         with store.transaction() as session:
-            for round_id in resume_interrupted_rounds(session, home):
+            resumed = resume_interrupted_rounds(session, home)
+            for round_id in resumed:
                 announce(f"round {round_id} was interrupted: queued to resume from its checkpoint")
+        if not resumed:  # a round frees the memory first
+            preload_base_model(store, home, cache, announce)
     finally:
         store.close()
-    from herdbook.training.pipelines import PipelineCache
-
     # huey backs off polling an idle queue up to 10 s by default: a click waited that long for
     # its job to start. Polling a local SQLite file 4 times a second costs nothing; Redis blocks.
-    consumer = make_queue(home, PipelineCache()).huey.create_consumer(
+    consumer = make_queue(home, cache).huey.create_consumer(
         workers=workers, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=0.25
     )
     consumer.run()
+
+
+def preload_base_model(store, home: Home, cache, announce=print) -> None:
+    """Load the base model as Generate draws from it, before taking jobs: a worker's first job
+    otherwise imported the model code and read the weights itself (9.9 s of its 13.0 on the
+    H200, bench/user_wait.txt). Jobs queued meanwhile wait and then find it loaded; loading
+    here rather than beside them keeps two threads from importing the same libraries at once.
+    A model that does not load, or is not on this machine yet, is left to the job that needs it."""
+    from herdbook.training.models import on_this_machine
+    from herdbook.training.rounds import generation_settings
+
+    began = time.perf_counter()
+    try:
+        with store.transaction() as session:
+            settings, _ = generation_settings(session, home.project, prompt="")
+        if not on_this_machine(settings.model):  # a download is for a job someone asked for
+            announce(
+                f"{settings.model.describe()} is not on this machine yet: the first job that needs it downloads it"
+            )
+            return
+        cache.preload(settings)
+    except (HerdbookError, OSError, RuntimeError) as error:  # RuntimeError: CUDA out of memory, say
+        announce(f"the base model did not load ({error}); the jobs that need it will say why")
+        return
+    announce(f"base model loaded in {time.perf_counter() - began:.1f} s: {settings.model.describe()}")
 
 
 def run_next_job(home: Home, cache=None) -> bool:

@@ -92,6 +92,13 @@ def _in_cache(name: str) -> bool:
     return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("model_index.json", "config.json"))
 
 
+def on_this_machine(chain: ModelChain) -> bool:
+    """Whether ``chain`` loads without a download: a folder, or a hub id in the local cache."""
+    folder = Path(chain.pipeline).expanduser()
+    here = folder.is_dir() or (_is_hub_id(chain.pipeline) and _in_cache(chain.pipeline))
+    return here and all(Path(adapter).exists() for adapter in chain.adapters)
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection (its endpoint, or HF_ENDPOINT).
     Behind a proxy a direct connection says nothing: then the library is left to try."""

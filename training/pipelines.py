@@ -118,6 +118,11 @@ class PipelineCache:
         self.entries[key] = Entry(signature, pipeline, size)
         return pipeline
 
+    def preload(self, settings: GenerationSettings) -> None:
+        """Load the pipeline ``settings`` draw with now, so the job that asks for it finds it."""
+        with self.lock:
+            self._get(settings)
+
     def keep_only(self, chains: set[ModelChain]) -> None:
         """Drop the pipelines of models not in ``chains`` (a deleted round, a replaced base model)."""
         with self.lock:

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from herdbook.training.models import model_problem
+from herdbook.training.models import model_problem, on_this_machine
 from herdbook.training.settings import ModelChain
 
 from tests.herdbook.test_cli import run
@@ -20,6 +20,15 @@ def test_each_cause_is_named_for_what_it_is(tmp_path, tiny_model, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     assert "the Hugging Face hub is unreachable" in model_problem(hub_id, reachable=lambda: False)
     assert model_problem(hub_id, reachable=lambda: True) is None  # let the download try
+
+
+def test_a_model_is_on_this_machine_only_where_it_loads_without_a_download(tmp_path, tiny_model, monkeypatch):
+    """What a worker preloads at its start: never a download nobody asked for."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    assert on_this_machine(ModelChain(str(tiny_model)))
+    assert not on_this_machine(ModelChain(str(tiny_model), (str(tmp_path / "gone-lora"),)))
+    assert not on_this_machine(ModelChain("stable-diffusion-v1-5/stable-diffusion-v1-5"))
+    assert not on_this_machine(ModelChain(str(tmp_path / "no-such-folder")))
 
 
 def test_generate_and_train_refuse_an_unusable_model_before_queueing_anything(tmp_path):
