@@ -10,7 +10,11 @@ a CPU):
 - train-full-warm: the full round again, its caches kept;
 - generate-4-cold: ``herdbook generate -n 4 --round 1``, fresh caches;
 - worker-generate-4-first, -second, worker-generate-24-warm: generation jobs submitted (as the
-  app's button does) to a running ``herdbook worker``, timed from submit to the candidates stored.
+  app's button does) to a running ``herdbook worker`` once it says it is ready (the base model
+  loaded, as a worker started with the app is by the first click), timed from submit to the
+  candidates stored. The jobs draw from round 1, as before; the worker loads what the Generate
+  page offers first (the latest round), so the first job still loads its model, the libraries
+  already imported.
 
 Each run carries the phases the command recorded itself (a round's metrics, generation's closing
 line, a job's result). Prints a table and writes bench/results/user_wait-DATE.json.
@@ -152,7 +156,10 @@ def worker_runs(home: Path, env: dict, round_ref: str) -> list[dict]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    worker.stdout.readline()  # "herdbook worker for ...": it polls the queue from here on
+    began = time.perf_counter()
+    worker.stdout.readline()  # "herdbook worker for ..."
+    ready = worker.stdout.readline()  # the base model loaded (or why not): it polls the queue from here on
+    print(json.dumps({"worker_ready_s": round(time.perf_counter() - began, 2), "said": ready.strip()}), flush=True)
     project = load_home(home)
     store = project.open_store()
     rows = []

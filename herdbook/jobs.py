@@ -300,7 +300,7 @@ def run_worker(home: Home, workers: int = 1, announce=print) -> None:
             for round_id in resumed:
                 announce(f"round {round_id} was interrupted: queued to resume from its checkpoint")
         if not resumed:  # a round frees the memory first
-            preload_base_model(store, home, cache, announce)
+            preload_generation_model(store, home, cache, announce)
     finally:
         store.close()
     # huey backs off polling an idle queue up to 10 s by default: a click waited that long for
@@ -311,19 +311,20 @@ def run_worker(home: Home, workers: int = 1, announce=print) -> None:
     consumer.run()
 
 
-def preload_base_model(store, home: Home, cache, announce=print) -> None:
-    """Load the base model as Generate draws from it, before taking jobs: a worker's first job
-    otherwise imported the model code and read the weights itself (9.9 s of its 13.0 on the
-    H200, bench/user_wait.txt). Jobs queued meanwhile wait and then find it loaded; loading
-    here rather than beside them keeps two threads from importing the same libraries at once.
-    A model that does not load, or is not on this machine yet, is left to the job that needs it."""
+def preload_generation_model(store, home: Home, cache, announce=print) -> None:
+    """Load the model the Generate page offers first (the latest finished round, else the base)
+    as it draws, before taking jobs: a worker's first job otherwise imported the model code and
+    read the weights itself (9.9 s of its 13.0 on the H200, bench/user_wait.txt). Jobs queued
+    meanwhile wait and then find it loaded; loading here rather than beside them keeps two
+    threads from importing the same libraries at once. A model that does not load, or is not on
+    this machine yet, is left to the job that needs it."""
     from herdbook.training.models import on_this_machine
-    from herdbook.training.rounds import generation_settings
+    from herdbook.training.rounds import generation_settings, model_choices
 
     began = time.perf_counter()
     try:
         with store.transaction() as session:
-            settings, _ = generation_settings(session, home.project, prompt="")
+            settings, _ = generation_settings(session, home.project, prompt="", round_ref=model_choices(session)[-1])
         if not on_this_machine(settings.model):  # a download is for a job someone asked for
             announce(
                 f"{settings.model.describe()} is not on this machine yet: the first job that needs it downloads it"
@@ -331,9 +332,9 @@ def preload_base_model(store, home: Home, cache, announce=print) -> None:
             return
         cache.preload(settings)
     except (HerdbookError, OSError, RuntimeError) as error:  # RuntimeError: CUDA out of memory, say
-        announce(f"the base model did not load ({error}); the jobs that need it will say why")
+        announce(f"the model Generate starts from did not load ({error}); the jobs that need it will say why")
         return
-    announce(f"base model loaded in {time.perf_counter() - began:.1f} s: {settings.model.describe()}")
+    announce(f"model loaded in {time.perf_counter() - began:.1f} s, ready to generate: {settings.model.describe()}")
 
 
 def run_next_job(home: Home, cache=None) -> bool:

@@ -55,20 +55,22 @@ def test_a_queued_job_runs_in_a_real_worker_process(tiny_home):
     assert done.progress == 1.0 and len(done.result["candidate_ids"]) == 2
     assert done.worker_pid == worker.pid
     assert "added 2 candidate(s)" in done.log
-    assert "base model loaded in" in output  # before the job, which found it loaded
+    assert "model loaded in" in output  # before the job, which found it loaded
     with store.transaction() as session:
         assert session.scalar(select(func.count(Candidate.id))) == 2
 
 
-def test_a_worker_loads_the_base_model_before_its_first_job_and_says_when_it_cannot(tiny_home, tmp_path):
+def test_a_worker_loads_the_model_generate_starts_from_before_its_first_job_and_says_when_it_cannot(
+    tiny_home, tmp_path
+):
     from herdbook.training.pipelines import PipelineCache
 
     from herdbook.home import load_home, set_base_model
-    from herdbook.jobs import preload_base_model
+    from herdbook.jobs import preload_generation_model
 
     cache, store, heard = PipelineCache(), tiny_home.open_store(), []
-    preload_base_model(store, tiny_home, cache, heard.append)
-    assert cache.loads == 1 and heard[-1].startswith("base model loaded in")
+    preload_generation_model(store, tiny_home, cache, heard.append)
+    assert cache.loads == 1 and heard[-1].startswith("model loaded in")
     with store.transaction() as session:
         job = submit(session, tiny_home, "generate", {"prompt": "an ox", "round": "base", "count": 1, "steps": 1})
     assert run_next_job(tiny_home, cache)
@@ -77,8 +79,8 @@ def test_a_worker_loads_the_base_model_before_its_first_job_and_says_when_it_can
     assert cache.loads == 1  # the first Generate drew on the model loaded before it
     missing = load_home(set_base_model(tiny_home.root, str(tmp_path / "no-such-model")).root)
     fresh = PipelineCache()
-    preload_base_model(store, missing, fresh, heard.append)  # says so, and the worker goes on
-    assert fresh.loads == 0 and heard[-1].startswith("the base model did not load (")
+    preload_generation_model(store, missing, fresh, heard.append)  # says so, and the worker goes on
+    assert fresh.loads == 0 and heard[-1].startswith("the model Generate starts from did not load (")
     assert "no-such-model" in heard[-1]
     store.close()
 
@@ -191,3 +193,13 @@ def test_a_worker_keeps_a_model_loaded_between_jobs_until_it_is_replaced_or_a_ro
         submit(session, home, "train", {"round_id": planned.id})
     assert run_next_job(tiny_home, cache)
     assert cache.models == []  # freed for the round
+    # a worker started now loads the round just finished: what the Generate page offers first
+    from herdbook.training.rounds import model_for
+
+    from herdbook.jobs import preload_generation_model
+
+    fresh, heard = PipelineCache(), []
+    preload_generation_model(store, home, fresh, heard.append)
+    with store.transaction() as session:
+        assert fresh.models == [model_for(session, home.project, planned.id)[0]] != [ModelChain(str(other))]
+    store.close()
