@@ -401,8 +401,9 @@ def votes_complete(votes: Votes, team: int | None) -> np.ndarray:
 def rank(votes: Votes, policy: SelectionPolicy, team: int | None = None) -> Ranking:
     """The open images in the order their next vote is most useful: first those in the top K
     (by posterior mean) with votes but short of ``min_votes``, and those a full selection took on
-    one accept (lone_accepts), then the most uncertain; fewer votes, then older, break ties. Settled images are left out, and so are images the rules
-    exclude whatever the rest of the ``team`` (the raters there are) votes."""
+    one accept (lone_accepts), then the most uncertain; fewer votes, then older, break ties.
+    Settled images are left out, and so are images the rules exclude whatever the rest of the
+    ``team`` (the raters there are) votes."""
     model = _model(votes, policy, team)
     mean, cut, uncertain = model.belief.mean, model.cut, model.uncertain
     decisive = votes.decisive

@@ -289,7 +289,8 @@ def resume_interrupted_rounds(session: Session, home: Home) -> list[int]:
 
 def run_worker(home: Home, workers: int = 1, announce=print) -> None:
     """Run the consumer in this process until interrupted (Ctrl-C); first queue a resume for
-    every interrupted round, saying so through ``announce``."""
+    every interrupted round, or else load the model Generate starts from, saying so through
+    ``announce``."""
     from herdbook.training.pipelines import PipelineCache
 
     cache = PipelineCache()
@@ -331,7 +332,8 @@ def preload_generation_model(store, home: Home, cache, announce=print) -> None:
             )
             return
         cache.preload(settings)
-    except (HerdbookError, OSError, RuntimeError) as error:  # RuntimeError: CUDA out of memory, say
+    # ImportError: no training libraries on this machine; RuntimeError: CUDA out of memory, say
+    except (HerdbookError, OSError, ImportError, RuntimeError) as error:
         announce(f"the model Generate starts from did not load ({error}); the jobs that need it will say why")
         return
     announce(f"model loaded in {time.perf_counter() - began:.1f} s, ready to generate: {settings.model.describe()}")

@@ -203,3 +203,19 @@ def test_a_worker_keeps_a_model_loaded_between_jobs_until_it_is_replaced_or_a_ro
     with store.transaction() as session:
         assert fresh.models == [model_for(session, home.project, planned.id)[0]] != [ModelChain(str(other))]
     store.close()
+
+
+def test_a_worker_without_the_training_libraries_says_so_and_goes_on(tiny_home, monkeypatch):
+    """A worker on a machine without torch and diffusers can still run sync jobs: the preload says why
+    it loaded nothing instead of stopping the worker."""
+    from herdbook.training import pipelines
+
+    from herdbook.jobs import preload_generation_model
+
+    def no_libraries(settings):
+        raise ModuleNotFoundError("No module named 'diffusers'")
+
+    heard, store = [], tiny_home.open_store()
+    preload_generation_model(store, tiny_home, pipelines.PipelineCache(load=no_libraries), heard.append)
+    store.close()
+    assert "No module named 'diffusers'" in heard[-1] and "will say why" in heard[-1]
