@@ -1080,7 +1080,9 @@ def jobs(home_path, as_json):
 @home_option
 @click.option("--workers", default=1, show_default=True, help="Jobs run at once (one per GPU is sensible).")
 def worker(home_path, workers):
-    """Run queued jobs (training, generation) until stopped with Ctrl-C."""
+    """Run queued jobs (training, generation) until stopped with Ctrl-C. It first loads the
+    model the Generate page offers first (where it is on this machine), so the first job starts
+    drawing at once, and keeps the models it draws from loaded between jobs."""
     from herdbook.home import load_home
     from herdbook.jobs import run_worker
     from herdbook.training import precompile
