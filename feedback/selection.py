@@ -103,7 +103,8 @@ def weighing_text(policy: SelectionPolicy) -> str:
     if policy.weigh_raters:
         return (
             "Votes weigh by each rater's reliability: scores, the selection and the queue use the weighed "
-            "evidence ([selection] weigh_raters = false counts one vote each)."
+            "evidence, the estimated precision the votes as cast ([selection] weigh_raters = false counts one "
+            "vote each)."
         )
     return "One vote each: raters are not weighed ([selection] weigh_raters = true weighs them by reliability)."
 

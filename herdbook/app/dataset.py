@@ -179,8 +179,8 @@ def page() -> None:
         first.metric(
             "Est. precision",  # fits its quarter of the page at 1024 px
             f"{firm.expected_precision:.0%}",
-            help="The expected share of the selected images that most raters would accept, from the votes so far "
-            "(bench/queue_scenarios.txt checks it against simulated teams)",
+            help="The expected share of the selected images that most raters would accept, from the votes so far, "
+            "each rater counted once (bench/queue_scenarios.txt checks it against simulated teams)",
         )
         left.metric(
             "Expected to stay",
