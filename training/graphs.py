@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import torch
 
+# a round's save thread copies weights to the host while its grid is captured (and a checkpoint
+# writer may while its step is): in the default (global) mode any thread's synchronising copy
+# breaks the capture, as it did on the H200
+CAPTURE_MODE = "thread_local"
+
 
 class CapturedStep:
     """A training step run eagerly for a few warm-up steps on a side stream, then captured
@@ -38,7 +43,7 @@ class CapturedStep:
         if self.graph is None:
             self.inputs = tuple(x.clone() for x in inputs)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # as _capture below
+            with torch.cuda.graph(self.graph, capture_error_mode=CAPTURE_MODE):
                 self.output = self.step(*self.inputs)
         else:
             for static, new in zip(self.inputs, inputs, strict=True):
@@ -108,8 +113,6 @@ class GraphedUNet(torch.nn.Module):
         torch.cuda.current_stream().wait_stream(side)
         static_inputs = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: a round's save thread copies weights to the host while its grid is
-        # captured, and in the default (global) mode any thread's synchronising copy breaks it
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, capture_error_mode=CAPTURE_MODE):
             static_output = call(*static_inputs)
         return graph, static_inputs, static_output
