@@ -85,7 +85,10 @@ def train(
         settings.save()
 
     # a LoRA round leaves the starting model intact under its adapters: its grid waits until the
-    # round's weights are safe (SDXL's at 1024 px took 42 s of a 148 s round on the H200 machine)
+    # round's weights are safe (SDXL's at 1024 px took 42 s of a 148 s round on the H200 machine).
+    # A full round's is drawn now: drawn after the steps from a host copy, beside the save, its
+    # weights were safe 2.8 s sooner but the command ended 3.1 s later (the H100 machine,
+    # bench/user_wait.txt), the copy and the grid costing more than the save left room for.
     if accelerator.is_main_process and settings.mode != "lora":
         render_starting_grid(settings, parts, device)
     clock.end("starting model's grid")
@@ -654,8 +657,9 @@ def ensure_class_images(
     missing = settings.num_class_images - len(have)
     if missing > 0 and accelerator.is_main_process:
         pipeline = sampling_pipeline(parts, accelerator.device)
-        for start in range(len(have), settings.num_class_images, 4):
-            seeds = [10_000 + i for i in range(start, min(start + 4, settings.num_class_images))]
+        batch = parts.family.draw_batch
+        for start in range(len(have), settings.num_class_images, batch):
+            seeds = [10_000 + i for i in range(start, min(start + batch, settings.num_class_images))]
             with mixed_precision(accelerator.device, weight_dtype):
                 images = draw(
                     pipeline,
@@ -862,10 +866,8 @@ def finish_saved_round(settings: RoundSettings, saved: dict, accelerator, clock:
     loss_history = [tuple(x) for x in saved["loss_history"]]
     result = TrainResult(folder, loss_history)
     if accelerator.is_main_process:
-        if settings.mode == "lora" and settings.parent_validation_dir:  # stopped before its grid was drawn
-            folder = Path(settings.parent_validation_dir)
-            if settings.validation_prompts and not grid_covers(folder, settings):
-                render_starting_grid(settings, load_components(settings.model), accelerator.device)
+        if starting_grid_missing(settings):  # stopped before the starting model's grid was drawn
+            render_starting_grid(settings, load_components(settings.model), accelerator.device)
         parts = load_components(chain)
         clock.end("model load")
         result.validation = validation_images(
@@ -896,13 +898,19 @@ def with_end_time(work: Callable, *args):
     return work(*args), time.time()
 
 
+def starting_grid_missing(settings: RoundSettings) -> bool:
+    """Whether the starting model's grid is still to draw: it is drawn once per starting model."""
+    folder = settings.parent_validation_dir
+    return bool(folder and settings.validation_prompts and not grid_covers(Path(folder), settings))
+
+
 @torch.no_grad()
 def render_starting_grid(settings: RoundSettings, parts: Components, device: torch.device) -> None:
     """The starting model at the validation prompts and seeds (once), so rounds compare with it.
     A LoRA round's parts draw it with their adapters left out."""
-    folder = Path(settings.parent_validation_dir) if settings.parent_validation_dir else None
-    if folder is None or not settings.validation_prompts or grid_covers(folder, settings):
+    if not starting_grid_missing(settings):
         return
+    folder = Path(settings.parent_validation_dir)
     for part in (parts.unet, *parts.frozen_parts):
         part.to(device)
     render_grid(sampling_copy(parts, inference_dtype(device), adapters=False), settings, folder, device)
@@ -936,18 +944,29 @@ def render_grid(drawing: Components, settings: RoundSettings, folder: Path, devi
     folder.mkdir(parents=True, exist_ok=True)
     dtype = inference_dtype(device)
     pipeline = sampling_pipeline(drawing, device, dtype, graphs=settings.fast_path == "auto")
-    entries, written = [], []
-    # each prompt's PNGs are encoded while the next prompt draws: ~0.2 s an image at 1024 px
+    entries = [
+        {"prompt": prompt, "seed": seed, "file": f"p{p_index}-s{seed}.png"}
+        for p_index, prompt in enumerate(settings.validation_prompts)
+        for seed in settings.validation_seeds
+    ]
+    # several prompts a call: at 512 px an image took 0.197 s in calls of 2, 0.162 s in calls of 8
+    # (SD-1.5 on the H100 machine, bench/draw_batch.txt)
+    batch = drawing.family.draw_batch
+    written = []
+    # each call's PNGs are encoded while the next call draws: ~0.2 s an image at 1024 px
     # (Pillow encodes without the GIL), which kept the GPU idle ~5 s of an SDXL grid
     with ThreadPoolExecutor(1, thread_name_prefix="herdbook-grid") as writer:
-        for p_index, prompt in enumerate(settings.validation_prompts):
-            seeds = settings.validation_seeds
+        for start in range(0, len(entries), batch):
+            chunk = entries[start : start + batch]
             images = draw(
-                pipeline, prompt, seeds, settings.validation_steps, settings.guidance_scale, settings.resolution
+                pipeline,
+                [entry["prompt"] for entry in chunk],
+                [entry["seed"] for entry in chunk],
+                settings.validation_steps,
+                settings.guidance_scale,
+                settings.resolution,
             )
-            names = [f"p{p_index}-s{seed}.png" for seed in seeds]
-            written.append(writer.submit(write_images, folder, names, images))
-            entries += [{"prompt": prompt, "seed": seed, "file": name} for seed, name in zip(seeds, names, strict=True)]
+            written.append(writer.submit(write_images, folder, [entry["file"] for entry in chunk], images))
         for images in written:
             images.result()  # a write that failed fails the grid here
     (folder / "index.json").write_text(json.dumps(entries, indent=2))

@@ -41,6 +41,7 @@ class Family:
     default_resolution: int
     default_guidance: float  # the pipeline's own default guidance scale
     default_scheduler: str | None  # the sampler generation uses; None: the one the model ships with
+    draw_batch: int  # images a grid's (or class images') sampling call draws: bench/draw_batch.txt
     pipeline_class: str
     encoder_names: tuple[str, ...]  # the text encoders' subfolders, in the pipeline's order
     encoder_classes: tuple[str, ...]  # their transformers classes
@@ -113,6 +114,7 @@ class StableDiffusion1(Family):
     label = "Stable Diffusion 1.x"
     default_resolution = 512
     default_guidance = 7.5
+    draw_batch = 8
     # SD-1.x ships PNDM, which needs ~50 steps for what DPM-Solver++ draws in 25-30
     default_scheduler = "DPMSolverMultistepScheduler"
     pipeline_class = "StableDiffusionPipeline"
@@ -153,6 +155,7 @@ class StableDiffusionXL(Family):
     label = "SDXL"
     default_resolution = 1024
     default_guidance = 5.0
+    draw_batch = 4
     default_scheduler = None  # SDXL's own (Euler in the base model): what its users compare against
     pipeline_class = "StableDiffusionXLPipeline"
     encoder_names = ("text_encoder", "text_encoder_2")

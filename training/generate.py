@@ -38,16 +38,18 @@ def load_pipeline(settings: GenerationSettings):
 @sdpa_kernel(PRECOMPILED_ATTENTION)  # so the first call after loading compiles no attention kernels
 def draw(
     pipeline,
-    prompt: str,
+    prompt: str | list[str],
     seeds: list[int],
     steps: int,
     guidance_scale: float,
     resolution: int,
     negative_prompt: str = "",
 ) -> list[Image.Image]:
-    """One image per seed, each from its own generator, so any one can be drawn again alone."""
+    """One image per seed, each from its own generator, so any one can be drawn again alone.
+    ``prompt``: the same for every seed, or one per seed (a grid draws several prompts a call)."""
+    prompts = [prompt] * len(seeds) if isinstance(prompt, str) else prompt
     images = pipeline(
-        [prompt] * len(seeds),
+        prompts,
         negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
         num_inference_steps=steps,
         guidance_scale=guidance_scale,

@@ -105,14 +105,20 @@ def test_a_resumed_round_ends_where_an_uninterrupted_one_does(settings_for):
     assert not (interrupted.output / "checkpoint" / "latest.pt").exists()
 
 
-def test_a_round_stopped_after_its_weights_were_saved_resumes_without_training_again(settings_for, monkeypatch):
+def test_a_round_stopped_after_its_weights_were_saved_resumes_without_training_again(
+    settings_for, monkeypatch, tmp_path
+):
     """Killed while the validation grid was drawn: the checkpoint is gone, the weights are
-    safe, and a resume draws the grid from them instead of running every step again."""
+    safe, and a resume draws the grids (the round's from its weights, the starting model's from
+    the starting model) instead of running every step again."""
     from herdbook.db.models import Round
     from herdbook.training import dreambooth
     from herdbook.training.rounds import resume_point
 
-    settings = settings_for("stopped", steps=6, checkpoint_every=3, validation_prompts=["an ox"], validation_seeds=[0])
+    settings = settings_for(
+        "stopped", steps=6, checkpoint_every=3, validation_prompts=["an ox"], validation_seeds=[0],
+        parent_validation_dir=str(tmp_path / "base-grid"),
+    )  # fmt: skip
     draw_grid = dreambooth.validation_images
 
     def stopped(*args, **kwargs):
@@ -134,6 +140,7 @@ def test_a_round_stopped_after_its_weights_were_saved_resumes_without_training_a
     after = unet_weights(resumed.output)
     assert all(torch.equal(saved_weights[k], after[k]) for k in saved_weights)
     assert (settings.output / "validation" / "p0-s0.png").exists() and resumed.validation
+    assert json.loads((tmp_path / "base-grid" / "index.json").read_text())[0]["file"] == "p0-s0.png"
 
 
 def test_prior_preservation_generates_class_images_once(settings_for, tmp_path):
@@ -269,6 +276,41 @@ def test_a_graphed_unet_draws_what_the_plain_one_draws(tiny_model):
     assert pipeline.unet.config.in_channels == 4  # the pipeline reads the wrapped UNet's config
     graphed = draw(pipeline, "an ox", [0, 1], 2, 7.5, 32)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain, graphed, strict=True))
+
+
+def test_a_grid_fills_each_call_across_prompts_and_each_image_is_its_own_draw(settings_for, tiny_model, monkeypatch):
+    """render_grid draws the family's draw_batch images a call, prompts mixed (SD-1.5's
+    2-image calls, one prompt each, left the GPU idle between them); each image is what drawing
+    its prompt and seed alone gives, and the index names each file's prompt and seed."""
+    import numpy as np
+    from herdbook.training import dreambooth
+    from herdbook.training.components import inference_dtype, sampling_pipeline
+    from herdbook.training.families import SD1
+    from PIL import Image
+
+    monkeypatch.setattr(SD1, "draw_batch", 4)
+    calls = []
+
+    def counted(pipeline, prompt, seeds, *args):
+        calls.append(list(zip([prompt] * len(seeds) if isinstance(prompt, str) else prompt, seeds, strict=True)))
+        return dreambooth.draw.__wrapped__(pipeline, prompt, seeds, *args)
+
+    counted.__wrapped__ = dreambooth.draw
+    monkeypatch.setattr(dreambooth, "draw", counted)
+    prompts = ["an ox", "an ox in the snow", "a red ox"]
+    settings = settings_for("grid", validation_prompts=prompts, validation_seeds=[0, 1])
+    parts = load_components(ModelChain(str(tiny_model)))
+    cpu = torch.device("cpu")
+    entries = dreambooth.render_grid(parts, settings, settings.output / "grid", cpu)
+
+    assert [len(call) for call in calls] == [4, 2]
+    assert calls[0][1:3] == [("an ox", 1), ("an ox in the snow", 0)]  # one call, two prompts
+    assert [(e["prompt"], e["seed"]) for e in entries] == [(p, s) for p in prompts for s in (0, 1)]
+    pipeline = sampling_pipeline(parts, cpu, inference_dtype(cpu))
+    for entry in entries:
+        (alone,) = dreambooth.draw.__wrapped__(pipeline, entry["prompt"], [entry["seed"]], 2, 7.5, settings.resolution)
+        drawn = np.asarray(Image.open(settings.output / "grid" / entry["file"]), dtype=int)
+        assert np.abs(drawn - np.asarray(alone, dtype=int)).max() <= 1, entry
 
 
 def test_drawn_images_are_the_pipelines_own_pixels(tiny_model):
