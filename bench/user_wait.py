@@ -14,7 +14,9 @@ a CPU):
   loaded, as a worker started with the app is by the first click), timed from submit to the
   candidates stored. The jobs draw from round 1, as before; the worker loads what the Generate
   page offers first (the latest round), so the first job still loads its model, the libraries
-  already imported.
+  already imported;
+- worker-cli-generate-4, worker-cli-train-lora: ``herdbook generate -n 4`` and ``herdbook train
+  --mode lora`` while that worker runs: they hand their work to it and follow it, spawn to exit.
 
 Each run carries the phases the command recorded itself (a round's metrics, generation's closing
 line, a job's result). Prints a table and writes bench/results/user_wait-DATE.json.
@@ -106,7 +108,7 @@ def herdbook(home: Path, *args: str, env: dict | None = None, timeout: float = 9
 
 def closing_phases(output: str) -> dict:
     """The phases a command printed on its '... s in all: name 1.2, ...' line."""
-    match = re.search(r"s in all: (.*)$", output, re.MULTILINE)
+    match = re.search(r"s in (?:all|the worker): (.*)$", output, re.MULTILINE)
     if not match:
         return {}
     phases = {}
@@ -144,8 +146,10 @@ def train_run(name: str, home: Path, env: dict, *args: str) -> dict:
     return row
 
 
-def worker_runs(home: Path, env: dict, round_ref: str) -> list[dict]:
-    """Generation jobs to a running worker, each timed from submit to its candidates stored."""
+def worker_runs(home: Path, env: dict, round_ref: str, lora_steps: int = 0) -> list[dict]:
+    """Generation jobs to a running worker, each timed from submit to its candidates stored; then
+    `herdbook generate` (and with ``lora_steps`` `herdbook train --mode lora`) beside the worker,
+    which hand their work to it, spawn to exit."""
     from herdbook.home import load_home
     from herdbook.jobs import get_job, submit
 
@@ -187,6 +191,17 @@ def worker_runs(home: Path, env: dict, round_ref: str) -> list[dict]:
             row["outside_phases_s"] = round(wall - sum(row["phases"].values()), 2)  # queue and pickup
             print(json.dumps(row), flush=True)
             rows.append(row)
+        # the commands themselves, which hand their work to the running worker and follow it
+        wall, output = herdbook(home, "generate", "--prompt", PROMPT, "-n", "4", "--round", round_ref,
+                                "--seed", "4000", env=env)  # fmt: skip
+        if "runs in the worker" not in output:
+            raise SystemExit(f"generate did not use the worker:\n{output}")
+        row = {"name": "worker-cli-generate-4", "wall_s": round(wall, 2), "phases": closing_phases(output)}
+        row["outside_phases_s"] = round(wall - sum(row["phases"].values()), 2)  # the command's own start
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        if lora_steps:
+            rows.append(train_run("worker-cli-train-lora", home, env, "--mode", "lora", "--steps", str(lora_steps)))
     finally:
         store.close()
         worker.terminate()
@@ -236,7 +251,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
     if "worker" in runs:
-        rows += worker_runs(home, cold_caches(args.out, "worker"), "1")
+        rows += worker_runs(home, cold_caches(args.out, "worker"), "1", args.steps if "lora" in runs else 0)
 
     print()
     print(f"{'run':<26} {'spawn to exit':>14}  phases (s)")

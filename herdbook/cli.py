@@ -705,9 +705,16 @@ def quiet_libraries() -> None:
     type=float,
     help="Classifier-free guidance [default: the model's, 7.5 SD-1.x, 5 SDXL].",
 )
-@click.option("--queue", "queued", is_flag=True, help="Queue the job for `herdbook worker` instead of running here.")
-def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negative_prompt, guidance_scale, queued):
-    """Generate candidates from the base model or a finished round; they join the rating queue."""
+@click.option("--queue", "queued", is_flag=True, help="Queue the job for `herdbook worker` and return at once.")
+@click.option("--here", is_flag=True, help="Draw in this process even when a worker runs on this home.")
+def generate(
+    home_path, prompt, count, round_ref, seed, steps, resolution, negative_prompt, guidance_scale, queued, here
+):
+    """Generate candidates from the base model or a finished round; they join the rating queue.
+
+    Where `herdbook worker` (or `herdbook serve`) runs on this home and is not training, the
+    images are drawn there and this command follows the job: the worker has the libraries
+    imported and keeps the model loaded, so it starts drawing at once."""
     from herdbook.home import load_home
 
     home = load_home(home_path)
@@ -727,7 +734,8 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     problem = chain_problem(model)  # fail now, not in the worker
     if problem:
         raise HerdbookError(problem)
-    if queued:
+    worker = None if queued else worker_to_use(store, home, here)
+    if queued or worker:
         from herdbook.jobs import submit
         from herdbook.training.rounds import resolve_round
 
@@ -739,7 +747,18 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
                 "generate",
                 {"prompt": prompt, "round": round_ref, **{k: v for k, v in options.items() if v is not None}},
             )
-        click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
+        if queued:
+            click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
+            return
+        done = run_in_worker(store, home, job.id, worker, count, "image", "Generating")
+        ids = done.result["candidate_ids"]
+        click.echo(
+            f"Added {len(ids)} candidate(s) from {round_ref}: ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}"
+        )
+        phases = done.result.get("phases", {})
+        click.echo(
+            f"  {sum(phases.values()):.1f} s in the worker: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+        )
         return
     from herdbook.training.phases import PhaseClock, process_started_at
     from herdbook.training.rounds import generate_candidates, score_candidates
@@ -810,7 +829,8 @@ def generate(home_path, prompt, count, round_ref, seed, steps, resolution, negat
     type=click.IntRange(1),
     help="Processes, one per GPU, through accelerate's launcher.",
 )
-@click.option("--queue", "queued", is_flag=True, help="Queue the round for `herdbook worker` instead of training here.")
+@click.option("--queue", "queued", is_flag=True, help="Queue the round for `herdbook worker` and return at once.")
+@click.option("--here", is_flag=True, help="Train in this process even when a worker runs on this home.")
 def train(
     home_path,
     mode,
@@ -826,14 +846,19 @@ def train(
     train_text_encoder,
     gpus,
     queued,
+    here,
 ):
-    """Run a Dreambooth round on a dataset version's instance images."""
+    """Run a Dreambooth round on a dataset version's instance images.
+
+    Where `herdbook worker` (or `herdbook serve`) runs on this home and is not training, the
+    round runs there and this command follows it: the worker has the libraries imported."""
     from herdbook.db.access import record_action
     from herdbook.home import load_home
     from herdbook.training.rounds import plan_round
 
     home = load_home(home_path)
     store = store_of(home)
+    worker = None if queued else worker_to_use(store, home, here)
     with store.transaction() as session:
         record = plan_round(
             session,
@@ -852,7 +877,7 @@ def train(
         )
         round_id, parent, total = record.id, record.parent_id, record.settings["steps"]
         detail = {"round": round_id}
-        if queued:
+        if queued or worker:
             from herdbook.jobs import submit
 
             job = submit(session, home, "train", {"round_id": round_id, "processes": gpus})
@@ -864,7 +889,53 @@ def train(
     click.echo(
         f"Round {round_id} ({record.mode}) from {'base' if parent is None else f'round {parent}'} on dataset version {record.dataset_version_id}"
     )
+    if worker:
+        run_in_worker(store, home, job.id, worker, total, "step", f"Round {round_id}")
+        from herdbook.training.rounds import get_round
+
+        with store.transaction() as session:
+            report_round(get_round(session, round_id))
+        return
     train_here(store, home, round_id, total, gpus)
+
+
+def worker_to_use(store, home, here: bool) -> dict | None:
+    """The worker running on this home that this command's work goes to, if any: it has the
+    libraries imported (seconds of every command's start) and keeps models loaded. Not with
+    --here, nor while it trains or has a round queued (that takes minutes)."""
+    if here:
+        return None
+    from herdbook.jobs import live_worker, training_waiting
+
+    worker = live_worker(home.root)
+    if worker is None:
+        return None
+    with store.transaction() as session:
+        return None if training_waiting(session) else worker
+
+
+def run_in_worker(store, home, job_id: int, worker: dict, total: int, unit: str, label: str):
+    """Follow a job the worker runs, with this command's progress bar; its last state once it
+    finished. Ctrl-C leaves the job to the worker."""
+    from herdbook.jobs import follow
+
+    click.echo(f"Job {job_id} runs in the worker (pid {worker['pid']}); --here would run it in this process")
+    with progress_bar(total, unit, label) as bar:
+
+        def on_change(state) -> None:
+            bar.update(round(state.progress * total) - bar.n)
+            bar.set_postfix_str(state.message[:60])
+
+        try:
+            done = follow(store, home.root, job_id, on_change)
+        except KeyboardInterrupt:
+            click.echo(f"\nJob {job_id} goes on in the worker; `herdbook jobs` follows it", err=True)
+            raise SystemExit(130) from None
+    if done.status != "finished":
+        raise HerdbookError(
+            f"job {job_id} {'did not finish' if done.status == 'running' else done.status}: {done.error}"
+        )
+    return done
 
 
 def train_here(store, home, round_id: int, total: int, processes: int = 1) -> None:
@@ -873,7 +944,7 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
     The model's files are read and the training libraries imported in the background meanwhile:
     the dataset's export waits on child processes, and the imports alone take seconds."""
     from herdbook.training.phases import process_started_at
-    from herdbook.training.rounds import planned_settings, report_lines, run_round
+    from herdbook.training.rounds import planned_settings, run_round
 
     with store.transaction() as session:
         planned = planned_settings(session, round_id)
@@ -898,8 +969,15 @@ def train_here(store, home, round_id: int, total: int, processes: int = 1) -> No
             started_at=process_started_at(),
             prepare=prepare,
         )
+    report_round(finished)
+
+
+def report_round(finished) -> None:
+    """What a finished round says at the end of `herdbook train`: its output, speed, phases, scores."""
+    from herdbook.training.rounds import report_lines
+
     m = finished.metrics
-    click.echo(f"Round {round_id} finished: {finished.output_path}")
+    click.echo(f"Round {finished.id} finished: {finished.output_path}")
     if m["steps_run"]:
         click.echo(
             f"  {m['seconds_per_step']:.3f} s/step from step {m['first_step']}; "

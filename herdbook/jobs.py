@@ -7,12 +7,16 @@ and the app: the queue is a SQLite file in the home, or Redis for several machin
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
@@ -23,6 +27,8 @@ from herdbook.errors import HerdbookError, JobError, NotFound
 from herdbook.home import Home
 
 LOG_LIMIT = 20_000  # characters of log kept per job
+WORKER_BEAT_SECONDS = 2.0  # a worker rewrites its file this often; silent for 3 beats, it is gone
+DONE = ("finished", "failed", "lost")
 
 
 @dataclass
@@ -309,7 +315,104 @@ def run_worker(home: Home, workers: int = 1, announce=print) -> None:
     consumer = make_queue(home, cache).huey.create_consumer(
         workers=workers, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=0.25
     )
-    consumer.run()
+    stop = threading.Event()
+    beating = threading.Thread(target=beat_as_worker, args=(home.root, stop), daemon=True, name="herdbook-worker-beat")
+    beating.start()
+    try:
+        consumer.run()
+    finally:
+        stop.set()
+        beating.join()
+
+
+def worker_files(home_root: Path) -> Path:
+    return home_root / "workers"
+
+
+def beat_as_worker(home_root: Path, stop: threading.Event, every: float = WORKER_BEAT_SECONDS) -> None:
+    """Say that this process is a worker on this home, ready for jobs, until ``stop``: its pid,
+    host and the time, rewritten every ``every`` seconds (what ``live_worker`` reads); gone when
+    it stops. A worker killed outright leaves a file whose time stops moving."""
+    folder = worker_files(home_root)
+    folder.mkdir(exist_ok=True)
+    mine = folder / f"{socket.gethostname()}-{os.getpid()}.json"
+    written = mine.with_suffix(".part")
+    try:
+        while True:
+            written.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()}))
+            written.replace(mine)
+            if stop.wait(every):
+                return
+    finally:
+        mine.unlink(missing_ok=True)
+
+
+def live_worker(home_root: Path, now: float | None = None) -> dict | None:
+    """A worker that has said in the last three beats that it runs on this home, if any (on this
+    host, one whose process is gone does not count). Reads only: a home without workers has no
+    folder for them, and gets none."""
+    folder = worker_files(home_root)
+    now = time.time() if now is None else now
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            beat = json.loads(path.read_text())
+            at, pid, host = float(beat["at"]), int(beat["pid"]), str(beat["host"])
+        except (OSError, ValueError, KeyError, TypeError):  # half-written by hand, or damaged: not a worker
+            continue
+        if now - at > 3 * WORKER_BEAT_SECONDS:
+            continue
+        if host == socket.gethostname() and not process_alive(pid):
+            continue
+        return beat
+    return None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def training_waiting(session: Session) -> bool:
+    """Whether a round is queued or running: a worker taking one is busy for minutes."""
+    return session.scalar(select(Job.id).where(Job.kind == "train", Job.status.in_(("queued", "running")))) is not None
+
+
+@dataclass
+class JobState:
+    """What a follower sees of a job at one moment (plain values: no session kept)."""
+
+    id: int
+    status: str
+    progress: float
+    message: str
+    result: dict | None
+    error: str | None
+
+
+def follow(store, home_root: Path, job_id: int, on_change: Callable[[JobState], None], poll: float = 0.1) -> JobState:
+    """Read a job until it is done, telling ``on_change`` each time its progress or message moves;
+    returns its last state. A job left waiting or running by a worker that stopped (its process
+    gone, or silent for three beats) ends as it is, ``error`` saying so: nobody waits on it."""
+    last = None
+    while True:
+        with store.transaction() as session:
+            job = get_job(session, job_id)
+            state = JobState(job.id, job.status, job.progress, job.message, job.result, job.error)
+        if (state.status, state.progress, state.message) != last:
+            last = (state.status, state.progress, state.message)
+            on_change(state)
+        if state.status in DONE:
+            return state
+        if live_worker(home_root) is None:
+            where = "running it" if state.status == "running" else "before taking it"
+            state.error = f"the worker stopped {where}; `herdbook jobs` shows job {job_id}"
+            return state
+        time.sleep(poll)
 
 
 def preload_generation_model(store, home: Home, cache, announce=print) -> None:

@@ -79,6 +79,13 @@ def latest_finished(session: Session) -> Round | None:
     ).one_or_none()
 
 
+def get_round(session: Session, round_id: int) -> Round:
+    record = session.get(Round, round_id)
+    if record is None:
+        raise NotFound(f"no round {round_id} (see `herdbook rounds`)")
+    return record
+
+
 def resolve_round(session: Session, ref: str | int | None) -> int | None:
     """'base' (or None) -> None; 'latest' -> the newest finished round; a number -> that round."""
     text = "base" if ref is None else str(ref).strip().lower()

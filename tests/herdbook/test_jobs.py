@@ -219,3 +219,135 @@ def test_a_worker_without_the_training_libraries_says_so_and_goes_on(tiny_home, 
     preload_generation_model(store, tiny_home, pipelines.PipelineCache(load=no_libraries), heard.append)
     store.close()
     assert "No module named 'diffusers'" in heard[-1] and "will say why" in heard[-1]
+
+
+def wait_until(condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_worker_says_it_is_alive_until_it_stops_and_a_gone_or_silent_one_does_not_count(tmp_path):
+    import json
+    import socket
+    import threading
+
+    from herdbook.jobs import WORKER_BEAT_SECONDS, beat_as_worker, live_worker
+
+    home = tmp_path / "home"
+    home.mkdir()
+    assert live_worker(home) is None and not (home / "workers").exists()  # reading creates nothing
+    stop = threading.Event()
+    beating = threading.Thread(target=beat_as_worker, args=(home, stop, 0.05))
+    beating.start()
+    wait_until(lambda: live_worker(home) is not None)
+    assert live_worker(home)["pid"] == os.getpid()
+    stop.set()
+    beating.join()
+    assert live_worker(home) is None and list((home / "workers").iterdir()) == []
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host, now = socket.gethostname(), time.time()
+    files = {
+        "gone": {"pid": int(gone.stdout), "host": host, "at": now},  # killed outright: its file stays
+        "silent": {"pid": os.getpid(), "host": "elsewhere", "at": now - 4 * WORKER_BEAT_SECONDS},
+    }
+    for name, beat in files.items():
+        (home / "workers" / f"{name}.json").write_text(json.dumps(beat))
+    (home / "workers" / "damaged.json").write_text('{"pid": ')
+    assert live_worker(home, now=now) is None
+    elsewhere = {"pid": 1, "host": "elsewhere", "at": now}  # another machine's worker on a shared home
+    (home / "workers" / "other.json").write_text(json.dumps(elsewhere))
+    assert live_worker(home, now=now) == elsewhere
+
+
+def test_following_a_job_hears_its_progress_and_stops_when_its_worker_is_gone(tiny_home):
+    import threading
+
+    from herdbook.jobs import beat_as_worker, follow
+
+    store = tiny_home.open_store()
+    with store.transaction() as session:
+        job_id = submit(session, tiny_home, "generate", {"prompt": "an ox", "round": "base"}).id
+    heard = []
+    lost = follow(store, tiny_home.root, job_id, heard.append)  # no worker on this home
+    assert (lost.status, lost.error) == ("queued", f"the worker stopped before taking it; `herdbook jobs` shows job {job_id}")
+
+    stop = threading.Event()
+    beating = threading.Thread(target=beat_as_worker, args=(tiny_home.root, stop, 0.05))
+    beating.start()
+    heard.clear()
+
+    def work() -> None:  # what a worker writes as it goes
+        for status, progress, message in [("running", 0.5, "1/2 images stored"), ("finished", 1.0, "done")]:
+            wait_until(lambda: len(heard) >= (1 if status == "running" else 2))
+            with store.transaction() as session:
+                job = get_job(session, job_id)
+                job.status, job.progress, job.message = status, progress, message
+                job.result = {"candidate_ids": [1, 2]} if status == "finished" else None
+
+    writer = threading.Thread(target=work)
+    writer.start()
+    try:
+        done = follow(store, tiny_home.root, job_id, heard.append, poll=0.01)
+    finally:
+        writer.join()
+        stop.set()
+        beating.join()
+    assert [(s.status, s.message) for s in heard] == [
+        ("queued", "waiting for a worker (herdbook worker)"),
+        ("running", "1/2 images stored"),
+        ("finished", "done"),
+    ]
+    assert done.result == {"candidate_ids": [1, 2]} and done.error is None
+
+
+@pytest.mark.slow  # a real worker, a generation and a tiny round in it
+def test_generate_and_train_hand_their_work_to_a_running_worker_and_follow_it(tmp_path):
+    from click.testing import CliRunner
+    from herdbook.db.models import Round
+    from herdbook.home import load_home
+
+    from herdbook.cli import main
+    from herdbook.jobs import live_worker
+
+    def run(*args):
+        result = CliRunner().invoke(main, [*map(str, args), "--home", str(root)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    root = tmp_path / "demo"
+    run("demo")
+    for candidate in (1, 2, 3):
+        run("vote", candidate, "accept", "--rater", "ann")
+    run("sync")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "herdbook.cli", "worker", "--home", str(root)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(lambda: live_worker(root) is not None or worker.poll() is not None)
+        generated = run("generate", "--prompt", "an ox in the worker", "-n", "2", "--steps", "2")
+        trained = run("train", "--mode", "lora", "--steps", "2")
+        here = run("generate", "--prompt", "an ox here", "-n", "1", "--steps", "2", "--here")
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=60)[0]
+    assert f"runs in the worker (pid {worker.pid})" in generated and "Added 2 candidate(s) from base" in generated
+    assert "s in the worker: settings" in generated
+    assert f"runs in the worker (pid {worker.pid})" in trained and "Round 1 finished:" in trained, output
+    assert "DINO" in trained  # the round's report, as a round trained here prints it
+    assert "runs in the worker" not in here and "Added 1 candidate(s)" in here
+    store = load_home(root).open_store()
+    with store.transaction() as session:
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        assert [(job.kind, job.status, job.worker_pid) for job in jobs] == [
+            ("generate", "finished", worker.pid),
+            ("train", "finished", worker.pid),
+        ]
+        assert session.get(Round, 1).status == "finished"
+    assert live_worker(root) is None  # a stopped worker says so
