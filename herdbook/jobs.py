@@ -351,9 +351,12 @@ def live_worker(home_root: Path, now: float | None = None) -> dict | None:
     """A worker that has said in the last three beats that it runs on this home, if any (on this
     host, one whose process is gone does not count). Reads only: a home without workers has no
     folder for them, and gets none."""
-    folder = worker_files(home_root)
     now = time.time() if now is None else now
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    try:
+        files = sorted(worker_files(home_root).glob("*.json"))
+    except OSError:  # an unreadable folder: no worker this command can count on
+        return None
+    for path in files:
         try:
             beat = json.loads(path.read_text())
             at, pid, host = float(beat["at"]), int(beat["pid"]), str(beat["host"])

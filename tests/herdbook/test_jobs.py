@@ -265,23 +265,28 @@ def test_a_worker_says_it_is_alive_until_it_stops_and_a_gone_or_silent_one_does_
 def test_following_a_job_hears_its_progress_and_stops_when_its_worker_is_gone(tiny_home):
     import threading
 
-    from herdbook.jobs import beat_as_worker, follow
+    from herdbook.jobs import beat_as_worker, follow, live_worker
 
     store = tiny_home.open_store()
     with store.transaction() as session:
         job_id = submit(session, tiny_home, "generate", {"prompt": "an ox", "round": "base"}).id
     heard = []
     lost = follow(store, tiny_home.root, job_id, heard.append)  # no worker on this home
-    assert (lost.status, lost.error) == ("queued", f"the worker stopped before taking it; `herdbook jobs` shows job {job_id}")
+    assert (lost.status, lost.error) == (
+        "queued",
+        f"the worker stopped before taking it; `herdbook jobs` shows job {job_id}",
+    )
 
     stop = threading.Event()
     beating = threading.Thread(target=beat_as_worker, args=(tiny_home.root, stop, 0.05))
     beating.start()
+    wait_until(lambda: live_worker(tiny_home.root) is not None)
     heard.clear()
 
     def work() -> None:  # what a worker writes as it goes
         for status, progress, message in [("running", 0.5, "1/2 images stored"), ("finished", 1.0, "done")]:
-            wait_until(lambda: len(heard) >= (1 if status == "running" else 2))
+            wanted = 1 if status == "running" else 2  # the states heard before this one is written
+            wait_until(lambda wanted=wanted: len(heard) >= wanted)
             with store.transaction() as session:
                 job = get_job(session, job_id)
                 job.status, job.progress, job.message = status, progress, message
@@ -307,9 +312,9 @@ def test_following_a_job_hears_its_progress_and_stops_when_its_worker_is_gone(ti
 def test_generate_and_train_hand_their_work_to_a_running_worker_and_follow_it(tmp_path):
     from click.testing import CliRunner
     from herdbook.db.models import Round
-    from herdbook.home import load_home
 
     from herdbook.cli import main
+    from herdbook.home import load_home
     from herdbook.jobs import live_worker
 
     def run(*args):
