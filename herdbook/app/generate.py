@@ -27,14 +27,16 @@ def page() -> None:
         st.subheader("Generation jobs")
         jobs_panel(home, store, "generate")
         return
+    # two rows, so that at 1024x700 the job's images start in view below the button
     with st.form("generate"):
-        prompt = st.text_input("Prompt", value=home.config.instance_prompt, key="prompt")
-        negative = st.text_input("Negative prompt", value="")
-        left, middle, right = st.columns(3)
+        wide, narrow = st.columns([3, 2])
+        prompt = wide.text_input("Prompt", value=home.config.instance_prompt, key="prompt")
+        negative = narrow.text_input("Negative prompt", value="")
+        left, middle, right, last = st.columns([1, 1, 1, 2])
         count = left.number_input("Images", min_value=1, max_value=200, value=4)
         seed = middle.number_input("First seed", min_value=0, value=0, help="Image i uses seed + i.")
         steps = right.number_input("Steps", min_value=1, max_value=200, value=30)
-        model = st.selectbox(
+        model = last.selectbox(
             "Model",
             models,
             index=len(models) - 1,
