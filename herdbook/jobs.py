@@ -300,25 +300,27 @@ def run_worker(home: Home, workers: int = 1, announce=print) -> None:
     from herdbook.training.pipelines import PipelineCache
 
     cache = PipelineCache()
-    store = home.open_store()
-    try:
-        with store.transaction() as session:
-            resumed = resume_interrupted_rounds(session, home)
-            for round_id in resumed:
-                announce(f"round {round_id} was interrupted: queued to resume from its checkpoint")
-        if not resumed:  # a round frees the memory first
-            preload_generation_model(store, home, cache, announce)
-    finally:
-        store.close()
-    # huey backs off polling an idle queue up to 10 s by default: a click waited that long for
-    # its job to start. Polling a local SQLite file 4 times a second costs nothing; Redis blocks.
-    consumer = make_queue(home, cache).huey.create_consumer(
-        workers=workers, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=0.25
-    )
+    # commands hand their work to this worker from now on: a job sent during the preload waits
+    # for it, still sooner than a process of its own would import and load
     stop = threading.Event()
     beating = threading.Thread(target=beat_as_worker, args=(home.root, stop), daemon=True, name="herdbook-worker-beat")
     beating.start()
     try:
+        store = home.open_store()
+        try:
+            with store.transaction() as session:
+                resumed = resume_interrupted_rounds(session, home)
+                for round_id in resumed:
+                    announce(f"round {round_id} was interrupted: queued to resume from its checkpoint")
+            if not resumed:  # a round frees the memory first
+                preload_generation_model(store, home, cache, announce)
+        finally:
+            store.close()
+        # huey backs off polling an idle queue up to 10 s by default: a click waited that long for
+        # its job to start. Polling a local SQLite file 4 times a second costs nothing; Redis blocks.
+        consumer = make_queue(home, cache).huey.create_consumer(
+            workers=workers, worker_type="thread", periodic=False, initial_delay=0.05, max_delay=0.25
+        )
         consumer.run()
     finally:
         stop.set()
@@ -330,7 +332,7 @@ def worker_files(home_root: Path) -> Path:
 
 
 def beat_as_worker(home_root: Path, stop: threading.Event, every: float = WORKER_BEAT_SECONDS) -> None:
-    """Say that this process is a worker on this home, ready for jobs, until ``stop``: its pid,
+    """Say that this process is a worker on this home, taking jobs, until ``stop``: its pid,
     host and the time, rewritten every ``every`` seconds (what ``live_worker`` reads); gone when
     it stops. A worker killed outright leaves a file whose time stops moving."""
     folder = worker_files(home_root)
