@@ -1128,9 +1128,10 @@ def rounds_delete(ctx, round_id, home_path):
 def jobs(home_path, as_json):
     """Background jobs with their status and progress; jobs whose worker died are marked lost."""
     from herdbook.home import load_home
-    from herdbook.jobs import list_jobs, mark_lost_jobs
+    from herdbook.jobs import list_jobs, live_worker, mark_lost_jobs
 
     home = load_home(home_path)
+    worker = live_worker(home.root)
     with store_of(home).transaction() as session:
         mark_lost_jobs(session, home.config.jobs.stale_after_seconds)
         rows = [
@@ -1152,6 +1153,10 @@ def jobs(home_path, as_json):
         click.echo(
             f"job {r['id']:>4} {r['kind']:<9} {r['status']:<9} {r['progress']:>4.0%}  {r['error'] or r['message']}"
         )
+    if worker:
+        click.echo(f"a worker runs on this home (pid {worker['pid']} on {worker['host']}): generate and train go to it")
+    else:
+        click.echo("no worker runs on this home: `herdbook worker` (or `herdbook serve`) runs queued jobs")
 
 
 @main.command()

@@ -339,6 +339,7 @@ def test_generate_and_train_hand_their_work_to_a_running_worker_and_follow_it(tm
         generated = run("generate", "--prompt", "an ox in the worker", "-n", "2", "--steps", "2")
         trained = run("train", "--mode", "lora", "--steps", "2")
         here = run("generate", "--prompt", "an ox here", "-n", "1", "--steps", "2", "--here")
+        listed = run("jobs")
     finally:
         worker.terminate()
         output = worker.communicate(timeout=60)[0]
@@ -355,4 +356,6 @@ def test_generate_and_train_hand_their_work_to_a_running_worker_and_follow_it(tm
             ("train", "finished", worker.pid),
         ]
         assert session.get(Round, 1).status == "finished"
+    assert f"a worker runs on this home (pid {worker.pid} on " in listed
     assert live_worker(root) is None  # a stopped worker says so
+    assert "no worker runs on this home" in run("jobs")
