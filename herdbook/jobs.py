@@ -350,14 +350,21 @@ def beat_as_worker(home_root: Path, stop: threading.Event, every: float = WORKER
 
 
 def live_worker(home_root: Path, now: float | None = None) -> dict | None:
-    """A worker that has said in the last three beats that it runs on this home, if any (on this
+    """A worker that has said in the last three beats that it runs on this home, if any."""
+    workers = live_workers(home_root, now)
+    return workers[0] if workers else None
+
+
+def live_workers(home_root: Path, now: float | None = None) -> list[dict]:
+    """The workers that have said in the last three beats that they run on this home (on this
     host, one whose process is gone does not count). Reads only: a home without workers has no
     folder for them, and gets none."""
     now = time.time() if now is None else now
     try:
         files = sorted(worker_files(home_root).glob("*.json"))
     except OSError:  # an unreadable folder: no worker this command can count on
-        return None
+        return []
+    alive = []
     for path in files:
         try:
             beat = json.loads(path.read_text())
@@ -368,8 +375,8 @@ def live_worker(home_root: Path, now: float | None = None) -> dict | None:
             continue
         if host == socket.gethostname() and not process_alive(pid):
             continue
-        return beat
-    return None
+        alive.append(beat)
+    return alive
 
 
 def process_alive(pid: int) -> bool:
@@ -397,23 +404,27 @@ class JobState:
     message: str
     result: dict | None
     error: str | None
+    worker_pid: int | None = None
 
 
 def follow(store, home_root: Path, job_id: int, on_change: Callable[[JobState], None], poll: float = 0.1) -> JobState:
     """Read a job until it is done, telling ``on_change`` each time its progress or message moves;
-    returns its last state. A job left waiting or running by a worker that stopped (its process
-    gone, or silent for three beats) ends as it is, ``error`` saying so: nobody waits on it."""
+    returns its last state. A job left running by the worker that took it, or waiting with no
+    worker left, ends as it is once that worker stopped (its process gone, or silent for three
+    beats), ``error`` saying so: nobody waits on it."""
     last = None
     while True:
         with store.transaction() as session:
             job = get_job(session, job_id)
-            state = JobState(job.id, job.status, job.progress, job.message, job.result, job.error)
+            state = JobState(job.id, job.status, job.progress, job.message, job.result, job.error, job.worker_pid)
         if (state.status, state.progress, state.message) != last:
             last = (state.status, state.progress, state.message)
             on_change(state)
         if state.status in DONE:
             return state
-        if live_worker(home_root) is None:
+        pids = {worker["pid"] for worker in live_workers(home_root)}
+        # a running job needs the worker that took it; a waiting one, any
+        if (state.worker_pid not in pids) if state.status == "running" else not pids:
             where = "running it" if state.status == "running" else "before taking it"
             state.error = f"the worker stopped {where}; `herdbook jobs` shows job {job_id}"
             return state

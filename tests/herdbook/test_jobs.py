@@ -263,6 +263,7 @@ def test_a_worker_says_it_is_alive_until_it_stops_and_a_gone_or_silent_one_does_
 
 
 def test_following_a_job_hears_its_progress_and_stops_when_its_worker_is_gone(tiny_home):
+    import json
     import threading
 
     from herdbook.jobs import beat_as_worker, follow, live_worker
@@ -289,7 +290,7 @@ def test_following_a_job_hears_its_progress_and_stops_when_its_worker_is_gone(ti
             wait_until(lambda wanted=wanted: len(heard) >= wanted)
             with store.transaction() as session:
                 job = get_job(session, job_id)
-                job.status, job.progress, job.message = status, progress, message
+                job.status, job.progress, job.message, job.worker_pid = status, progress, message, os.getpid()
                 job.result = {"candidate_ids": [1, 2]} if status == "finished" else None
 
     writer = threading.Thread(target=work)
@@ -306,6 +307,15 @@ def test_following_a_job_hears_its_progress_and_stops_when_its_worker_is_gone(ti
         ("finished", "done"),
     ]
     assert done.result == {"candidate_ids": [1, 2]} and done.error is None
+
+    # running in a worker that stopped, while another worker on the home goes on
+    other = {"pid": 1, "host": "elsewhere", "at": time.time() + 60}
+    (tiny_home.root / "workers" / "elsewhere-1.json").write_text(json.dumps(other))
+    with store.transaction() as session:
+        job = get_job(session, job_id)
+        job.status, job.worker_pid = "running", 999_999_999  # the worker that took it is gone
+    stopped = follow(store, tiny_home.root, job_id, heard.append)
+    assert stopped.status == "running" and stopped.error.startswith("the worker stopped running it")
 
 
 @pytest.mark.slow  # a real worker, a generation and a tiny round in it
