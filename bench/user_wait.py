@@ -151,7 +151,7 @@ def worker_runs(home: Path, env: dict, round_ref: str, lora_steps: int = 0) -> l
     `herdbook generate` (and with ``lora_steps`` `herdbook train --mode lora`) beside the worker,
     which hand their work to it, spawn to exit."""
     from herdbook.home import load_home
-    from herdbook.jobs import get_job, submit
+    from herdbook.jobs import follow, submit
 
     worker = subprocess.Popen(
         [sys.executable, "-m", "herdbook.cli", "worker", "--home", str(home)],
@@ -177,17 +177,11 @@ def worker_runs(home: Path, env: dict, round_ref: str, lora_steps: int = 0) -> l
             with store.transaction() as session:
                 job = submit(session, project, "generate", {"prompt": PROMPT, "round": round_ref, "count": count,
                                                              "seed": seed})  # fmt: skip
-            while True:
-                with store.transaction() as session:
-                    record = get_job(session, job.id)
-                    status, result, error = record.status, record.result, record.error
-                if status in ("finished", "failed", "lost"):
-                    break
-                time.sleep(0.01)
+            done = follow(store, home, job.id, lambda _state: None, poll=0.01)
             wall = time.perf_counter() - began
-            if status != "finished":
-                raise SystemExit(f"{name}: job {job.id} {status}: {error}")
-            row = {"name": name, "wall_s": round(wall, 2), "phases": result.get("phases", {})}
+            if done.status != "finished":
+                raise SystemExit(f"{name}: job {job.id} {done.status}: {done.error}")
+            row = {"name": name, "wall_s": round(wall, 2), "phases": done.result.get("phases", {})}
             row["outside_phases_s"] = round(wall - sum(row["phases"].values()), 2)  # queue and pickup
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -751,14 +751,8 @@ def generate(
             click.echo(f"Queued job {job.id}; `herdbook worker` runs it, `herdbook jobs` follows it")
             return
         done = run_in_worker(store, home, job.id, worker, count, "image", "Generating")
-        ids = done.result["candidate_ids"]
-        click.echo(
-            f"Added {len(ids)} candidate(s) from {round_ref}: ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}"
-        )
         phases = done.result.get("phases", {})
-        click.echo(
-            f"  {sum(phases.values()):.1f} s in the worker: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
-        )
+        report_added(done.result["candidate_ids"], round_ref, f"{sum(phases.values()):.1f} s in the worker", phases)
         return
     from herdbook.training.phases import PhaseClock, process_started_at
     from herdbook.training.rounds import generate_candidates, score_candidates
@@ -780,12 +774,17 @@ def generate(
         )
     unscored = score_candidates(store, home.project, ids)  # DINO to the instance set, CLIP-T to the prompt
     clock.end("scoring")
+    if unscored:
+        click.secho(f"note: {unscored}", fg="yellow", err=True)
+    report_added(ids, round_ref, f"{clock.total:.1f} s in all", clock.phases)
+
+
+def report_added(ids: list[int], round_ref: str, spent: str, phases: dict[str, float]) -> None:
+    """generate's closing lines, wherever the images were drawn."""
     click.echo(
         f"Added {len(ids)} candidate(s) from {round_ref}: ids {ids[0] if ids else '-'}..{ids[-1] if ids else '-'}"
     )
-    if unscored:
-        click.secho(f"note: {unscored}", fg="yellow", err=True)
-    click.echo(f"  {clock.total:.1f} s in all: " + ", ".join(f"{k} {v:.1f}" for k, v in clock.phases.items()))
+    click.echo(f"  {spent}: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
 
 
 @main.command()

@@ -281,10 +281,7 @@ def resume_interrupted_rounds(session: Session, home: Home) -> list[int]:
     stale = home.config.jobs.stale_after_seconds
     mark_lost_jobs(session, stale)
     mark_interrupted_rounds(session, stale)
-    waiting = {
-        job.params.get("round_id")
-        for job in session.scalars(select(Job).where(Job.kind == "train", Job.status.in_(("queued", "running"))))
-    }
+    waiting = rounds_in_jobs(session)
     queued = []
     for record in session.scalars(select(Round).where(Round.status == "interrupted").order_by(Round.id)):
         if record.id not in waiting:
@@ -389,9 +386,15 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def rounds_in_jobs(session: Session) -> set[int]:
+    """The rounds a train job waits to run or is running."""
+    jobs = session.scalars(select(Job).where(Job.kind == "train", Job.status.in_(("queued", "running"))))
+    return {job.params.get("round_id") for job in jobs}
+
+
 def training_waiting(session: Session) -> bool:
     """Whether a round is queued or running: a worker taking one is busy for minutes."""
-    return session.scalar(select(Job.id).where(Job.kind == "train", Job.status.in_(("queued", "running")))) is not None
+    return bool(rounds_in_jobs(session))
 
 
 @dataclass

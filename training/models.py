@@ -94,9 +94,7 @@ def _in_cache(name: str) -> bool:
 
 def on_this_machine(chain: ModelChain) -> bool:
     """Whether ``chain`` loads without a download: a folder, or a hub id in the local cache."""
-    folder = Path(chain.pipeline).expanduser()
-    here = folder.is_dir() or (_is_hub_id(chain.pipeline) and _in_cache(chain.pipeline))
-    return here and all(Path(adapter).exists() for adapter in chain.adapters)
+    return model_problem(chain, reachable=lambda: False) is None
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:

@@ -79,13 +79,6 @@ def latest_finished(session: Session) -> Round | None:
     ).one_or_none()
 
 
-def get_round(session: Session, round_id: int) -> Round:
-    record = session.get(Round, round_id)
-    if record is None:
-        raise NotFound(f"no round {round_id} (see `herdbook rounds`)")
-    return record
-
-
 def resolve_round(session: Session, ref: str | int | None) -> int | None:
     """'base' (or None) -> None; 'latest' -> the newest finished round; a number -> that round."""
     text = "base" if ref is None else str(ref).strip().lower()
@@ -245,7 +238,7 @@ def training_available() -> str | None:
 
 def planned_settings(session: Session, round_id: int) -> RoundSettings:
     """A recorded round's settings: the model it starts from, its mode."""
-    return settings_of(_round(session, round_id))
+    return settings_of(get_round(session, round_id))
 
 
 def settings_of(record: Round) -> RoundSettings:
@@ -309,7 +302,7 @@ def mark_interrupted_rounds(session: Session, stale_after_seconds: float) -> lis
 
 def cancel_round(session: Session, round_id: int, stale_after_seconds: float) -> Round:
     """A round that will not run (again): pending, interrupted or failed ones."""
-    record = _round(session, round_id)
+    record = get_round(session, round_id)
     if record.status == "finished":
         raise HerdbookError(f"round {round_id} has finished; nothing to cancel")
     if is_alive(record, stale_after_seconds):
@@ -323,7 +316,7 @@ def delete_round(session: Session, project: Project, round_id: int) -> Path:
     """Forget a failed or cancelled round, so it leaves the lineage. Returns its folder, for
     `remove_round_files` once the caller's transaction has committed (files go last: a crash
     in between leaves a stray folder, never a record without its files)."""
-    record = _round(session, round_id)
+    record = get_round(session, round_id)
     if record.status not in ("failed", "cancelled"):
         raise HerdbookError(
             f"round {round_id} is {record.status}; only failed or cancelled rounds can be deleted"
@@ -347,7 +340,7 @@ def remove_round_files(folder: Path) -> None:
 
 def resumable(session: Session, round_id: int, stale_after_seconds: float) -> Round:
     """The round, if it can start or carry on (what `start_round` will accept)."""
-    record = _round(session, round_id)
+    record = get_round(session, round_id)
     if record.status in ("finished", "cancelled"):
         raise HerdbookError(f"round {round_id} is {record.status}; nothing to resume")
     if is_alive(record, stale_after_seconds):
@@ -355,7 +348,7 @@ def resumable(session: Session, round_id: int, stale_after_seconds: float) -> Ro
     return record
 
 
-def _round(session: Session, round_id: int) -> Round:
+def get_round(session: Session, round_id: int) -> Round:
     record = session.get(Round, round_id)
     if record is None:
         raise NotFound(f"no round {round_id} (see `herdbook rounds`)")
@@ -369,7 +362,7 @@ def claim_round(session: Session, round_id: int, stale_after_seconds: float = 12
     finished, cancelled or live one is refused. The check and the mark are one conditional
     UPDATE, so of two processes resuming the same round at once the second is refused (both
     once cleared its instance folder while the other was filling it)."""
-    record = _round(session, round_id)
+    record = get_round(session, round_id)
     if record.status == "finished":
         raise HerdbookError(f"round {round_id} has already finished")
     if record.status == "cancelled":
@@ -392,7 +385,7 @@ def claim_round(session: Session, round_id: int, stale_after_seconds: float = 12
 
 def start_round(session: Session, project: Project, round_id: int) -> RoundSettings:
     """Put the instance images of a round this process claimed (`claim_round`) in place."""
-    record = _round(session, round_id)
+    record = get_round(session, round_id)
     settings = settings_of(record)
     instance = Path(settings.instance_dir)
     if instance.exists():
@@ -482,7 +475,7 @@ def starting_grid(session: Session, project: Project, record: Round) -> Path:
     """The validation grid of the model a round started from: the base's, or its parent round's."""
     if record.parent_id is None:
         return Path(record.settings.get("parent_validation_dir") or base_validation_dir(project))
-    return Path(_round(session, record.parent_id).settings["output_dir"]) / "validation"
+    return Path(get_round(session, record.parent_id).settings["output_dir"]) / "validation"
 
 
 def evaluate_round(store, project: Project, round_id: int, embedders=None, waited_for: bool = False) -> dict:
@@ -494,7 +487,7 @@ def evaluate_round(store, project: Project, round_id: int, embedders=None, waite
     from herdbook.training.evaluation import EvaluationUnavailable
 
     with store.transaction() as session:
-        record = _round(session, round_id)
+        record = get_round(session, round_id)
         if record.status != "finished":
             raise HerdbookError(f"round {round_id} is {record.status}: only a finished round has a report")
         settings = settings_of(record)
@@ -521,7 +514,7 @@ def evaluate_round(store, project: Project, round_id: int, embedders=None, waite
 
         metrics_file.write_text(json.dumps({**json.loads(metrics_file.read_text()), "evaluation": report}, indent=2))
     with store.transaction() as session:
-        record = _round(session, round_id)
+        record = get_round(session, round_id)
         metrics = {**record.metrics, "evaluation": report}
         if waited_for and "phases" in metrics:
             spent = time.perf_counter() - began
@@ -615,7 +608,7 @@ def report_lines(report: dict | None) -> list[str]:
 
 
 def round_report_of(session: Session, round_id: int) -> dict | None:
-    return _round(session, round_id).metrics.get("evaluation")
+    return get_round(session, round_id).metrics.get("evaluation")
 
 
 def loss_histories(session: Session) -> dict[str, list]:
