@@ -42,6 +42,8 @@ def jobs_panel(home, store, kind: str) -> None:
         elif status == "finished" and number == 0 and images:
             st.success(f"{label} · {len(images)} image(s) added to the rating queue")
             st.page_link(rate.as_page(), label=f"Rate the {len(images)} new image(s)", icon=":material/thumbs_up_down:")
+        elif status == "finished" and number == 0 and kind == "generate":  # every image was drawn before
+            st.success(f"{label} · no new images: this prompt at these seeds was drawn before (change the first seed)")
         elif status == "finished":
             st.success(label)
         elif status == "failed":

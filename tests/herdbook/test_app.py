@@ -462,6 +462,16 @@ def test_a_generation_jobs_images_show_on_the_generate_page_with_their_count(dem
         made = session.scalars(select(Job)).one().result["candidate_ids"]
     assert [c for image in at.get("image") for c in image.captions] == [f"#{i}" for i in made]
 
+    at.text_input(key="prompt").input("an ox in the rain")  # the same prompt at the same seeds again
+    at.number_input[0].set_value(2)
+    at.button(key="generate").click().run()
+    assert run_next_job(demo_home)
+    at = page("generate").run()
+    assert at.success[0].value.endswith(
+        "no new images: this prompt at these seeds was drawn before (change the first seed)"
+    )
+    assert not at.get("image")
+
 
 def test_a_queued_job_behind_a_running_one_says_so(demo_home):
     from herdbook.db.models import utcnow
