@@ -248,15 +248,20 @@ def mark_lost_jobs(session: Session, stale_after_seconds: int, now: datetime | N
     """Running jobs whose worker stopped beating are marked lost, so nobody waits on them."""
     now = now or utcnow()
     lost = []
-    for job in session.scalars(select(Job).where(Job.status == "running")):
+    for job in session.scalars(select(Job).where(Job.status == "running").order_by(Job.id)):
         beat = job.heartbeat_at or job.started_at
         if beat is not None and beat.tzinfo is None:
             beat = beat.replace(tzinfo=UTC)
         if beat is None or now - beat > timedelta(seconds=stale_after_seconds):
             job.status, job.finished_at = "lost", now
-            job.error = (
-                f"the worker (pid {job.worker_pid}) stopped answering; start `herdbook worker` and submit the job again"
+            round_id = (job.params or {}).get("round_id") if job.kind == "train" else None
+            # resume_interrupted_rounds queues the round again when a worker starts: no resubmit
+            then = (
+                f"the next `herdbook worker` resumes round {round_id} where it stopped"
+                if round_id is not None
+                else "start `herdbook worker` and submit the job again"
             )
+            job.error = f"the worker (pid {job.worker_pid}) stopped answering; {then}"
             lost.append(job.id)
     return lost
 

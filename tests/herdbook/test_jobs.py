@@ -103,15 +103,19 @@ def test_a_failed_job_keeps_its_error_and_the_worker_goes_on(tiny_home, tmp_path
 def test_a_job_whose_worker_died_is_marked_lost(tiny_home):
     store = tiny_home.open_store()
     with store.transaction() as session:
-        job = Job(
-            kind="train", status="running", params={}, worker_pid=999999, started_at=utcnow() - timedelta(minutes=10)
-        )
-        job.heartbeat_at = utcnow() - timedelta(minutes=5)
+        ago = utcnow() - timedelta(minutes=5)
+        job = Job(kind="train", status="running", params={"round_id": 3}, worker_pid=999999, started_at=ago)
+        job.heartbeat_at = ago
+        drawing = Job(kind="generate", status="running", params={}, worker_pid=999998, started_at=ago)
         fresh = Job(kind="train", status="running", params={}, started_at=utcnow(), heartbeat_at=utcnow())
-        session.add_all([job, fresh])
+        session.add_all([job, drawing, fresh])
         session.flush()
-        assert mark_lost_jobs(session, stale_after_seconds=120) == [job.id]
-        assert job.status == "lost" and "stopped answering" in job.error
+        assert mark_lost_jobs(session, stale_after_seconds=120) == [job.id, drawing.id]
+        # a lost round is resumed by the next worker (resume_interrupted_rounds): no resubmitting
+        assert job.status == "lost" and job.error == (
+            "the worker (pid 999999) stopped answering; the next `herdbook worker` resumes round 3 where it stopped"
+        )
+        assert drawing.error.endswith("start `herdbook worker` and submit the job again")
         assert fresh.status == "running"
 
 
