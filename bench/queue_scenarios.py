@@ -120,7 +120,8 @@ def accepts(team: Team, rater: int, image: int, cast_so_far: int) -> bool:
 class Tallies:
     """The project's votes as the queue and the selection read them."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, sources: np.ndarray | None = None) -> None:
+        self.sources = sources  # the wave (generation round) each image came from
         self.cast: list[tuple[int, str, bool]] = []
         self.accepts = np.zeros(n)
         self.rejects = np.zeros(n)
@@ -136,7 +137,7 @@ class Tallies:
         for image, rater, accepted in self.cast:
             evidence[0 if accepted else 1][image] += weights[rater]
         prompts = np.array([f"prompt {i // 4}" for i in ids], dtype=object)  # four per prompt, as generated
-        return Votes(ids, *evidence, prompts, None, self.accepts.copy(), self.rejects.copy())
+        return Votes(ids, *evidence, prompts, None, self.accepts.copy(), self.rejects.copy(), self.sources)
 
 
 def selection(votes: Votes, policy: SelectionPolicy) -> list[int]:
@@ -162,7 +163,7 @@ def run(scenario: Scenario, order: str, seed: int) -> dict:
     n, raters = scenario.candidates, scenario.raters
     policy = SelectionPolicy(top_k=scenario.top_k)
     ids = np.arange(n)
-    tallies = Tallies(n)
+    tallies = Tallies(n, team.wave)
     voted = np.zeros((raters, n), dtype=bool)
     cast_by = np.zeros(raters, dtype=int)
     shuffled = [rng.permutation(n) for _ in range(raters)]

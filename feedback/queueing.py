@@ -40,6 +40,7 @@ from herdbook.feedback.selection import SelectionPolicy
 POLICIES = ("uncertainty", "oldest", "newest-round", "most-alike")
 DEFAULT_POLICY = "uncertainty"
 PRIOR_WEIGHT = 2.0  # the prior counts as this many votes
+SOURCE_PRIOR_WEIGHT = 20.0  # a source's accept share is drawn toward the project's by this many votes
 SETTLED = 0.03  # an image this sure (97%) of its side of the cut may settle...
 SETTLED_TOGETHER = 1.0  # ...while all the settled together are expected to hold fewer than one on the wrong side
 STAY_DRAWS = 64  # simulated futures behind "expected to stay"
@@ -123,6 +124,9 @@ class Votes:
     # accepts and rejects as cast, where ``accepts``/``rejects`` are weighed by rater reliability
     accepts_cast: np.ndarray | None = None
     rejects_cast: np.ndarray | None = None
+    # where each image came from (the round that drew it; -1 for none): images from one source
+    # share a prior, so a better model's first accepts raise its unrated images' prospects
+    sources: np.ndarray | None = None
 
     @property
     def cast(self) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +149,7 @@ class Votes:
             np.fromiter((i.rejects for i in images), dtype=float, count=n),
             np.array([i.prompt for i in images], dtype=object),
             hash_array(i.phash for i in images),
+            sources=np.fromiter((-1 if i.round_id is None else i.round_id for i in images), dtype=np.int64, count=n),
         )
 
 
@@ -211,12 +216,21 @@ class Posterior:
 
 
 def posterior(votes: Votes, as_cast: bool = False) -> Posterior:
-    """Over the evidence weighed by rater reliability, or (``as_cast``) over the votes as cast."""
+    """Over the evidence weighed by rater reliability, or (``as_cast``) over the votes as cast.
+    The prior's mean is the accept share of the image's source (``Votes.sources``), drawn toward
+    the project's by SOURCE_PRIOR_WEIGHT votes, so a source with few votes starts at the project's."""
     accepts, rejects = votes.cast if as_cast else (votes.accepts, votes.rejects)
     decisive = accepts.sum() + rejects.sum()
     share = accepts.sum() / decisive if decisive else 0.5
     share = min(max(share, 0.02), 0.98)
-    return Posterior(share * PRIOR_WEIGHT + accepts, (1 - share) * PRIOR_WEIGHT + rejects, share)
+    prior = np.full(len(accepts), share)
+    if votes.sources is not None and len(accepts):
+        names, source = np.unique(votes.sources, return_inverse=True)
+        source_accepts = np.bincount(source, weights=accepts, minlength=len(names))
+        source_votes = source_accepts + np.bincount(source, weights=rejects, minlength=len(names))
+        shares = (source_accepts + share * SOURCE_PRIOR_WEIGHT) / (source_votes + SOURCE_PRIOR_WEIGHT)
+        prior = np.clip(shares, 0.02, 0.98)[source]
+    return Posterior(prior * PRIOR_WEIGHT + accepts, (1 - prior) * PRIOR_WEIGHT + rejects, share)
 
 
 def _cut(mean: np.ndarray, top_k: int) -> float:
@@ -225,15 +239,6 @@ def _cut(mean: np.ndarray, top_k: int) -> float:
         return float(mean.min()) / 2 if len(mean) else 0.5
     kth, next_ = np.partition(mean, [-top_k - 1, -top_k])[[-top_k, -top_k - 1]]
     return float(kth + next_) / 2
-
-
-def prior_above(share: float, cut: float) -> float:
-    """The prior's mass above the cut: P(Beta(share * w, (1 - share) * w) > cut), exactly. With
-    most images rejected the prior is very skewed, and a normal approximation of it put 0.23 of
-    1,000 unrated images above the cut where the Beta gives 14.9, so exploring stopped early."""
-    return float(
-        Posterior(np.array([share * PRIOR_WEIGHT]), np.array([(1 - share) * PRIOR_WEIGHT]), share).above(cut)[0]
-    )
 
 
 def _open(votes: Votes, belief: Posterior, cut: float, movable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,10 +258,9 @@ def _open(votes: Votes, belief: Posterior, cut: float, movable: np.ndarray) -> t
     is_open = movable.copy()
     is_open[settled] = False
     if unrated.any():
-        first = int(np.argmax(unrated))
         # above the cut (a young project, fewer images than K) every unrated image is worth a look
-        hidden = float(above[first]) * unrated.sum()
-        is_open[unrated] &= belief.mean[first] >= cut or hidden >= SETTLED_TOGETHER
+        hidden = float(above[unrated].sum())
+        is_open[unrated] &= (belief.mean[unrated] >= cut) | (hidden >= SETTLED_TOGETHER)
     return uncertain, is_open
 
 
@@ -582,6 +586,7 @@ def _with_votes(votes: Votes, rows: np.ndarray, accepts: np.ndarray, rejects: np
         votes.hashes,
         plus(accepts_cast, accepts),
         plus(rejects_cast, rejects),
+        votes.sources,
     )
 
 
@@ -597,7 +602,7 @@ def settledness(images: Sequence[ImageVotes] | Votes, policy: SelectionPolicy, t
     voted = votes.decisive > 0
     chosen = np.isin(votes.ids, list(selected))
     unrated_open = open_ & ~voted
-    hidden = prior_above(belief.share, cut) * int(unrated_open.sum()) if unrated_open.any() else 0.0
+    hidden = float(belief.above(cut)[unrated_open].sum())
     # whether most raters would accept each one: their votes as cast, each rater counted once.
     # Over the weighed evidence it read 0.61 where 0.80 of the selected were good, and 0.74 where
     # 0.91 were: weights below 1 shrank unanimous votes (bench/queue_scenarios.txt)

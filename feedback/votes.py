@@ -187,10 +187,13 @@ def vote_counts(session: Session, weigh: bool = False) -> Votes:
     200,000 votes in ~0.1 s: the votes are summed alone, then placed by candidate id). With
     ``weigh``, accepts and rejects are the evidence weighed by each rater's reliability, and the
     votes as cast ride along (Votes.cast)."""
-    rows = session.execute(select(Candidate.id, Candidate.prompt, Candidate.phash).order_by(Candidate.id)).all()
+    query = select(Candidate.id, Candidate.prompt, Candidate.phash, Candidate.round_id).order_by(Candidate.id)
+    rows = session.execute(query).all()
     ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
     prompts = np.array([row[1] for row in rows], dtype=object)  # the selection's rules need both
     hashes = hash_array(row[2] for row in rows)
+    # the round that drew each image (-1: the base model or imported): its images share a prior
+    sources = np.fromiter((-1 if row[3] is None else row[3] for row in rows), dtype=np.int64, count=len(rows))
     if weigh:  # each vote read once: its rater's weight is needed per vote
         from herdbook.feedback.catalog import decisive_votes
         from herdbook.feedback.reliability import weighed_sums
@@ -203,7 +206,7 @@ def vote_counts(session: Session, weigh: bool = False) -> Votes:
         where = np.searchsorted(ids, images)
         evidence = np.zeros(len(ids)), np.zeros(len(ids))
         evidence[0][where], evidence[1][where] = weighed_accepts, weighed_rejects
-        return Votes(ids, *evidence, prompts, hashes, accepts, rejects)
+        return Votes(ids, *evidence, prompts, hashes, accepts, rejects, sources)
     accepts, rejects = np.zeros(len(ids)), np.zeros(len(ids))
     summed = session.execute(
         select(
@@ -218,7 +221,7 @@ def vote_counts(session: Session, weigh: bool = False) -> Votes:
         rows = np.fromiter(itertools.chain.from_iterable(summed), dtype=np.int64).reshape(-1, 3)
         at = np.searchsorted(ids, rows[:, 0])
         accepts[at], rejects[at] = rows[:, 1], rows[:, 2]
-    return Votes(ids, accepts, rejects, prompts, hashes)
+    return Votes(ids, accepts, rejects, prompts, hashes, sources=sources)
 
 
 def selection_settledness(session: Session, selection: SelectionPolicy | None = None):

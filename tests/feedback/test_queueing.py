@@ -151,13 +151,37 @@ def test_once_no_vote_can_come_the_selection_is_settled():
 def test_the_unrated_are_explored_as_long_as_the_beta_prior_says_better_ones_hide_there():
     """1,000 unrated, 30 images at 5-0, 600 at 0-2: the normal approximation of the skewed prior
     expected 0.23 unrated images above the cut and stopped offering them; the Beta gives 14.9."""
-    from herdbook.feedback.queueing import Votes, _cut, posterior, prior_above
+    from herdbook.feedback.queueing import Votes, _cut, posterior
 
+    votes = Votes.of(project(*[(5, 0)] * 30, *[(0, 2)] * 600, unrated=1000))
+    belief = posterior(votes)
+    assert belief.above(_cut(belief.mean, 24))[votes.decisive == 0].sum() == pytest.approx(14.9, abs=0.1)
     images = project(*[(5, 0)] * 30, *[(0, 2)] * 600, unrated=1000)
-    belief = posterior(Votes.of(images))
-    assert prior_above(belief.share, _cut(belief.mean, 24)) * 1000 == pytest.approx(14.9, abs=0.1)
     order = uncertainty_order(images, SelectionPolicy(top_k=24))
     assert sum(e.reason.startswith("unrated") for e in order) == 1000
+
+
+def test_a_better_rounds_first_accepts_put_its_unrated_images_ahead_of_an_older_rounds():
+    """Images share a prior with the round that drew them: round 2's first votes (4 of 5
+    accepted) say its unrated images are likelier good than round 1's (5 of 60), so they are
+    asked about first, and more of them are expected above the cut. Without rounds the two
+    kinds of unrated image are alike and go oldest first."""
+    from herdbook.feedback.queueing import Votes, posterior
+
+    def images(rounds: tuple[int | None, int | None]) -> list[ImageVotes]:
+        old, new = rounds
+        made = [ImageVotes(i, 1 if i < 5 else 0, 0 if i < 5 else 1, old, f"a{i}") for i in range(60)]
+        made += [ImageVotes(60 + i, 1 if i < 4 else 0, 0 if i < 4 else 1, new, f"b{i}") for i in range(5)]
+        made += [ImageVotes(100 + i, 0, 0, old, "a") for i in range(20)]
+        return made + [ImageVotes(200 + i, 0, 0, new, "b") for i in range(20)]
+
+    by_round, alike = images((1, 2)), images((None, None))
+    belief = posterior(Votes.of(by_round))
+    assert belief.mean[-1] > 2 * belief.mean[-21]  # an unrated image of round 2 against one of round 1
+    unrated = [e.id for e in uncertainty_order(by_round, SelectionPolicy(top_k=4), team=3) if e.id >= 100]
+    assert unrated[:20] == list(range(200, 220))
+    unrated = [e.id for e in uncertainty_order(alike, SelectionPolicy(top_k=4), team=3) if e.id >= 100]
+    assert unrated[:20] == list(range(100, 120))
 
 
 def test_an_image_the_per_prompt_cap_or_a_near_copy_excludes_is_settled_out():

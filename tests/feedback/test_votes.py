@@ -156,3 +156,22 @@ def test_the_queue_weighs_votes_as_the_selection_does(store, imported):
         assert (votes.accepts_cast[position], votes.rejects_cast[position]) == cast
     spam_only = list(votes.ids).index(imported[6])
     assert 0 < votes.accepts[spam_only] < 1 and np.isclose(votes.accepts_cast[spam_only], 1)
+
+
+def test_the_queue_knows_which_round_drew_each_image(store, imported):
+    """Images of one round share the queue's prior: the counts carry each image's round, -1 for
+    the base model's and imported ones, weighed or not."""
+    from herdbook.db.models import Candidate, Round
+    from herdbook.feedback.votes import vote_counts
+
+    with store.transaction() as session:
+        trained = Round(base_model="base", mode="lora")
+        session.add(trained)
+        session.flush()
+        session.get(Candidate, imported[1]).round_id = trained.id
+        round_id = trained.id
+    with store.transaction() as session:
+        for weigh in (False, True):
+            votes = vote_counts(session, weigh=weigh)
+            expected = [round_id if cid == imported[1] else -1 for cid in votes.ids.tolist()]
+            assert votes.sources.tolist() == expected
