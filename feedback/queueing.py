@@ -5,9 +5,10 @@ selection (the top K). It is an index policy in the spirit of LUCB for top-K ide
 on Beta posteriors of each image's accept rate:
 
 - Each image's accept rate has the posterior Beta(a0 + accepts, b0 + rejects). The prior's
-  mean is the project's overall accept share (most generated images are rejected, so one
-  reject is strong evidence and one accept a lead worth following) with the weight of
-  ``PRIOR_WEIGHT`` votes.
+  mean is the accept share of the round that drew the image, drawn toward the project's
+  (most generated images are rejected, so one reject is strong evidence and one accept a lead
+  worth following), with the weight of ``PRIOR_WEIGHT`` votes: a better model's first accepts
+  make its unrated images worth a look before more doubts about an older round's.
 - The cut lies halfway between the K-th and (K+1)-th best posterior means. An image's
   membership is uncertain while its posterior puts real mass on the other side of the cut:
   ``uncertainty`` is that mass (the Beta's exact tail, one scipy call for 50,000 images).
@@ -15,9 +16,9 @@ on Beta posteriors of each image's accept rate:
   as all the settled together are expected to hold fewer than one image on the wrong side.
   Selected images short of ``min_votes`` come first whatever their uncertainty, and so, once
   the selection is full, do those one accept put there (a team's second opinion); then the
-  most uncertain. Unrated images all share the prior, and what matters is how many better
-  ones hide among them: they stay open while they are expected to hold at least one image
-  above the cut (their count times the prior's mass above it), so exploration goes on until
+  most uncertain. Unrated images of a round share its prior, and what matters is how many
+  better ones hide among them: they stay open while they are expected to hold at least one image
+  above the cut (the sum of their priors' mass above it), so exploration goes on until
   the top K is confidently filled, and then stops costing votes.
 - Raters are spread: each active rater takes every k-th image of the shared order first, so
   two raters are not handed the same unsettled image at once.
@@ -196,12 +197,11 @@ class Ranking:
 
 @dataclass(frozen=True)
 class Posterior:
-    """Each image's accept rate as Beta(a, b): the prior (mean ``share``, worth PRIOR_WEIGHT
-    votes) plus its weighed accepts and rejects."""
+    """Each image's accept rate as Beta(a, b): the prior (worth PRIOR_WEIGHT votes) plus its
+    weighed accepts and rejects."""
 
     a: np.ndarray
     b: np.ndarray
-    share: float
 
     @property
     def mean(self) -> np.ndarray:
@@ -230,7 +230,7 @@ def posterior(votes: Votes, as_cast: bool = False) -> Posterior:
         source_votes = source_accepts + np.bincount(source, weights=rejects, minlength=len(names))
         shares = (source_accepts + share * SOURCE_PRIOR_WEIGHT) / (source_votes + SOURCE_PRIOR_WEIGHT)
         prior = np.clip(shares, 0.02, 0.98)[source]
-    return Posterior(prior * PRIOR_WEIGHT + accepts, (1 - prior) * PRIOR_WEIGHT + rejects, share)
+    return Posterior(prior * PRIOR_WEIGHT + accepts, (1 - prior) * PRIOR_WEIGHT + rejects)
 
 
 def _cut(mean: np.ndarray, top_k: int) -> float:
@@ -538,7 +538,7 @@ class _VotesToCome:
     def _sure(self, rows: np.ndarray, k: np.ndarray | int, j: np.ndarray | int) -> np.ndarray:
         pairs = np.stack(np.broadcast_arrays(self.a[rows] + self.weight * k, self.b[rows] + self.weight * j), axis=1)
         distinct, which = np.unique(pairs, axis=0, return_inverse=True)  # the unrated share theirs
-        above = Posterior(distinct[:, 0], distinct[:, 1], 0.0).above(self.cut)[which.ravel()]
+        above = Posterior(distinct[:, 0], distinct[:, 1]).above(self.cut)[which.ravel()]
         return np.minimum(above, 1 - above) < SETTLED
 
     def _settled(self, m: int, k: np.ndarray, rows: np.ndarray) -> np.ndarray:
