@@ -150,8 +150,13 @@ class Votes:
             np.fromiter((i.rejects for i in images), dtype=float, count=n),
             np.array([i.prompt for i in images], dtype=object),
             hash_array(i.phash for i in images),
-            sources=np.fromiter((-1 if i.round_id is None else i.round_id for i in images), dtype=np.int64, count=n),
+            sources=source_array(i.round_id for i in images),
         )
+
+
+def source_array(round_ids) -> np.ndarray:
+    """The rounds that drew the images as int64, -1 for the base model's and imported ones."""
+    return np.array([-1 if r is None else r for r in round_ids], dtype=np.int64)
 
 
 def hash_array(phashes) -> np.ndarray:

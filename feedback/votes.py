@@ -18,6 +18,7 @@ from herdbook.feedback.queueing import (
     hash_array,
     next_for,
     rank,
+    source_array,
 )
 from herdbook.feedback.selection import SelectionPolicy
 from sqlalchemy import case, exists, func, select, update
@@ -193,7 +194,7 @@ def vote_counts(session: Session, weigh: bool = False) -> Votes:
     prompts = np.array([row[1] for row in rows], dtype=object)  # the selection's rules need both
     hashes = hash_array(row[2] for row in rows)
     # the round that drew each image (-1: the base model or imported): its images share a prior
-    sources = np.fromiter((-1 if row[3] is None else row[3] for row in rows), dtype=np.int64, count=len(rows))
+    sources = source_array(row[3] for row in rows)
     if weigh:  # each vote read once: its rater's weight is needed per vote
         from herdbook.feedback.catalog import decisive_votes
         from herdbook.feedback.reliability import weighed_sums

@@ -904,13 +904,13 @@ def worker_to_use(store, home, here: bool) -> dict | None:
     --here, nor while it trains or has a round queued (that takes minutes)."""
     if here:
         return None
-    from herdbook.jobs import live_worker, training_waiting
+    from herdbook.jobs import live_worker, rounds_in_jobs
 
     worker = live_worker(home.root)
     if worker is None:
         return None
-    with store.transaction() as session:
-        return None if training_waiting(session) else worker
+    with store.transaction() as session:  # a round queued or running keeps the worker for minutes
+        return None if rounds_in_jobs(session) else worker
 
 
 def run_in_worker(store, home, job_id: int, worker: dict, total: int, unit: str, label: str):

@@ -254,7 +254,7 @@ def mark_lost_jobs(session: Session, stale_after_seconds: int, now: datetime | N
             beat = beat.replace(tzinfo=UTC)
         if beat is None or now - beat > timedelta(seconds=stale_after_seconds):
             job.status, job.finished_at = "lost", now
-            round_id = (job.params or {}).get("round_id") if job.kind == "train" else None
+            round_id = job.params.get("round_id") if job.kind == "train" else None
             # resume_interrupted_rounds queues the round again when a worker starts: no resubmit
             then = (
                 f"the next `herdbook worker` resumes round {round_id} where it stopped"
@@ -395,11 +395,6 @@ def rounds_in_jobs(session: Session) -> set[int]:
     """The rounds a train job waits to run or is running."""
     jobs = session.scalars(select(Job).where(Job.kind == "train", Job.status.in_(("queued", "running"))))
     return {job.params.get("round_id") for job in jobs}
-
-
-def training_waiting(session: Session) -> bool:
-    """Whether a round is queued or running: a worker taking one is busy for minutes."""
-    return bool(rounds_in_jobs(session))
 
 
 @dataclass
