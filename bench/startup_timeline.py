@@ -7,7 +7,9 @@ frames (where the time was really spent: a read, a wait on a child, a lock).
 Profilers see one thread; the start-up of ``herdbook train`` is three at once (the dataset export,
 the libraries' imports, the weight files' prefetch) and a child process compiling kernels.
 
-    python3 -m bench.startup_timeline [--every 0.02] [--top 25] -- train --home H --mode lora --here
+A later phase of a round can be reported the same way (``--phase "to GPU and encode"``).
+
+    python3 -m bench.startup_timeline [--every 0.02] [--top 25] [--phase NAME] -- train --home H --mode lora --here
 """
 
 from __future__ import annotations
@@ -56,14 +58,14 @@ class Sampler:
                 self.samples.append((now, names.get(ident, str(ident)), stack[::-1]))
             time.sleep(self.every)
 
-    def report(self, until: float, top: int) -> None:
+    def report(self, since: float, until: float, top: int) -> None:
         by_thread: dict[str, list[list[str]]] = collections.defaultdict(list)
         for moment, thread, stack in self.samples:
-            if moment <= until:
+            if since < moment <= until:
                 by_thread[thread].append(stack)
         for thread, stacks in sorted(by_thread.items(), key=lambda item: -len(item[1])):
             seconds = len(stacks) * self.every
-            print(f"\n## thread {thread}: alive {seconds:.2f} s of the first {until:.2f} s (sampled)")
+            print(f"\n## thread {thread}: alive {seconds:.2f} s of {until - since:.2f} s (sampled)")
             inclusive = collections.Counter()
             innermost = collections.Counter()
             for stack in stacks:
@@ -86,20 +88,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=float, default=0.02)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--phase", action="append", help="also report this phase of the round (a name `rounds --json` prints)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the herdbook command, after --")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
 
     sampler = Sampler(args.every)
     sampler.thread.start()
-    ended: dict[str, float] = {}
+    ended: dict[str, tuple[float, float]] = {}  # each phase's window, sampler time
     from herdbook.training import phases
 
     end = phases.PhaseClock.end
 
     def noted_end(clock, name, *rest, **named):
-        if name == "start-up" and "start-up" not in ended:
-            ended["start-up"] = time.perf_counter() - sampler.began
+        if name not in ended:
+            now = time.perf_counter() - sampler.began
+            ended[name] = (max((until for _, until in ended.values()), default=0.0), now)
         return end(clock, name, *rest, **named)
 
     phases.PhaseClock.end = noted_end
@@ -113,9 +119,14 @@ def main() -> None:
         status = exit_.code or 0
     sampler.stop.set()
     sampler.thread.join()
-    until = ended.get("start-up", time.perf_counter() - sampler.began)
+    since, until = ended.get("start-up", (0.0, time.perf_counter() - sampler.began))
     print(f"\nstart-up ended {until:.2f} s after sampling began (exit status {status})")
-    sampler.report(until, args.top)
+    print("phases (sampler time, s): " + ", ".join(f"{name} {a:.2f}-{b:.2f}" for name, (a, b) in ended.items()))
+    sampler.report(since, until, args.top)
+    for name in args.phase or []:
+        if name in ended:
+            print(f"\n# phase {name!r}, {ended[name][0]:.2f}-{ended[name][1]:.2f} s")
+            sampler.report(*ended[name], args.top)
 
 
 if __name__ == "__main__":
