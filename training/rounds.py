@@ -16,7 +16,7 @@ from herdbook.db.errors import HerdbookError, NotFound
 from herdbook.db.models import Candidate, Round, utcnow
 from herdbook.db.store import beat_while_running
 from herdbook.feedback.curation import export_version, resolve_version
-from herdbook.feedback.images import check_image_data, store_image
+from herdbook.feedback.images import CheckedImage, check_image_data, store_image
 from herdbook.training.errors import ModelLoadError
 from herdbook.training.lineage import RoundNode, chain_for, tree_lines
 from herdbook.training.models import hub_reachable, model_family, model_problem, model_sampler
@@ -649,16 +649,25 @@ def generation_settings(
     return GenerationSettings(prompt=prompt, model=chain, **options), round_id
 
 
+def png_checked(made) -> CheckedImage:
+    """A drawn image as the PNG bytes that are stored, checked as an imported file is."""
+    buffer = io.BytesIO()
+    made.image.save(buffer, format="PNG")
+    return check_image_data(buffer.getvalue(), ".png")
+
+
 def record_generated(
     session: Session, project, settings: GenerationSettings, round_id: int | None, images
 ) -> list[Candidate]:
     """Store generated images as candidates with everything needed to make them again."""
+    images = list(images)
+    # PNG encoding and hashing let go of the GIL: a batch's images are done side by side, before
+    # the first query (the last batch of a draw is stored while the user waits)
+    with ThreadPoolExecutor(max(1, min(len(images), 8)), thread_name_prefix="herdbook-encode") as pool:
+        encoded = list(pool.map(png_checked, images))
     added = []
     label = "base" if round_id is None else f"round-{round_id:03d}"
-    for made in images:
-        buffer = io.BytesIO()
-        made.image.save(buffer, format="PNG")
-        checked = check_image_data(buffer.getvalue(), ".png")
+    for made, checked in zip(images, encoded, strict=True):
         if session.scalar(select(Candidate.id).where(Candidate.sha256 == checked.sha256)) is not None:
             continue
         stored = store_image(checked, project.candidates_dir)
