@@ -656,15 +656,23 @@ def png_checked(made) -> CheckedImage:
     return check_image_data(buffer.getvalue(), ".png")
 
 
-def record_generated(
-    session: Session, project, settings: GenerationSettings, round_id: int | None, images
-) -> list[Candidate]:
-    """Store generated images as candidates with everything needed to make them again."""
-    images = list(images)
-    # PNG encoding and hashing let go of the GIL: a batch's images are done side by side, before
-    # the first query (the last batch of a draw is stored while the user waits)
+def encoded_batch(images: list) -> list[CheckedImage]:
+    """A batch's images as stored PNGs, side by side: PNG encoding and hashing let go of the GIL,
+    and the last batch of a draw is stored while the user waits."""
     with ThreadPoolExecutor(max(1, min(len(images), 8)), thread_name_prefix="herdbook-encode") as pool:
-        encoded = list(pool.map(png_checked, images))
+        return list(pool.map(png_checked, images))
+
+
+def record_generated(
+    session: Session,
+    project,
+    settings: GenerationSettings,
+    round_id: int | None,
+    images: list,
+    encoded: list[CheckedImage],
+) -> list[Candidate]:
+    """Store generated images (``encoded``: theirs, from encoded_batch) as candidates with
+    everything needed to make them again."""
     added = []
     label = "base" if round_id is None else f"round-{round_id:03d}"
     for made, checked in zip(images, encoded, strict=True):
@@ -797,8 +805,9 @@ def generate_candidates(
     drawn = 0
 
     def store_batch(images) -> tuple[list[int], int]:
+        encoded = encoded_batch(images)  # before the transaction: no session waits on the encoding
         with store.transaction() as session:
-            return [c.id for c in record_generated(session, project, settings, round_id, images)], len(images)
+            return [c.id for c in record_generated(session, project, settings, round_id, images, encoded)], len(images)
 
     def stored_now(batch: tuple[list[int], int]) -> None:
         nonlocal drawn

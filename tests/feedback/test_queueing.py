@@ -153,10 +153,10 @@ def test_the_unrated_are_explored_as_long_as_the_beta_prior_says_better_ones_hid
     expected 0.23 unrated images above the cut and stopped offering them; the Beta gives 14.9."""
     from herdbook.feedback.queueing import Votes, _cut, posterior
 
-    votes = Votes.of(project(*[(5, 0)] * 30, *[(0, 2)] * 600, unrated=1000))
+    images = project(*[(5, 0)] * 30, *[(0, 2)] * 600, unrated=1000)
+    votes = Votes.of(images)
     belief = posterior(votes)
     assert belief.above(_cut(belief.mean, 24))[votes.decisive == 0].sum() == pytest.approx(14.9, abs=0.1)
-    images = project(*[(5, 0)] * 30, *[(0, 2)] * 600, unrated=1000)
     order = uncertainty_order(images, SelectionPolicy(top_k=24))
     assert sum(e.reason.startswith("unrated") for e in order) == 1000
 
